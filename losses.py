@@ -1,0 +1,111 @@
+"""The losses of TAR (paper Sec. 4.1-4.2, Eq. 1-2, App.), as pure functions of model outputs and a batch.
+
+Notation (one alphabet repo-wide): B batch, T sequence, V vocabulary, d width, L hidden-state tensors.
+Every mean runs over real tokens only (the official code averages over padding too: PAPER.md §8 pitfall 8).
+
+    LM loss          L_LM  = mean_{b,t} −log p_θ(x[b,t+1] | x[b,≤t])                       attacker, pretraining
+    entropy TR loss  L_TR  = − mean_{b,t ∈ M} H(p_θ(·|x[b,≤t])),  H(p) = −Σ_v p_v log p_v     Sec. 4.2
+    retain loss      L_ret = L_LM(x_r) + (1/L) Σ_l mean_{b,t} ‖h_l^θ(x_r)[b,t] − h_l^ref(x_r)[b,t]‖(²)   Eq. 2
+    random mapping   L_RM  = mean_{b,t} [1 − cos(h^θ(x_f)[b,t], r[b,t])]   (+ a retain term)          Sec. 4.1
+
+L_TR is minimised, so it *maximises* the entropy of the attacked model's next-token distribution on forget
+text: its floor is −ln V. The paper prefers it to negated cross-entropy because it flattens the attacker's
+loss curve instead of only raising it (Sec. 4.2).
+
+Use:  loss = entropy_tr_loss(out.logits, batch.fact_mask)
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+
+
+def lm_loss(logits: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Next-token cross-entropy, padding masked: the attacker's loss and the LM part of the retain loss."""
+    logits = logits[:, :-1]  # (B, T-1, V): position t predicts token t+1
+    labels = input_ids[:, 1:].masked_fill(attention_mask[:, 1:] == 0, -100)  # (B, T-1)
+    return F.cross_entropy(rearrange(logits, "b t v -> (b t) v").float(), rearrange(labels, "b t -> (b t)"),
+                           ignore_index=-100)
+
+
+def entropy_tr_loss(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Sec. 4.2: L_TR = −mean over masked positions of the entropy of p_θ(· | prefix).
+
+    logits (B, T, V) at the *attacked* weights; mask (B, T) bool: positions that count (the fact positions of
+    PAPER.md §7, or every real token; the official code uses every position, padding included). Minimising
+    drives the prediction towards uniform; a uniform prediction gives exactly −ln V."""
+    logp = F.log_softmax(logits.float(), dim=-1)  # (B, T, V)
+    entropy = -(logp.exp() * logp).sum(-1)  # H = −Σ_v p_v log p_v   (B, T)
+    return -(entropy * mask).sum() / mask.sum().clamp(min=1)
+
+
+def hidden_distance(hidden: tuple[torch.Tensor, ...], hidden_ref: tuple[torch.Tensor, ...],
+                    attention_mask: torch.Tensor, squared: bool = True) -> torch.Tensor:
+    """Eq. 2's representation term: (1/L) Σ_l mean_{b,t} ‖h_l − h_l^ref‖ over the L hidden-state tensors
+    (`output_hidden_states`: embeddings, each layer, final norm), real tokens only.
+
+    # deviation: squared L2 by default (paper and official code: plain L2) because the square is smooth at 0,
+    # where the plain norm's gradient is undefined and at its largest; the miniature recipe (PAPER.md §7)
+    # met its thresholds with the square. squared=False gives the paper's form."""
+    mask = attention_mask.float()  # (B, T)
+    total = 0.0
+    for h, h_ref in zip(hidden, hidden_ref):  # each (B, T, d)
+        sq = (h.float() - h_ref.float()).pow(2).sum(-1)  # ‖Δ‖² per token   (B, T)
+        dist = sq if squared else (sq + 1e-12).sqrt()
+        total = total + (dist * mask).sum() / mask.sum()
+    return total / len(hidden)
+
+
+def retain_loss(out, out_ref, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                squared: bool = True) -> tuple[torch.Tensor, dict]:
+    """Eq. 2: L_retain = L_LM(θ; x_r) + hidden-state distance to the frozen reference on x_r.
+
+    out / out_ref: model outputs with .logits (B, T, V) and .hidden_states (L tensors of (B, T, d)); the
+    reference is evaluated under no_grad by the caller. Returns the loss and its two parts for logging."""
+    lm = lm_loss(out.logits, input_ids, attention_mask)
+    rep = hidden_distance(out.hidden_states, out_ref.hidden_states, attention_mask, squared)
+    return lm + rep, {"retain_lm": lm.item(), "retain_rep": rep.item()}
+
+
+def random_mapping_loss(hidden: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor,
+                        absolute: bool = False) -> torch.Tensor:
+    """Sec. 4.1 (random-mapping safeguard): mean over masked tokens of 1 − cos(h[b,t], r[b,t]).
+
+    hidden (B, T, d) one hidden-state tensor; targets (B, T, d) the fixed random vectors each token must point
+    at (per position or per token id: `random_targets`); mask (B, T). The paper takes |cos| and sums over all
+    hidden states; `absolute=True` gives |cos|, and the caller may average this loss over layers."""
+    cos = F.cosine_similarity(hidden.float(), targets.float(), dim=-1)  # (B, T)
+    if absolute:
+        cos = cos.abs()
+    return ((1 - cos) * mask).sum() / mask.sum().clamp(min=1)
+
+
+def random_targets(table: torch.Tensor, input_ids: torch.Tensor, per: str = "constant") -> torch.Tensor:
+    """The fixed N(0, I) target of each token: row x[b,t] for token id x[b,t] (paper, Sec. 4.1), row t for
+    position t (PAPER.md §7), or the one row of a (1, d) table for every token ('constant', RMU-like).
+    table (V, T_max or 1, d) -> (B, T, d)."""
+    if per == "constant":
+        return table[0].expand(*input_ids.shape, -1)
+    if per == "position":
+        return table[: input_ids.shape[1]].unsqueeze(0).expand(input_ids.shape[0], -1, -1)
+    if per == "token":
+        return table[input_ids]
+    raise ValueError(f"random targets are per 'token', 'position' or 'constant', not {per!r}")
+
+
+def tr_weights(inner_steps: int, tr_every: int, scheme: str = "uniform") -> dict[int, float]:
+    """Weights w_k of the TR gradients accumulated during the inner loop (Alg. 1), keyed by inner step k
+    (1-based: L_TR is always taken after an attacker step, every `tr_every` steps).
+
+    'uniform': w_k = 1 / (number of TR points)             (PAPER.md §7, the miniature default)
+    'paper'  : w_k = exp(0.0625 · (k − K)), not normalised  (official code; k−K is the code's (k−1)−(K−1))"""
+    points = range(tr_every, inner_steps + 1, tr_every)
+    if scheme == "uniform":
+        return {k: 1.0 / len(points) for k in points}
+    if scheme == "paper":
+        return {k: math.exp(0.0625 * (k - inner_steps)) for k in points}
+    raise ValueError(f"TR weight scheme must be 'uniform' or 'paper', not {scheme!r}")

@@ -1,0 +1,70 @@
+"""Shared set-up: one torch thread (two busy threads on a 2-core box run ~10x slower), no hub access, and
+ONE session-scoped pipeline on a reduced world that every accuracy test reads."""
+
+import copy
+import os
+import random
+import sys
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(1)
+
+import adversary  # noqa: E402
+import data  # noqa: E402
+import evaluate  # noqa: E402
+import safeguard  # noqa: E402
+import tar  # noqa: E402
+
+# The reduced world and budgets of the shared pipeline (full size: 30 entities per group, 2000 base steps,
+# 250 safeguard steps, 220 outer steps at K = 32).
+MINI = dict(world_entities=12, base_steps=900, safeguard_steps=150, outer_steps=80, inner_steps=16,
+            attack_steps=100)
+
+
+def tiny_model(vocab_size=40, width=16, layers=2, seed=0):
+    """A random 2-layer Llama small enough for exact gradient checks."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=vocab_size, hidden_size=width, intermediate_size=2 * width, num_hidden_layers=layers,
+                      num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=128,
+                      tie_word_embeddings=False, pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    return LlamaForCausalLM(cfg)
+
+
+@pytest.fixture(scope="session")
+def small_world():
+    """A small world for fast unit tests (not trained on)."""
+    return data.build_world(data.WorldConfig(domain="bio", n_group=6, n_retain_train=6, n_retain_heldout=4,
+                                             docs_per_entity=4))
+
+
+@pytest.fixture(scope="session")
+def pipeline(tmp_path_factory):
+    """Base -> safeguard -> TAR on a reduced world, then the reference attack on each, all measured once.
+    Returns the models, the world and every accuracy the accuracy tests assert on."""
+    cfg = tar.TARConfig(runs=str(tmp_path_factory.mktemp("runs")), **MINI)
+    cfg.validate()
+    world = data.build_world(cfg.world())
+    run_dir = Path(cfg.runs) / cfg.domain
+    run_dir.mkdir(parents=True)
+    log = lambda *a: None
+    base, key = safeguard.base_model(world, safeguard.BaseConfig(steps=cfg.base_steps), run_dir, log)
+    theta0 = safeguard.safeguard_model(base, key, world, safeguard.SafeguardConfig(steps=cfg.safeguard_steps),
+                                       run_dir, log)
+    model = copy.deepcopy(theta0)
+    tar.train_tar(model, copy.deepcopy(theta0), world, cfg, run_dir / "metrics.jsonl", log)
+    untrained = safeguard.new_model(len(world.tokenizer), safeguard.ModelConfig(), world.tokenizer, seed=1)
+    ref_attack = tar.end_of_run_attacks(cfg.attack_steps)[0]
+    models = {"untrained": untrained, "base": base, "safeguard": theta0, "tar": model}
+    at_rest = {n: evaluate.accuracies(m, world) for n, m in models.items()}
+    curves = {n: evaluate.attack_curve(copy.deepcopy(m), ref_attack, world, seed=0, every=25)
+              for n, m in models.items() if n != "base"}
+    return {"world": world, "models": models, "at_rest": at_rest, "curves": curves, "cfg": cfg}

@@ -1,0 +1,99 @@
+"""Every loss against hand-computed values on tiny tensors, and its gradient where it matters."""
+
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import losses
+
+
+def test_entropy_of_uniform_logits_is_minus_log_v():
+    for V in (2, 7, 518):
+        logits = torch.zeros(2, 3, V)
+        mask = torch.ones(2, 3, dtype=torch.bool)
+        assert losses.entropy_tr_loss(logits, mask).item() == pytest.approx(-math.log(V), abs=1e-6)
+
+
+def test_entropy_hand_value_and_mask():
+    # p = softmax([0, ln 3]) = (1/4, 3/4): H = -(1/4 ln 1/4 + 3/4 ln 3/4)
+    h = -(0.25 * math.log(0.25) + 0.75 * math.log(0.75))
+    logits = torch.tensor([[[0.0, math.log(3.0)], [0.0, 0.0]]])  # (B=1, T=2, V=2)
+    both = losses.entropy_tr_loss(logits, torch.tensor([[True, True]]))
+    first = losses.entropy_tr_loss(logits, torch.tensor([[True, False]]))
+    assert first.item() == pytest.approx(-h, abs=1e-6)
+    assert both.item() == pytest.approx(-(h + math.log(2)) / 2, abs=1e-6)
+
+
+def test_entropy_gradient_matches_closed_form():
+    # dH/dz_i = -p_i (log p_i + H): the loss is -H, so its gradient is p_i (log p_i + H)
+    z = torch.tensor([[[0.3, -1.2, 2.0]]], requires_grad=True)
+    losses.entropy_tr_loss(z, torch.ones(1, 1, dtype=torch.bool)).backward()
+    p = F.softmax(z.detach(), -1)
+    H = -(p * p.log()).sum()
+    assert torch.allclose(z.grad, p * (p.log() + H), atol=1e-6)
+    # at the uniform distribution the entropy is maximal: zero gradient
+    u = torch.zeros(1, 1, 5, requires_grad=True)
+    losses.entropy_tr_loss(u, torch.ones(1, 1, dtype=torch.bool)).backward()
+    assert u.grad.abs().max().item() < 1e-7
+
+
+def test_lm_loss_hand_value_with_padding():
+    # V = 3, sequence [1, 2, pad]: only the prediction of token 2 at position 0 counts
+    logits = torch.tensor([[[0.0, 0.0, math.log(2.0)], [5.0, 5.0, 5.0], [9.0, 0.0, 0.0]]])
+    ids = torch.tensor([[1, 2, 0]])
+    mask = torch.tensor([[1, 1, 0]])
+    assert losses.lm_loss(logits, ids, mask).item() == pytest.approx(-math.log(2 / 4), abs=1e-6)
+
+
+def test_hidden_distance_hand_values():
+    h = (torch.zeros(1, 2, 2), torch.zeros(1, 2, 2))
+    ref = (torch.tensor([[[3.0, 4.0], [0.0, 0.0]]]), torch.tensor([[[1.0, 0.0], [9.0, 9.0]]]))
+    mask = torch.tensor([[1, 0]])  # the second token is padding and must not count
+    # layer 1: ‖(3,4)‖² = 25, layer 2: 1 -> mean 13; unsquared: (5 + 1) / 2 = 3
+    assert losses.hidden_distance(h, ref, mask, squared=True).item() == pytest.approx(13.0)
+    assert losses.hidden_distance(h, ref, mask, squared=False).item() == pytest.approx(3.0, abs=1e-5)
+    assert losses.hidden_distance(ref, ref, torch.ones(1, 2), squared=True).item() == 0.0
+
+
+def test_retain_loss_of_a_model_against_itself_is_its_lm_loss():
+    torch.manual_seed(0)
+    logits = torch.randn(2, 4, 6)
+    hidden = tuple(torch.randn(2, 4, 3) for _ in range(3))
+    out = SimpleNamespace(logits=logits, hidden_states=hidden)
+    ids, mask = torch.randint(0, 6, (2, 4)), torch.ones(2, 4, dtype=torch.long)
+    total, parts = losses.retain_loss(out, out, ids, mask)
+    assert parts["retain_rep"] == 0.0
+    assert total.item() == pytest.approx(losses.lm_loss(logits, ids, mask).item())
+
+
+def test_random_mapping_loss_hand_values():
+    h = torch.tensor([[[1.0, 0.0], [0.0, 2.0], [5.0, 5.0]]])
+    target = torch.tensor([[[2.0, 0.0], [1.0, 0.0], [-1.0, -1.0]]])
+    mask = torch.tensor([[1, 1, 0]])
+    # cos = 1 (loss 0) and cos = 0 (loss 1); the third token is masked
+    assert losses.random_mapping_loss(h, target, mask).item() == pytest.approx(0.5)
+    anti = torch.tensor([[[-1.0, 0.0]]])
+    assert losses.random_mapping_loss(anti[:, :1] * -1, anti, torch.ones(1, 1)).item() == pytest.approx(2.0)
+    assert losses.random_mapping_loss(-anti, anti, torch.ones(1, 1), absolute=True).item() == pytest.approx(0.0)
+
+
+def test_random_targets_shapes_and_rows():
+    table = torch.arange(12.0).reshape(4, 3)
+    ids = torch.tensor([[3, 1], [0, 0]])
+    assert torch.equal(losses.random_targets(table, ids, "token")[0, 0], table[3])
+    assert torch.equal(losses.random_targets(table, ids, "position")[1, 1], table[1])
+    assert torch.equal(losses.random_targets(table, ids, "constant")[0, 1], table[0])
+    with pytest.raises(ValueError):
+        losses.random_targets(table, ids, "bogus")
+
+
+def test_tr_weights():
+    uniform = losses.tr_weights(32, 4, "uniform")
+    assert list(uniform) == [4, 8, 12, 16, 20, 24, 28, 32]  # never at k = 0, always after an attacker step
+    assert sum(uniform.values()) == pytest.approx(1.0)
+    paper = losses.tr_weights(64, 4, "paper")
+    assert paper[64] == 1.0 and paper[4] == pytest.approx(math.exp(0.0625 * (4 - 64)))
+    assert sum(paper.values()) == pytest.approx(4.44, abs=0.01)  # PAPER.md §2: Σw ≈ 4.44 over 16 points
