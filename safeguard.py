@@ -139,7 +139,7 @@ def base_model(world, cfg: BaseConfig, run_dir: Path, log=print):
         f"for {cfg.steps} steps")
     t0 = time.time()
     from tqdm import tqdm
-    with tqdm(total=cfg.steps, desc="pretrain", leave=False) as bar:
+    with tqdm(total=cfg.steps, desc="pretrain", leave=False, disable=None) as bar:
         adversary.attack(model, cfg.spec(), stream(world.tokens["all"], cfg.batch_size, cfg.seed), progress=bar)
     acc = evaluate.accuracies(model, world, evaluate.EVERY_GROUP)
     log(f"base: {time.time() - t0:.0f}s, accuracy " + " ".join(f"{g} {a:.1%}" for g, a in acc.items()))
@@ -180,7 +180,7 @@ def random_mapping(model, base, world, cfg: SafeguardConfig) -> list[float]:
     batches = zip(stream(world.tokens["T"], cfg.batch_size, cfg.seed), stream(world.tokens["Rt"], cfg.batch_size,
                                                                               cfg.seed + 1))
     from tqdm import tqdm
-    with tqdm(total=cfg.steps, desc="safeguard", leave=False) as bar:
+    with tqdm(total=cfg.steps, desc="safeguard", leave=False, disable=None) as bar:
         return adversary.attack(model, spec, batches, loss_fn=loss_fn, progress=bar)
 
 

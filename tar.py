@@ -75,10 +75,12 @@ class TARConfig:
     inner_batch: int = arg(16, "train-time attacker batch size", paper=32)
     retain_then_forget: float = arg(0.0, "probability that a sampled attack is retain->forget", paper="1/3")
     tr_batch: int = arg(32, "x_TR batch size (held-out forget documents)", paper=64)
-    retain_batch: int = arg(32, "x_r batch size (retain documents)", paper=64)
+    retain_batch: int = arg(64, "x_r batch size (retain documents)", paper=64)
     lambda_tr: float = arg(4.0, "λ_TR", paper=4)
-    lambda_retain: float = arg(1.0, "λ_retain", paper=1)
-    outer_lr: float = arg(1e-3, "outer AdamW learning rate (wd 0)", paper="2e-5, Schedule-Free AdamW")
+    lambda_retain: float = arg(4.0, "λ_retain", paper=1)
+    outer_lr: float = arg(1e-2, "outer AdamW learning rate (wd 0)", paper="2e-5, Schedule-Free AdamW")
+    outer_schedule: str = arg("constant", "outer learning-rate schedule: constant | cosine (decay to 0 over N)",
+                              paper="Schedule-Free, warmup 32")
     grad_clip: float = arg(1.0, "clip the outer gradient to this norm (0 = off)", paper="off")
     squared_distance: bool = arg(True, "squared hidden-state distance in the retain loss", paper=False)
     reference: str = arg("safeguard", "frozen reference of the retain loss: safeguard (θ0) | base", paper="base")
@@ -104,6 +106,7 @@ class TARConfig:
         if self.tr_every > self.inner_steps:
             raise UserError("--tr-every must not exceed --inner-steps (no TR point would be taken)")
         choices = {"tr_weights": ("uniform", "paper"), "tr_mask": ("fact", "tokens", "all"),
+                   "outer_schedule": ("constant", "cosine"),
                    "reference": ("safeguard", "base")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
@@ -132,8 +135,12 @@ def end_of_run_attacks(steps: int) -> list[Attack]:
 # --------------------------------------------------------------------------------------------------------
 def outer_step(model, ref, outer_opt, world, x_tr, x_r, spec: Attack, cfg: TARConfig, attack_seed: int) -> dict:
     params = [p for p in model.parameters() if p.requires_grad]
+    # deviation: entropy on fact positions by default (official code: every position, padding included)
+    # because the hazard is the fact, and padding is not text (PAPER.md §8 pitfall 8); --tr-mask all gives the code's.
     tr_mask = {"fact": x_tr.fact_mask, "tokens": x_tr.attention_mask.bool(),
                "all": torch.ones_like(x_tr.fact_mask)}[cfg.tr_mask]
+    # deviation: uniform mean over the TR points by default (official code: exp(0.0625 (k − K)), not normalised)
+    # because that is the recipe measured here (PAPER.md §7); --tr-weights paper gives the code's weights.
     w = losses.tr_weights(cfg.inner_steps, cfg.tr_every, cfg.tr_weights)  # w_k, keyed by inner step k
 
     # Alg. 1 l.4: snapshot θ (the attack below moves the weights in place)
@@ -168,8 +175,8 @@ def outer_step(model, ref, outer_opt, world, x_tr, x_r, spec: Attack, cfg: TARCo
         p.grad.add_(g, alpha=cfg.lambda_tr)
 
     # Alg. 1 l.10: outer optimizer step
-    # deviation: gradient clipping at 1.0 (paper and official code: none) because the miniature run's
-    # outer steps are 50x larger (lr 1e-3) and an occasional large TR gradient otherwise undoes the safeguard.
+    # deviation: gradient clipping at 1.0 (paper and official code: none) because the miniature recipe of
+    # PAPER.md §7 clips; with Adam it only bounds the rare outlier step. --grad-clip 0 turns it off.
     norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
     outer_opt.step()
     return {"tr_loss": torch.stack(tr_losses).mean().item(), "retain_loss": l_retain.item(), **parts,
@@ -183,15 +190,20 @@ def train_tar(model, ref, world, cfg: TARConfig, metrics_path: Path, log=print):
     """N outer steps of Alg. 1 from θ0 = `model` (in place); one metrics.jsonl line per step."""
     from tqdm import tqdm
     ref.eval().requires_grad_(False)
+    # deviation: plain AdamW for the outer optimizer (paper: Schedule-Free AdamW, lr 2e-5, warmup 32) because
+    # the miniature recipe was measured with it; the outer learning rate is the knob that mattered most.
     outer_opt = torch.optim.AdamW(model.parameters(), lr=cfg.outer_lr, weight_decay=0.0)
+    schedule = adversary.SCHEDULES[cfg.outer_schedule](outer_opt, num_warmup_steps=0, **(
+        {"num_training_steps": cfg.outer_steps} if cfg.outer_schedule != "constant" else {}))
     rng = random.Random(cfg.seed)  # attacks and their data orders
     x_trs = stream(world.tokens["T_tr"], cfg.tr_batch, cfg.seed)  # held-out forget batches (T's other half)
     x_rs = stream(world.tokens["Rt"], cfg.retain_batch, cfg.seed + 1)
     t0 = time.time()
-    with open(metrics_path, "w") as f, tqdm(range(1, cfg.outer_steps + 1), desc="TAR", unit="step") as bar:
+    with open(metrics_path, "w") as f, tqdm(range(1, cfg.outer_steps + 1), desc="TAR", unit="step", disable=None) as bar:
         for step in bar:
             spec = sample_attack(rng, cfg.train_attacks())  # Alg. 1 l.3: attack ~ A_train
             m = outer_step(model, ref, outer_opt, world, next(x_trs), next(x_rs), spec, cfg, rng.randrange(2**31))
+            schedule.step()
             m = {"step": step, **m, "seconds": round(time.time() - t0, 2)}
             if cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.outer_steps):
                 acc = evaluate.accuracies(model, world)
@@ -287,8 +299,8 @@ def run(cfg: TARConfig, log=print) -> dict:
     # Stage 2: TAR from θ0 (Alg. 1)
     t1 = time.time()
     # deviation: the frozen reference of the retain loss is θ0, the safeguarded model (paper and official code:
-    # the original model) because the miniature safeguard's own representation shift would otherwise be pulled
-    # back towards the base, undoing it (PAPER.md §7). --reference base gives the paper's choice.
+    # the original model) because TAR starts from θ0 and the retain term is there to keep θ0's benign behaviour
+    # (PAPER.md §7 recipe). --reference base gives the paper's choice.
     ref = copy.deepcopy(theta0 if cfg.reference == "safeguard" else base)
     train_tar(theta0, ref, world, cfg, run_dir / "metrics.jsonl", log)
     safeguard.save_model(theta0, world.tokenizer, run_dir / "tar",
@@ -300,7 +312,7 @@ def run(cfg: TARConfig, log=print) -> dict:
     t2 = time.time()
     from tqdm import tqdm
     curves = {}
-    for key in tqdm([k for k in jobs if k[0] == "tar"], desc="attacking TAR", leave=False):
+    for key in tqdm([k for k in jobs if k[0] == "tar"], desc="attacking TAR", leave=False, disable=None):
         curves[key] = evaluate.run_job(jobs[key])["curve"]
     curves.update({k: f.result()["curve"] for k, f in futures.items()})
     pool.shutdown()

@@ -95,7 +95,7 @@ def test_outer_gradient_is_the_first_order_tar_gradient(small_world, weights, ma
 @pytest.mark.parametrize("argv,message", [
     (["--domain", "physics"], "unknown domain 'physics'"),
     (["--outer-steps", "0"], "--outer-steps must be positive"),
-    (["--outer-lr", "-1e-3"], "--outer-lr must be positive"),
+    (["--outer-lr=-1e-3"], "--outer-lr must be positive"),
     (["--inner-lrs", "1e-4", "0"], "--inner-lrs must be positive"),
     (["--tr-mask", "some"], "--tr-mask must be one of"),
     (["--outer-steps", "many"], "invalid int value: 'many'"),
