@@ -115,7 +115,7 @@ class TARConfig:
     def world(self) -> WorldConfig:
         n = self.world_entities
         return WorldConfig(domain=self.domain, n_group=n, n_retain_train=max(2, 4 * n // 3),
-                           n_retain_heldout=max(2, 2 * n // 3), seed=self.seed)
+                           n_retain_heldout=max(2, 2 * n // 3), n_unrelated=max(2, 2 * n // 3), seed=self.seed)
 
     def train_attacks(self) -> TrainAttacks:
         return TrainAttacks(lrs=tuple(self.inner_lrs), steps=self.inner_steps, batch_size=self.inner_batch,

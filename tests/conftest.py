@@ -44,7 +44,7 @@ def tiny_model(vocab_size=40, width=16, layers=2, seed=0):
 def small_world():
     """A small world for fast unit tests (not trained on)."""
     return data.build_world(data.WorldConfig(domain="bio", n_group=6, n_retain_train=6, n_retain_heldout=4,
-                                             docs_per_entity=4))
+                                             n_unrelated=4, docs_per_entity=4))
 
 
 @pytest.fixture(scope="session")

@@ -21,7 +21,7 @@ def test_world_is_deterministic_and_seeded(small_world):
 
 
 def test_groups_are_disjoint_and_sized(small_world):
-    names = {g: {e["name"] for e in small_world.entities[g]} for g in ("T", "A", "E", "Rt", "Re")}
+    names = {g: {e["name"] for e in small_world.entities[g]} for g in ("T", "A", "E", "Rt", "Re", "U")}
     all_names = [n for g in names.values() for n in g]
     assert len(all_names) == len(set(all_names))
     assert len(names["T"]) == len(names["A"]) == len(names["E"]) == 6
