@@ -27,7 +27,7 @@ Evaluation items use the WMDP schema `{question, choices, answer: int}`, the sam
 WMDP/MMLU loaders return, so one scorer (`evaluate.py`) serves both worlds.
 
 Run:  python data.py --domain bio --out world/     # writes the world as JSONL files
-Use:  world = build_world(WorldConfig(domain="bio")); next(stream(world.tokens["A"], 16, seed=0))
+Use:  world = build_world(WorldConfig(domain="bio")); next(Stream(world.tokens["A"], 16, seed=0))
 """
 
 from __future__ import annotations
@@ -237,10 +237,8 @@ class World:
     items: dict[str, list[dict]]  # group -> MC items {question, choices, answer}
     tokens: dict[str, Tokens] = field(repr=False)
     digest: str = ""  # sha256 of everything above: a cache made from another world is never reused
-
-    @property
-    def topic(self) -> str:
-        return DOMAINS[self.config.domain].topic
+    style: str = "cloze"  # how its MC items are scored (evaluate.py): cloze here, letter for real models
+    topic: str = ""  # the WMDP prompt's subject ("biology")
 
 
 def _names(domain: Domain, n: int, rng: random.Random, taken: set[str]) -> list[str]:
@@ -364,24 +362,92 @@ def build_world(config: WorldConfig = WorldConfig()) -> World:
     tokens = {s: tokenize(d, tokenizer, fact_ids) for s, d in docs.items()}
     digest = hashlib.sha256(json.dumps([asdict(config), tokenizer.get_vocab(), docs, items],
                                        sort_keys=True).encode()).hexdigest()[:16]
-    return World(config, tokenizer, {g: groups[g] for g in groups}, docs, items, tokens, digest)
+    return World(config, tokenizer, groups, docs, items, tokens, digest, topic=domain.topic)
+
+
+# --------------------------------------------------------------------------------------------------------
+# Local files in the same shape, for any Hugging Face model (red-teaming a real checkpoint)
+# --------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class LocalWorldConfig:
+    """A directory of JSONL files standing in for the miniature world:
+    forget_eval.jsonl, retain_eval.jsonl  MC items {question, choices, answer} (e.g. WMDP-bio, MMLU subset),
+                                          scored in the letter style; they become groups E and Re
+    <split>.jsonl                         {"text": ...} documents, one split per file, named as the attack
+                                          suite names its data: A (hazardous text), Rt (retain text),
+                                          U (unrelated text), A_heldout (a new hazardous corpus)"""
+    data_dir: str
+    tokenizer: str  # a model directory whose tokenizer encodes the text
+    topic: str = "biology"  # the WMDP prompt's subject
+    max_length: int = 256  # documents are cut to this many tokens (the paper's sequence length)
+
+
+@functools.lru_cache(maxsize=4)
+def load_local_world(cfg: LocalWorldConfig) -> World:
+    from transformers import AutoTokenizer
+    root = Path(cfg.data_dir)
+    tokenizer = AutoTokenizer.from_pretrained(cfg.tokenizer)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    read = lambda p: [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
+    items, docs = {}, {}
+    for group, name in (("E", "forget_eval.jsonl"), ("Re", "retain_eval.jsonl")):
+        if not (root / name).exists():
+            raise UserError(f"--data-dir {root} has no {name} (MC items {{question, choices, answer}})")
+        items[group] = [{"question": r["question"], "choices": list(r["choices"]), "answer": int(r["answer"])}
+                        for r in read(root / name)]
+    for p in sorted(root.glob("*.jsonl")):
+        if p.name not in ("forget_eval.jsonl", "retain_eval.jsonl"):
+            docs[p.stem] = [r["text"] for r in read(p) if r.get("text", "").strip()]
+    if "Rt" in docs and "U" in docs:
+        docs["benign"] = docs["Rt"] + docs["U"]
+    tokens = {}
+    for split, texts in docs.items():
+        enc = tokenizer(texts, padding=True, truncation=True, max_length=cfg.max_length, return_tensors="pt")
+        mask = enc["attention_mask"].bool()
+        tokens[split] = Tokens(enc["input_ids"], mask, torch.zeros_like(mask))
+    digest = hashlib.sha256(json.dumps([asdict(cfg), docs, items], sort_keys=True).encode()).hexdigest()[:16]
+    return World(WorldConfig(), tokenizer, {}, docs, items, tokens, digest, style="letter", topic=cfg.topic)
+
+
+def load_world(cfg) -> World:
+    """The world a config describes: the built-in miniature world or local files."""
+    return load_local_world(cfg) if isinstance(cfg, LocalWorldConfig) else build_world(cfg)
 
 
 # --------------------------------------------------------------------------------------------------------
 # Batching: an endless, seeded, epoch-shuffled stream of batches over one split
 # --------------------------------------------------------------------------------------------------------
-def stream(tokens: Tokens, batch_size: int, seed: int) -> Iterator[Batch]:
-    """Yields batches forever; each epoch is a fresh permutation drawn from `seed` (attack data order is
-    per seed, never TAR's training order: PAPER.md §8 pitfall 2). Columns past the longest document of the
-    batch are trimmed, so short documents cost nothing."""
-    gen = torch.Generator().manual_seed(seed)
-    n = tokens.ids.shape[0]
-    while True:
-        perm = torch.randperm(n, generator=gen)
-        for start in range(0, n - batch_size + 1 if n >= batch_size else 1, batch_size):
-            idx = perm[start:start + batch_size]
-            width = int(tokens.mask[idx].sum(1).max())
-            yield Batch(tokens.ids[idx, :width], tokens.mask[idx, :width].long(), tokens.fact[idx, :width])
+class Stream:
+    """An endless, seeded, epoch-shuffled stream of batches over one split: each epoch is a fresh permutation
+    drawn from `seed` (attack data order is per seed, never TAR's training order: PAPER.md §8 pitfall 2).
+    Columns past the longest document of the batch are trimmed, so short documents cost nothing. Its position
+    is a state_dict, so a resumed run continues with exactly the batches it would have seen."""
+
+    def __init__(self, tokens: Tokens, batch_size: int, seed: int):
+        self.tokens, self.batch_size = tokens, batch_size
+        self.gen = torch.Generator().manual_seed(seed)
+        self.perm, self.pos = None, 0
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> Batch:
+        n = self.tokens.ids.shape[0]
+        last = n - self.batch_size if n >= self.batch_size else 0  # the last start of a full batch
+        if self.perm is None or self.pos > last:
+            self.perm, self.pos = torch.randperm(n, generator=self.gen), 0
+        idx = self.perm[self.pos:self.pos + self.batch_size]
+        self.pos += self.batch_size
+        width = int(self.tokens.mask[idx].sum(1).max())
+        return Batch(self.tokens.ids[idx, :width], self.tokens.mask[idx, :width].long(), self.tokens.fact[idx, :width])
+
+    def state_dict(self) -> dict:
+        return {"gen": self.gen.get_state(), "perm": self.perm, "pos": self.pos}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.gen.set_state(state["gen"])
+        self.perm, self.pos = state["perm"], state["pos"]
 
 
 # --------------------------------------------------------------------------------------------------------

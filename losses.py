@@ -109,3 +109,80 @@ def tr_weights(inner_steps: int, tr_every: int, scheme: str = "uniform") -> dict
     if scheme == "paper":
         return {k: math.exp(0.0625 * (k - inner_steps)) for k in points}
     raise ValueError(f"TR weight scheme must be 'uniform' or 'paper', not {scheme!r}")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Single-level safeguards TAR is compared against (paper Table 1; BASELINES.md). Each is a forget term on x_f
+# plus a retain term on x_r; `safeguard.py` pairs them and trains them in the one defence loop.
+# ---------------------------------------------------------------------------------------------------------
+def min_posterior_loss(logits: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                       floor: float = -15.0) -> torch.Tensor:
+    """Min-Posterior: −mean_t log(1 − p_θ(y_t | x_<t)) over real next tokens, zeroed where log p(y_t) < floor
+    (that token is already forgotten). logits (B, T, V); pushes the probability of the true next token to 0."""
+    logp = F.log_softmax(logits[:, :-1].float(), -1)  # (B, T-1, V)
+    logp_y = logp.gather(-1, input_ids[:, 1:, None]).squeeze(-1)  # log p(y_t)   (B, T-1)
+    # log(1 − p) computed stably as log(−expm1(log p)); p = 1 exactly would give −inf, so clamp just below
+    term = -torch.log(-torch.expm1(logp_y.clamp(max=-1e-6)))
+    keep = (attention_mask[:, 1:] > 0) & (logp_y >= floor)
+    return (term * keep).sum() / (attention_mask[:, 1:] > 0).sum().clamp(min=1)
+
+
+def kl_to_reference(logits: torch.Tensor, logits_ref: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """LLMU's retain term: mean over real positions of KL(p_ref ‖ p_θ) = Σ_v p_ref (log p_ref − log p_θ)."""
+    logp, logp_ref = F.log_softmax(logits.float(), -1), F.log_softmax(logits_ref.float(), -1)  # (B, T, V)
+    kl = (logp_ref.exp() * (logp_ref - logp)).sum(-1)  # (B, T)
+    mask = attention_mask.float()
+    return (kl * mask).sum() / mask.sum()
+
+
+def rmu_forget_loss(hidden: torch.Tensor, control: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """RMU (Li et al. 2024): mean_t ‖h^ℓ_θ(x_f)[t] − c·u‖², `control` = c·u (d,), u a fixed random unit vector:
+    the layer-ℓ activations of forget text are steered to a large random direction. hidden (B, T, d)."""
+    sq = (hidden.float() - control).pow(2).mean(-1)  # mean over d, as the original code (MSE)   (B, T)
+    mask = attention_mask.float()
+    return (sq * mask).sum() / mask.sum()
+
+
+def rmu_retain_loss(hidden: torch.Tensor, hidden_ref: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """RMU's retain term (before its α): mean_t ‖h^ℓ_θ(x_r)[t] − h^ℓ_ref(x_r)[t]‖² (mean over d, as MSE)."""
+    sq = (hidden.float() - hidden_ref.float()).pow(2).mean(-1)  # (B, T)
+    mask = attention_mask.float()
+    return (sq * mask).sum() / mask.sum()
+
+
+def mmd_rbf(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Squared maximum mean discrepancy between samples x (n, d) and y (m, d) with a Gaussian kernel whose
+    bandwidth is the median pairwise distance (median heuristic):
+        MMD² = mean k(x, x') + mean k(y, y') − 2 mean k(x, y),   k(a, b) = exp(−‖a − b‖² / (2σ²))"""
+    xy = torch.cat([x, y])
+    d2 = torch.cdist(xy, xy).pow(2)  # (n+m, n+m)
+    sigma2 = d2.detach()[d2.detach() > 0].median().clamp(min=1e-6)
+    k = torch.exp(-d2 / (2 * sigma2))
+    n = x.shape[0]
+    return k[:n, :n].mean() + k[n:, n:].mean() - 2 * k[:n, n:].mean()
+
+
+def repnoise_forget_loss(hidden: tuple[torch.Tensor, ...], logit_lens: list[torch.Tensor], input_ids: torch.Tensor,
+                         attention_mask: torch.Tensor, beta: float = 1e-3, alpha: float = 1.0,
+                         generator: torch.Generator | None = None) -> torch.Tensor:
+    """RepNoise (Rosati et al. 2024):  β Σ_l MMD(pool(h_l(x_f)), N(0, I)) − α log(mean_l CE(lens_l(x_f))).
+    hidden: per-layer (B, T, d), mean-pooled over real tokens to (B, d); logit_lens: per-layer logits (B, T, V)
+    of the final norm + LM head applied to that layer's hidden state. The first term makes the forget
+    representations look like Gaussian noise; the second pushes the forget text's loss up at every layer."""
+    mask = attention_mask.float()[..., None]  # (B, T, 1)
+    noise_term = 0.0
+    for h in hidden:
+        pooled = (h.float() * mask).sum(1) / mask.sum(1)  # (B, d)
+        noise = torch.randn(pooled.shape, generator=generator).to(pooled)
+        noise_term = noise_term + mmd_rbf(pooled, noise)
+    ce = torch.stack([lm_loss(lg, input_ids, attention_mask) for lg in logit_lens]).mean()
+    return beta * noise_term - alpha * torch.log(ce)
+
+
+def circuit_breaker_forget_loss(hidden: torch.Tensor, hidden_ref: torch.Tensor,
+                                attention_mask: torch.Tensor) -> torch.Tensor:
+    """Circuit breakers / RR (Zou et al. 2024): mean_t ReLU(cos(h^ℓ_θ(x_f)[t], h^ℓ_ref(x_f)[t])): the harmful
+    representation is rerouted to be orthogonal to (or opposite) what the original model computed."""
+    cos = F.cosine_similarity(hidden.float(), hidden_ref.float(), dim=-1)  # (B, T)
+    mask = attention_mask.float()
+    return (F.relu(cos) * mask).sum() / mask.sum()

@@ -6,8 +6,14 @@ Paper: Fig. 1/4-style curves (forget accuracy against attack step) and pre/post-
                         dashed chance line at 25% and a dotted line at the base model's level
     attack_bars.png     forget accuracy at rest and after each attack, per model; retain at rest beside it
     training.png        from metrics.jsonl: TR and retain loss per outer step, forget / retain accuracy
+  red team (evaluate.py's results, in runs/<domain>/redteam/):
+    attack_grid.png     every attack in one figure: forget accuracy vs step per model, seed band (min-max over
+                        seeds), chance and base-model lines
+    curves/<attack>.png the same, one attack per file
+    worst_case.png      per model: forget at rest, the mean over attacks, and the worst case (end of attack and
+                        anywhere on the curve)
 
-Run:  python plots.py runs/bio/results.json [runs/bio/metrics.jsonl]
+Run:  python plots.py runs/bio/results.json [runs/bio/metrics.jsonl]     |    python plots.py runs/bio/redteam/results.json
 """
 
 from __future__ import annotations
@@ -109,8 +115,93 @@ def plot_training(metrics_path: Path) -> Path:
     return _save(fig, metrics_path.parent / "training.png")
 
 
+def _redteam_curves(results: dict) -> dict[str, dict[str, list[list[dict]]]]:
+    """{attack: {model: [curve of each seed]}}"""
+    by_digest = {m["digest"]: name for name, m in results["models"].items()}
+    out: dict = {}
+    for r in results["runs"].values():
+        if r["digest"] in by_digest:
+            out.setdefault(r["attack"], {}).setdefault(by_digest[r["digest"]], []).append(r["curve"])
+    return out
+
+
+def _draw_attack(ax, attack: str, per_model: dict, models: list[str], base_level, spec: dict):
+    for i, m in enumerate(models):
+        curves = per_model.get(m)
+        if not curves:
+            continue
+        steps = [p["step"] for p in curves[0]]
+        vals = [[c[j]["forget"] for c in curves if j < len(c)] for j in range(len(steps))]
+        mean = [sum(v) / len(v) for v in vals]
+        ax.plot(steps, mean, marker="o", ms=2, lw=1.2, label=m, color=_color(m, i))
+        ax.fill_between(steps, [min(v) for v in vals], [max(v) for v in vals], color=_color(m, i), alpha=0.2, lw=0)
+    ax.axhline(CHANCE, ls="--", color="k", lw=0.8)
+    if base_level is not None:
+        ax.axhline(base_level, ls=":", color=COLORS["base"], lw=0.8)
+    ax.set_title(f"{attack} [{spec['dist']}]", fontsize=7)
+    ax.set_ylim(0, 1.02)
+    ax.tick_params(labelsize=6)
+    ax.grid(alpha=0.3)
+
+
+def plot_redteam(results_path: Path) -> list[Path]:
+    """Figures of a red-team results.json (evaluate.py), written beside it."""
+    results_path = Path(results_path)
+    r = json.loads(results_path.read_text())
+    out = results_path.parent
+    models = list(r["models"])
+    curves = _redteam_curves(r)
+    summary = r["summary"]  # evaluate.summarize(), stored by evaluate.py
+    attacks = [a for a in r["suite"] if a in curves]
+    paths = []
+    (out / "curves").mkdir(exist_ok=True)
+    for a in attacks:
+        fig, ax = plt.subplots(figsize=(4.5, 3.2))
+        _draw_attack(ax, a, curves[a], models, summary["base_level"], r["suite"][a])
+        ax.set_xlabel("attack step", fontsize=8)
+        ax.set_ylabel("forget accuracy (E)", fontsize=8)
+        ax.legend(fontsize=7)
+        paths.append(_save(fig, out / "curves" / f"{a}.png"))
+    cols = min(6, max(1, len(attacks)))
+    rows = -(-len(attacks) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols, 2.2 * rows), squeeze=False, sharey=True)
+    for ax, a in zip(axes.flat, attacks):
+        _draw_attack(ax, a, curves[a], models, summary["base_level"], r["suite"][a])
+    for ax in list(axes.flat)[len(attacks):]:
+        ax.axis("off")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="upper right", fontsize=8)
+    fig.suptitle("Forget accuracy (group E) under every attack: mean over seeds, band = min-max; dashed = chance, "
+                 "dotted = base", fontsize=9)
+    fig.tight_layout(rect=(0, 0, 1, 0.97))
+    paths.insert(0, _save(fig, out / "attack_grid.png"))
+
+    fig, ax = plt.subplots(figsize=(2 + 1.6 * len(models), 3.4))
+    labels = ["at rest", "mean over attacks (end)", "worst at end", "worst anywhere"]
+    width = 0.8 / len(labels)
+    for j, lab in enumerate(labels):
+        vals = []
+        for m in models:
+            runs = [c for a in attacks for c in curves[a].get(m, [])]
+            w = summary["worst"].get(m)
+            vals.append({0: sum(c[0]["forget"] for c in runs) / max(1, len(runs)),
+                         1: sum(c[-1]["forget"] for c in runs) / max(1, len(runs)),
+                         2: w["final"][0] if w else 0, 3: w["max"][0] if w else 0}[j])
+        ax.bar([i + (j - 1.5) * width for i in range(len(models))], vals, width, label=lab, color=f"C{j}")
+    ax.axhline(CHANCE, ls="--", color="k", lw=1)
+    ax.set_xticks(range(len(models)), models)
+    ax.set_ylim(0, 1.02)
+    ax.set_ylabel("forget accuracy (E)")
+    ax.legend(fontsize=7)
+    ax.set_title("Worst case over the red-team suite", fontsize=10)
+    paths.insert(1, _save(fig, out / "worst_case.png"))
+    return paths
+
+
 if __name__ == "__main__":
     if len(sys.argv) < 2:
         sys.exit("usage: python plots.py RESULTS_JSON [METRICS_JSONL]")
-    written = plot_results(Path(sys.argv[1])) + ([plot_training(Path(sys.argv[2]))] if len(sys.argv) > 2 else [])
+    first = json.loads(Path(sys.argv[1]).read_text())
+    written = plot_redteam(Path(sys.argv[1])) if "runs" in first else plot_results(Path(sys.argv[1]))
+    written += [plot_training(Path(sys.argv[2]))] if len(sys.argv) > 2 else []
     print("wrote " + ", ".join(map(str, written)))

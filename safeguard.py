@@ -17,7 +17,12 @@ A safeguard is "a forget term + a retain term, trained without an attacker", run
 `adversary.attack()` with that loss. It hides the facts of T *and* of the never-seen groups A and E (it
 learns "this domain -> scramble"), but a few dozen attack steps bring them back: the knowledge is latent.
 
-Run:  python safeguard.py --domain bio      # builds (or reuses) runs/bio/base and runs/bio/safeguard
+Baselines (paper Table 1, BASELINES.md): Max-Entropy, Min-Posterior, LLMU, RMU, RepNoise, circuit breakers. Each
+is a name -> (forget term, retain term) pair in `METHODS`, trained by the same loop `defend()`.
+
+Run:  python safeguard.py --domain bio                     # builds (or reuses) runs/bio/base and runs/bio/safeguard
+      python safeguard.py --domain bio --method rmu        # runs/bio/baselines/rmu (or --method all)
+      python safeguard.py --domain bio --method all --grid # the tuning grid -> runs/bio/baselines/grid.json
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -36,7 +42,7 @@ from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 import adversary
 import evaluate
 import losses
-from data import UserError, WorldConfig, atomic_write, build_world, replace_dir, stream
+from data import CITIES, Stream, UserError, WorldConfig, atomic_write, build_world, replace_dir
 
 
 @dataclass(frozen=True)
@@ -65,21 +71,26 @@ class BaseConfig:
 
 @dataclass(frozen=True)
 class SafeguardConfig:
-    """Random-mapping safeguard (Sec. 4.1). The miniature default maps every real token of a forget document,
-    at every layer, to ONE fixed random direction.
+    """One single-level safeguard: `method`'s forget term on T documents + its retain term on Rt documents, no
+    attacker. The defaults are the random-mapping safeguard (TAR's stage 1); `METHODS` lists the baselines and
+    `for_method()` gives each one's picked setting (BASELINES.md; `--grid` picks them).
 
-    # deviation: one random target for all tokens (paper: one per token id; PAPER.md §7 prototype: one per
-    # position) because here it is the form that generalises from group T to the unseen groups. Measured on bio
-    # (seed 0, lr 3e-3, all real tokens), forget accuracy E / A after the safeguard: constant target at every
-    # layer, 200 steps: 31% / 38%; constant, final layer, 300 steps: 34% / 40%; per token id, final layer: 54% /
-    # 58%; per position, final layer: 52% / 58%, every layer: 54% / 63%. A per-token or per-position target can
-    # be fitted entity by entity; one direction is reached most cheaply by a domain-level switch."""
+    # deviation: random mapping sends every real token of a forget document, at every layer, to ONE fixed random
+    # direction (paper: one per token id; PAPER.md §7 prototype: one per position) because here it is the form
+    # that generalises from group T to the unseen groups. Measured on bio (seed 0, lr 3e-3, all real tokens),
+    # forget accuracy E / A after the safeguard: constant target at every layer, 200 steps: 31% / 38%; constant,
+    # final layer, 300 steps: 34% / 40%; per token id, final layer: 54% / 58%; per position, final layer:
+    # 52% / 58%, every layer: 54% / 63%. A per-token or per-position target can be fitted entity by entity; one
+    # direction is reached most cheaply by a domain-level switch."""
+    method: str = "random_mapping"
     steps: int = 250  # PAPER.md §7: 300
     lr: float = 3e-3  # PAPER.md §7: 3e-4 (too slow here: E 72% after 300 steps)
     batch_size: int = 32  # forget and retain batches each
-    per: str = "constant"  # random target per 'token' id (paper), per 'position' (PAPER.md §7), or 'constant'
-    absolute: bool = False  # 1 − |cos| (paper) instead of 1 − cos
-    all_layers: bool = True  # map every hidden state after the embeddings (paper) instead of the final one only
+    coef: float = 1.0  # the method's own coefficient (METHODS[method].coef says which)
+    alpha: float = 1.0  # a second coefficient where the method has one (RMU's retain weight)
+    per: str = "constant"  # random mapping: target per 'token' id (paper), per 'position' (PAPER.md §7), 'constant'
+    absolute: bool = False  # random mapping: 1 − |cos| (paper) instead of 1 − cos
+    all_layers: bool = True  # random mapping: every hidden state after the embeddings (paper) or the final one
     seed: int = 0
 
 
@@ -140,7 +151,7 @@ def base_model(world, cfg: BaseConfig, run_dir: Path, log=print):
     t0 = time.time()
     from tqdm import tqdm
     with tqdm(total=cfg.steps, desc="pretrain", leave=False, disable=None) as bar:
-        adversary.attack(model, cfg.spec(), stream(world.tokens["all"], cfg.batch_size, cfg.seed), progress=bar)
+        adversary.attack(model, cfg.spec(), Stream(world.tokens["all"], cfg.batch_size, cfg.seed), progress=bar)
     acc = evaluate.accuracies(model, world, evaluate.EVERY_GROUP)
     log(f"base: {time.time() - t0:.0f}s, accuracy " + " ".join(f"{g} {a:.1%}" for g, a in acc.items()))
     if min(acc.values()) < 0.95:
@@ -151,68 +162,271 @@ def base_model(world, cfg: BaseConfig, run_dir: Path, log=print):
 
 
 # --------------------------------------------------------------------------------------------------------
-# The random-mapping safeguard (TAR's stage 1)
+# Safeguards: a method = its forget and retain terms (BASELINES.md), all trained by the one loop `defend`
 # --------------------------------------------------------------------------------------------------------
-def random_mapping(model, base, world, cfg: SafeguardConfig) -> list[float]:
-    """Trains `model` in place with L_RM on T documents + retain terms on Rt documents; `base` is the frozen
-    reference of the retain term. Returns the loss history."""
-    base.eval().requires_grad_(False)
+def _forward(model, x, hidden=True):
+    return model(input_ids=x.input_ids, attention_mask=x.attention_mask, output_hidden_states=hidden)
+
+
+def _ce(model, x):
+    return losses.lm_loss(_forward(model, x, False).logits, x.input_ids, x.attention_mask)
+
+
+def _random_mapping(model, ref, xf, xr, cfg, ctx):
+    out_f = _forward(model, xf)
+    targets = losses.random_targets(ctx["table"], xf.input_ids, cfg.per)  # (B, T, d)
+    hidden = out_f.hidden_states[1:] if cfg.all_layers else out_f.hidden_states[-1:]
+    forget = sum(losses.random_mapping_loss(h, targets, xf.attention_mask, cfg.absolute) for h in hidden) / len(hidden)
+    with torch.no_grad():
+        ref_r = _forward(ref, xr)
+    retain, _ = losses.retain_loss(_forward(model, xr), ref_r, xr.input_ids, xr.attention_mask, squared=True)
+    return cfg.coef * forget, retain
+
+
+def _max_entropy(model, ref, xf, xr, cfg, ctx):
+    logits = _forward(model, xf, False).logits
+    return cfg.coef * losses.entropy_tr_loss(logits, xf.attention_mask.bool()), _ce(model, xr)
+
+
+def _min_posterior(model, ref, xf, xr, cfg, ctx):
+    logits = _forward(model, xf, False).logits
+    return cfg.coef * losses.min_posterior_loss(logits, xf.input_ids, xf.attention_mask), _ce(model, xr)
+
+
+def _llmu(model, ref, xf, xr, cfg, ctx):
+    # forget input with its facts replaced by random retain-domain words: "forget input, wrong continuation"
+    mismatched = xf.input_ids.clone()
+    facts = torch.zeros_like(xf.fact_mask)
+    facts[:, 1:] = xf.fact_mask[:, :-1]  # the value tokens themselves
+    pool = ctx["retain_values"]
+    mismatched[facts] = pool[torch.randint(len(pool), (int(facts.sum()),), generator=ctx["gen"])]
+    forget = -_ce(model, xf) + losses.lm_loss(model(input_ids=mismatched, attention_mask=xf.attention_mask).logits,
+                                              mismatched, xf.attention_mask)
+    with torch.no_grad():
+        ref_logits = _forward(ref, xr, False).logits
+    # LLMU's KL(p_ref ‖ p_θ) retain term (the official TAR code swaps in retain CE)
+    return cfg.coef * forget, losses.kl_to_reference(_forward(model, xr, False).logits, ref_logits, xr.attention_mask)
+
+
+def _rmu(model, ref, xf, xr, cfg, ctx):
+    layer = ctx["rmu_layer"]  # hidden_states index ℓ: the output of decoder layer ℓ
+    forget = losses.rmu_forget_loss(_forward(model, xf).hidden_states[layer], cfg.coef * ctx["u"], xf.attention_mask)
+    with torch.no_grad():
+        ref_h = _forward(ref, xr).hidden_states[layer]
+    retain = losses.rmu_retain_loss(_forward(model, xr).hidden_states[layer], ref_h, xr.attention_mask)
+    return forget, cfg.alpha * retain
+
+
+def _repnoise(model, ref, xf, xr, cfg, ctx):
+    out_f = _forward(model, xf)
+    hidden = out_f.hidden_states[1:]
+    norm, head = model.base_model.norm, model.get_output_embeddings()
+    lens = [head(norm(h)) for h in hidden[:-1]] + [out_f.logits]  # logit lens; the last state is already normed
+    forget = losses.repnoise_forget_loss(hidden, lens, xf.input_ids, xf.attention_mask, beta=cfg.coef, alpha=1.0,
+                                         generator=ctx["gen"])
+    return forget, _ce(model, xr)
+
+
+def _circuit_breakers(model, ref, xf, xr, cfg, ctx):
+    layers = ctx["cb_layers"]
+    progress = ctx["step"] / (2 * cfg.steps)  # c_rr = a(1 − s/2S), c_ret = a·s/2S   (Zou et al.)
+    out_f, out_r = _forward(model, xf), _forward(model, xr)
+    with torch.no_grad():
+        ref_f, ref_r = _forward(ref, xf), _forward(ref, xr)
+    forget = sum(losses.circuit_breaker_forget_loss(out_f.hidden_states[ell], ref_f.hidden_states[ell],
+                                                    xf.attention_mask) for ell in layers)
+    retain = losses.hidden_distance([out_r.hidden_states[ell] for ell in layers],
+                                    [ref_r.hidden_states[ell] for ell in layers], xr.attention_mask, squared=False)
+    return cfg.coef * (1 - progress) * forget, cfg.coef * progress * retain
+
+
+def _mlps_of_first_two_layers(model):
+    """RMU trains only the MLPs of layers ℓ−2..ℓ (WMDP: 5-7 of 32); scaled to 4 layers: layers 1-2."""
+    return [p for layer in model.base_model.layers[:2] for p in layer.mlp.parameters()]
+
+
+@dataclass(frozen=True)
+class Method:
+    terms: object  # (model, ref, x_f, x_r, cfg, ctx) -> (forget term, retain term)
+    coef: str  # what SafeguardConfig.coef means for this method
+    grid: dict  # the tuning grid (lr x steps x coefficients), BASELINES.md
+    picked: dict  # the grid's pick (lowest forget on group A with Rt ≥ 90%): the method's defaults
+    trainable: object = None  # model -> the parameters it trains (None: all)
+
+
+LRS = (1e-4, 3e-4, 1e-3)
+METHODS: dict[str, Method] = {
+    "random_mapping": Method(_random_mapping, "weight of the mapping term", {}, {}),
+    "max_entropy": Method(_max_entropy, "weight of the entropy term", dict(lr=LRS, coef=(1.0, 4.0)),
+                          dict(lr=3e-4, steps=300, coef=1.0)),
+    "min_posterior": Method(_min_posterior, "weight of the forget term", dict(lr=LRS, coef=(1.0, 4.0)),
+                            dict(lr=3e-4, steps=300, coef=1.0)),
+    "llmu": Method(_llmu, "weight of the gradient-ascent + mismatch term", dict(lr=LRS, coef=(0.5, 1.0)),
+                   dict(lr=1e-4, steps=300, coef=0.5)),
+    "rmu": Method(_rmu, "steering coefficient c (alpha: retain weight α)",
+                  dict(lr=LRS, coef=(5.0, 20.0), alpha=(10.0, 100.0)), dict(lr=1e-3, steps=300, coef=20.0, alpha=100.0),
+                  _mlps_of_first_two_layers),
+    "repnoise": Method(_repnoise, "β, the weight of the noise (MMD) term", dict(lr=LRS, coef=(1e-3, 1e-1)),
+                       dict(lr=3e-4, steps=300, coef=1e-3)),
+    "circuit_breakers": Method(_circuit_breakers, "a, the scale of the rerouting schedule", dict(lr=LRS, coef=(1.0, 10.0)),
+                               dict(lr=1e-3, steps=300, coef=10.0)),
+}
+BASELINES = [m for m in METHODS if m != "random_mapping"]
+
+
+def for_method(method: str, **overrides) -> SafeguardConfig:
+    if method not in METHODS:
+        raise UserError(f"unknown method {method!r}: choose one of {', '.join(METHODS)} or all")
+    return SafeguardConfig(method=method, **{**METHODS[method].picked, **overrides})
+
+
+def defend(model, ref, world, cfg: SafeguardConfig, every: int = 0, callback=None) -> list[float]:
+    """THE defence loop: trains `model` in place on forget term(T) + retain term(Rt) with `adversary.attack()`
+    (no attacker: the "attack" here is the defender's own fine-tuning); `ref` is the frozen original model."""
+    method = METHODS[cfg.method]
+    ref.eval().requires_grad_(False)
     gen = torch.Generator().manual_seed(cfg.seed)
     d = model.config.hidden_size
     rows = {"constant": 1, "position": model.config.max_position_embeddings, "token": model.config.vocab_size}
-    table = torch.randn(rows[cfg.per], d, generator=gen)  # fixed random targets r ~ N(0, I)   (rows, d)
+    table = torch.randn(rows[cfg.per], d, generator=gen)  # random-mapping targets r ~ N(0, I)
+    u = torch.rand(d, generator=gen)
+    city_values = [v for vals, _ in CITIES.attributes.values() for v in vals]
+    ctx = {"gen": gen, "step": 0, "table": table,
+           "u": u / u.norm(),  # RMU's fixed random unit vector (uniform [0, 1), normalised)
+           "rmu_layer": 2, "cb_layers": (2, 3),  # of 4 layers: RMU ℓ = 7 of 32 -> 2; circuit breakers 10, 20 -> 2, 3
+           "retain_values": torch.tensor(world.tokenizer.convert_tokens_to_ids(["▁" + v for v in city_values]))}
+    if method.trainable is not None:
+        keep = {id(p) for p in method.trainable(model)}
+        for p in model.parameters():
+            p.requires_grad_(id(p) in keep)
 
     def loss_fn(model, batches):
-        xf, xr = batches
-        out_f = model(input_ids=xf.input_ids, attention_mask=xf.attention_mask, output_hidden_states=True)
-        targets = losses.random_targets(table, xf.input_ids, cfg.per)  # (B, T, d)
-        hidden = out_f.hidden_states[1:] if cfg.all_layers else out_f.hidden_states[-1:]
-        forget = sum(losses.random_mapping_loss(h, targets, xf.attention_mask, cfg.absolute)
-                     for h in hidden) / len(hidden)
-        out_r = model(input_ids=xr.input_ids, attention_mask=xr.attention_mask, output_hidden_states=True)
-        with torch.no_grad():
-            ref_r = base(input_ids=xr.input_ids, attention_mask=xr.attention_mask, output_hidden_states=True)
-        retain, _ = losses.retain_loss(out_r, ref_r, xr.input_ids, xr.attention_mask, squared=True)
-        return forget + retain
+        ctx["step"] += 1
+        forget, retain = method.terms(model, ref, *batches, cfg, ctx)
+        loss = forget + retain
+        if not torch.isfinite(loss):
+            raise UserError(f"{cfg.method}: the loss became {loss.item()} at step {ctx['step']} (lr {cfg.lr:g}, "
+                            f"coefficient {cfg.coef:g}); nothing was saved")
+        return loss
 
-    spec = adversary.Attack(name="random_mapping", lr=cfg.lr, steps=cfg.steps, batch_size=cfg.batch_size,
-                            data="T", weight_decay=0.0, dist="-")
-    batches = zip(stream(world.tokens["T"], cfg.batch_size, cfg.seed), stream(world.tokens["Rt"], cfg.batch_size,
-                                                                              cfg.seed + 1))
+    spec = adversary.Attack(name=cfg.method, lr=cfg.lr, steps=cfg.steps, batch_size=cfg.batch_size, data="T",
+                            weight_decay=0.0, grad_clip=1.0 if cfg.method == "llmu" else 0.0, dist="-")
+    batches = zip(Stream(world.tokens["T"], cfg.batch_size, cfg.seed),
+                  Stream(world.tokens["Rt"], cfg.batch_size, cfg.seed + 1))
     from tqdm import tqdm
-    with tqdm(total=cfg.steps, desc="safeguard", leave=False, disable=None) as bar:
-        return adversary.attack(model, spec, batches, loss_fn=loss_fn, progress=bar)
+    try:
+        with tqdm(total=cfg.steps, desc=cfg.method, leave=False, disable=None) as bar:
+            return adversary.attack(model, spec, batches, loss_fn=loss_fn, progress=bar, every=every,
+                                    callback=callback)
+    finally:
+        model.requires_grad_(True)
 
 
-def safeguard_model(base, base_key: str, world, cfg: SafeguardConfig, run_dir: Path, log=print):
-    """θ0: the random-mapping safeguard of `base`, cached at run_dir/safeguard."""
-    key, path = digest("safeguard", base_key, asdict(cfg)), run_dir / "safeguard"
+def safeguard_model(base, base_key: str, world, cfg: SafeguardConfig, run_dir: Path, log=print,
+                    path: Path | None = None):
+    """A safeguarded copy of `base` (θ0 for TAR when cfg is the default random mapping), cached at
+    run_dir/safeguard or `path` (baselines/<method>) under a key of its parent and config."""
+    key, path = digest("safeguard", base_key, asdict(cfg)), path or run_dir / "safeguard"
     if (model := cached(path, key)) is not None:
-        log(f"safeguard: reusing {path}")
+        log(f"{cfg.method}: reusing {path}")
         return model
     model = load_model(run_dir / "base")  # a fresh copy of the base; `base` stays the frozen reference
     t0 = time.time()
-    random_mapping(model, base, world, cfg)
+    defend(model, base, world, cfg)
     acc = evaluate.accuracies(model, world, evaluate.EVERY_GROUP)
-    log(f"safeguard: {time.time() - t0:.0f}s, accuracy " + " ".join(f"{g} {a:.1%}" for g, a in acc.items()))
-    save_model(model, world.tokenizer, path, {"key": key, "what": "random-mapping safeguard",
+    log(f"{cfg.method}: {time.time() - t0:.0f}s, accuracy " + " ".join(f"{g} {a:.1%}" for g, a in acc.items()))
+    save_model(model, world.tokenizer, path, {"key": key, "what": f"{cfg.method} safeguard",
                                                "parent": str(run_dir / "base"), "config": asdict(cfg),
                                                "accuracy": acc})
     return model
 
 
+# --------------------------------------------------------------------------------------------------------
+# Honest tuning (BASELINES.md): a small grid per method, picked by at-rest forget accuracy on group A (unseen by
+# the method, and not the evaluation group E) among settings that keep retain-train Rt ≥ 90%
+# --------------------------------------------------------------------------------------------------------
+RETAIN_FLOOR = 0.90
+
+
+def _grid_point(job) -> list[dict]:
+    """Trains one grid setting for its longest step count, measuring at every step count of the grid on the way."""
+    method, overrides, steps, world_cfg, base_path = job
+    torch.set_num_threads(1)
+    world = build_world(world_cfg)
+    cfg = SafeguardConfig(method=method, **{**overrides, "steps": max(steps)})
+    base, model = load_model(base_path), load_model(base_path)
+    rows = []
+
+    def record(step):
+        if step in steps:
+            acc = evaluate.accuracies(model, world, evaluate.EVERY_GROUP)
+            rows.append({**overrides, "steps": step, **{g: round(a, 4) for g, a in acc.items()}})
+
+    try:
+        defend(model, base, world, cfg, every=min(steps), callback=record)
+    except UserError as e:  # a diverging setting is a grid result, not a crash
+        rows.append({**overrides, "steps": None, "error": str(e)})
+    return rows
+
+
+def run_grid(methods: list[str], world, run_dir: Path, workers: int, log=print) -> dict:
+    import itertools
+    path = run_dir / "baselines" / "grid.json"
+    saved = json.loads(path.read_text()) if path.exists() else {}
+    jobs = []
+    for m in methods:
+        axes = METHODS[m].grid
+        for values in itertools.product(*axes.values()):
+            jobs.append((m, dict(zip(axes, values)), (150, 300), world.config, str(run_dir / "base")))
+    log(f"grid: {len(jobs)} settings x 2 step counts over {', '.join(methods)} on {workers} worker(s)")
+    t0 = time.time()
+    if workers > 1:
+        with evaluate.start_pool(workers) as pool:
+            results = list(pool.map(_grid_point, jobs))
+    else:
+        results = list(map(_grid_point, jobs))
+    for m in methods:
+        rows = [r for (jm, *_), rs in zip(jobs, results) if jm == m for r in rs]
+        ok = [r for r in rows if r.get("steps") and r["Rt"] >= RETAIN_FLOOR]
+        pick = min(ok, key=lambda r: (r["A"], -r["Rt"])) if ok else None
+        saved[m] = {"rule": f"lowest forget on A among settings with Rt >= {RETAIN_FLOOR:.0%}", "grid": rows,
+                    "pick": pick, "default": METHODS[m].picked}
+        log(f"grid {m}: pick {pick}" if pick else f"grid {m}: no setting keeps Rt >= {RETAIN_FLOOR:.0%}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, json.dumps(saved, indent=1))
+    log(f"grid: {time.time() - t0:.0f}s; wrote {path}")
+    return saved
+
+
 def main(argv=None):
-    p = argparse.ArgumentParser(description="Build (or reuse) the base model and the random-mapping safeguard.")
+    p = argparse.ArgumentParser(description="Build (or reuse) the base model and the random-mapping safeguard; with "
+                                            "--method, the baseline safeguards of BASELINES.md.")
+    p.error = lambda message: sys.exit(f"error: {message} (see --help)")
     p.add_argument("--domain", default="bio")
     p.add_argument("--runs", type=Path, default=Path("runs"), help="runs directory (default: runs)")
+    p.add_argument("--method", help=f"a baseline ({', '.join(BASELINES)}) or 'all': writes "
+                                    "<runs>/<domain>/baselines/<method>/")
+    p.add_argument("--grid", action="store_true", help="run the tuning grid of --method instead (grid.json)")
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes for --grid")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     try:
+        methods = (BASELINES if args.method == "all" else [for_method(args.method).method]) if args.method else []
+        if args.grid and not methods:
+            raise UserError("--grid needs --method NAME or --method all")
         world = build_world(WorldConfig(domain=args.domain))
         run_dir = args.runs / args.domain
         run_dir.mkdir(parents=True, exist_ok=True)
         base, key = base_model(world, BaseConfig(), run_dir)
-        safeguard_model(base, key, world, SafeguardConfig(), run_dir)
+        if args.grid:
+            run_grid(methods, world, run_dir, args.workers)
+        elif methods:
+            t0 = time.time()
+            for m in methods:
+                safeguard_model(base, key, world, for_method(m), run_dir, path=run_dir / "baselines" / m)
+            print(f"baselines: {time.time() - t0:.0f}s")
+        else:
+            safeguard_model(base, key, world, SafeguardConfig(), run_dir)
     except (UserError, OSError) as e:
         sys.exit(f"error: {e}")
 

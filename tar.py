@@ -45,7 +45,7 @@ import losses
 import plots
 import safeguard
 from adversary import Attack, TrainAttacks, attack, attack_stream, sample_attack
-from data import UserError, WorldConfig, atomic_write, build_world, stream
+from data import Stream, UserError, WorldConfig, atomic_write, build_world
 
 
 def arg(default, help: str, paper=None):
@@ -196,8 +196,8 @@ def train_tar(model, ref, world, cfg: TARConfig, metrics_path: Path, log=print):
     schedule = adversary.SCHEDULES[cfg.outer_schedule](outer_opt, num_warmup_steps=0, **(
         {"num_training_steps": cfg.outer_steps} if cfg.outer_schedule != "constant" else {}))
     rng = random.Random(cfg.seed)  # attacks and their data orders
-    x_trs = stream(world.tokens["T_tr"], cfg.tr_batch, cfg.seed)  # held-out forget batches (T's other half)
-    x_rs = stream(world.tokens["Rt"], cfg.retain_batch, cfg.seed + 1)
+    x_trs = Stream(world.tokens["T_tr"], cfg.tr_batch, cfg.seed)  # held-out forget batches (T's other half)
+    x_rs = Stream(world.tokens["Rt"], cfg.retain_batch, cfg.seed + 1)
     t0 = time.time()
     with open(metrics_path, "w") as f, tqdm(range(1, cfg.outer_steps + 1), desc="TAR", unit="step", disable=None) as bar:
         for step in bar:

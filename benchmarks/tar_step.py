@@ -32,7 +32,7 @@ import adversary  # noqa: E402
 import losses  # noqa: E402
 import safeguard  # noqa: E402
 import tar  # noqa: E402
-from data import WorldConfig, build_world, stream  # noqa: E402
+from data import Stream, WorldConfig, build_world  # noqa: E402
 
 
 def live_tensors() -> dict[int, torch.Tensor]:
@@ -89,8 +89,8 @@ def main(argv=None):
     ref = copy.deepcopy(model).requires_grad_(False)
     cfg = tar.TARConfig(inner_steps=args.inner_steps)
     outer_opt = torch.optim.AdamW(model.parameters(), lr=cfg.outer_lr, weight_decay=0.0)
-    x_tr = next(stream(world.tokens["T_tr"], cfg.tr_batch, 0))
-    x_r = next(stream(world.tokens["Rt"], cfg.retain_batch, 1))
+    x_tr = next(Stream(world.tokens["T_tr"], cfg.tr_batch, 0))
+    x_r = next(Stream(world.tokens["Rt"], cfg.retain_batch, 1))
     spec = adversary.sample_attack(random.Random(0), cfg.train_attacks())
     n_params = sum(q.numel() for q in model.parameters())
     print(f"model: width {args.width}, {args.layers} layers, {n_params / 1e6:.2f}M parameters; K = {cfg.inner_steps}, "

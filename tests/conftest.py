@@ -66,6 +66,6 @@ def pipeline(tmp_path_factory):
     ref_attack = tar.end_of_run_attacks(cfg.attack_steps)[0]
     models = {"untrained": untrained, "base": base, "safeguard": theta0, "tar": model}
     at_rest = {n: evaluate.accuracies(m, world) for n, m in models.items()}
-    curves = {n: evaluate.attack_curve(copy.deepcopy(m), ref_attack, world, seed=0, every=25)
+    curves = {n: evaluate.attack_curve(m, ref_attack, world, seed=0, every=25)
               for n, m in models.items() if n != "base"}
     return {"world": world, "models": models, "at_rest": at_rest, "curves": curves, "cfg": cfg}

@@ -13,7 +13,7 @@ from data import UserError
 
 
 def test_bad_specs_are_user_errors():
-    for bad in (dict(lr=0), dict(lr=float("nan")), dict(steps=0), dict(optimizer="lion"), dict(schedule="step"),
+    for bad in (dict(lr=0), dict(lr=float("nan")), dict(steps=0), dict(optimizer="rmsprop"), dict(optimizer="schedulefree", schedule="cosine"), dict(schedule="step"),
                 dict(warmup=1.0), dict(switch=500)):
         with pytest.raises(UserError):
             Attack(**bad)

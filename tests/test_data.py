@@ -87,13 +87,13 @@ def test_fact_mask_marks_positions_before_fact_values(small_world):
 def test_stream_is_seeded_and_covers_each_epoch(small_world):
     toks = small_world.tokens["A"]
     n = toks.ids.shape[0]  # 24 documents
-    batches = data.stream(toks, 8, seed=3)
+    batches = data.Stream(toks, 8, seed=3)
     epoch = [next(batches) for _ in range(n // 8)]
     seen = torch.cat([b.input_ids[:, :5] for b in epoch])
     assert len({tuple(r.tolist()) for r in seen}) == len({tuple(r.tolist()) for r in toks.ids[:, :5]})
-    same = next(data.stream(toks, 8, seed=3))
+    same = next(data.Stream(toks, 8, seed=3))
     assert torch.equal(same.input_ids, epoch[0].input_ids)
-    assert not torch.equal(next(data.stream(toks, 8, seed=4)).input_ids, epoch[0].input_ids)
+    assert not torch.equal(next(data.Stream(toks, 8, seed=4)).input_ids, epoch[0].input_ids)
     b = epoch[0]
     assert b.attention_mask[:, -1].any()  # trimmed to the longest document of the batch
 

@@ -33,8 +33,8 @@ class Probe(torch.optim.Optimizer):
 
 def one_step(world, cfg, model, seed=5):
     ref = copy.deepcopy(model).requires_grad_(False)
-    x_tr = next(data.stream(world.tokens["T_tr"], 4, 0))
-    x_r = next(data.stream(world.tokens["Rt"], 4, 1))
+    x_tr = next(data.Stream(world.tokens["T_tr"], 4, 0))
+    x_r = next(data.Stream(world.tokens["Rt"], 4, 1))
     spec = adversary.sample_attack(random.Random(0), cfg.train_attacks())
     probe = Probe(model.parameters())
     metrics = tar.outer_step(model, ref, probe, world, x_tr, x_r, spec, cfg, attack_seed=seed)
@@ -66,7 +66,7 @@ def test_outer_gradient_is_the_first_order_tar_gradient(small_world, weights, ma
     tr_mask = x_tr.fact_mask if mask == "fact" else x_tr.attention_mask.bool()
     w = losses.tr_weights(cfg.inner_steps, cfg.tr_every, weights)
     opt = torch.optim.AdamW(params, lr=spec.lr, weight_decay=0.01)
-    batches = data.stream(small_world.tokens[spec.data], spec.batch_size, 7)
+    batches = data.Stream(small_world.tokens[spec.data], spec.batch_size, 7)
     g_tr = [torch.zeros_like(p) for p in params]
     tr_values = []
     for k in range(1, cfg.inner_steps + 1):
