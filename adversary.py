@@ -261,7 +261,8 @@ def attack(model: torch.nn.Module, spec: Attack, batches: Iterator, *,
     """Fine-tunes `model` in place for `spec.steps` steps with a fresh optimizer; returns the losses.
 
     batches  : iterator of whatever `loss_fn(model, batch)` takes (an LM Batch for attacks; a pair of
-               forget/retain batches for a defence)
+               forget/retain batches for a defence), or of lists of them: the micro-batches of one step, whose
+               gradients are accumulated (mean over micro-batches; under FSDP also over ranks)
     callback : called as callback(step) after steps every, 2·every, ... (step counts from 1), with the
                model at its current, attacked weights: TAR's TR-gradient hook, evaluation's recorder
     progress : an optional tqdm bar, advanced once per step
@@ -284,14 +285,18 @@ def attack(model: torch.nn.Module, spec: Attack, batches: Iterator, *,
     train_mode()
     history = []
     for step, batch in enumerate(itertools.islice(batches, spec.steps), start=1):
-        loss = loss_fn(model, batch)
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        micro = batch if isinstance(batch, list) else [batch]  # gradient accumulation over micro-batches
+        loss = 0.0
+        for mb in micro:
+            part = loss_fn(model, mb) / len(micro)
+            part.backward()
+            loss = loss + part.detach()
         if spec.grad_clip:
             torch.nn.utils.clip_grad_norm_(params, spec.grad_clip)
         opt.step()
         sched.step()
-        history.append(loss.detach())  # no .item() here: a GPU would sync every step
+        history.append(loss)  # a fresh 0-d tensor; no .item() here: a GPU would sync every step
         if callback is not None and every and step % every == 0:
             eval_mode()
             callback(step)

@@ -450,6 +450,25 @@ class Stream:
         self.perm, self.pos = state["perm"], state["pos"]
 
 
+def shard_batch(batch: Batch, rank: int = 0, world_size: int = 1, micro: int = 0) -> list[Batch]:
+    """This rank's contiguous share of a global batch, cut into micro-batches of `micro` rows (0: the whole
+    share), each trimmed to its own longest document. Rank r of W with micro-batch m and one process with
+    micro-batch m see the same micro-batches, so their averaged gradients agree (gradient accumulation)."""
+    n = batch.input_ids.shape[0]
+    if n % world_size:
+        raise UserError(f"a global batch of {n} does not split over {world_size} processes")
+    share = n // world_size
+    micro = micro or share
+    if share % micro:
+        raise UserError(f"each process's share of {share} rows does not split into micro-batches of {micro}")
+    out = []
+    for start in range(rank * share, (rank + 1) * share, micro):
+        rows = slice(start, start + micro)
+        width = int(batch.attention_mask[rows].sum(1).max())
+        out.append(Batch(batch.input_ids[rows, :width], batch.attention_mask[rows, :width], batch.fact_mask[rows, :width]))
+    return out
+
+
 # --------------------------------------------------------------------------------------------------------
 # CLI: write the world as JSONL for people and other tools (lm-evaluation-harness, attack scripts)
 # --------------------------------------------------------------------------------------------------------

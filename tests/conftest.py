@@ -63,7 +63,7 @@ def pipeline(tmp_path_factory):
     model = copy.deepcopy(theta0)
     tar.train_tar(model, copy.deepcopy(theta0), world, cfg, run_dir / "metrics.jsonl", log)
     untrained = safeguard.new_model(len(world.tokenizer), safeguard.ModelConfig(), world.tokenizer, seed=1)
-    ref_attack = tar.end_of_run_attacks(cfg.attack_steps)[0]
+    ref_attack = evaluate.end_of_run_attacks(cfg.attack_steps)[0]
     models = {"untrained": untrained, "base": base, "safeguard": theta0, "tar": model}
     at_rest = {n: evaluate.accuracies(m, world) for n, m in models.items()}
     curves = {n: evaluate.attack_curve(m, ref_attack, world, seed=0, every=25)
