@@ -410,8 +410,152 @@ def load_local_world(cfg: LocalWorldConfig) -> World:
     return World(WorldConfig(), tokenizer, {}, docs, items, tokens, digest, style="letter", topic=cfg.topic)
 
 
+# --------------------------------------------------------------------------------------------------------
+# The real datasets (../shared/DATA.md) for a Hugging Face model, returned as the same World, so tar.py and
+# evaluate.py do not care which world they run on. Roles per domain (DATA.md §1):
+#     T_inner / T_tr  80% / 20% of each forget corpus (train_test_split(test_size=0.2, seed=42), as the
+#                     official code): the train-time attacker's data and x_TR
+#     A               the red team's documents: the same 80% (no public disjoint corpus exists; DATA.md)
+#     Rt              retain: Pile-bio label=False + Magpie chats (chat template)
+#     E / Re          WMDP-<domain> / MMLU minus the domain's subjects, scored in lm-eval's letter style
+# --------------------------------------------------------------------------------------------------------
+# name -> (hub id, config, split, fields a row must have); a local file is <data_dir>/<name>.jsonl|.json|.parquet
+SOURCES = {
+    "wmdp-bio": ("cais/wmdp", "wmdp-bio", "test", ("question", "choices", "answer")),
+    "wmdp-chem": ("cais/wmdp", "wmdp-chem", "test", ("question", "choices", "answer")),
+    "wmdp-cyber": ("cais/wmdp", "wmdp-cyber", "test", ("question", "choices", "answer")),
+    "mmlu": ("cais/mmlu", "all", "test", ("question", "subject", "choices", "answer")),
+    "pile-bio": ("lapisrocks/pile-bio", None, "train", ("txt_chunk", "label")),
+    "camel-bio": ("lapisrocks/camel-bio", None, "train", ("text_chunk",)),
+    "ctftime": ("justinwangx/CTFtime", None, "train", ("text_chunk",)),
+    "magpie": ("lapisrocks/magpie-bio-filtered", None, "train", ("conversations",)),
+}
+FORGET_CORPORA = {"bio": ("pile-bio", "camel-bio"), "cyber": ("ctftime",), "chem": ("chem-forget",)}
+# MMLU subjects that are the domain itself, dropped from the retain evaluation (DATA.md §2; the official list
+# misspells computer_security and so drops nothing for cyber; the chem list is unpublished: ours)
+MMLU_DROP = {"bio": {"college_biology", "high_school_biology", "medical_genetics", "virology", "college_medicine",
+                     "anatomy", "clinical_knowledge"},
+             "cyber": {"computer_security"}, "chem": {"college_chemistry", "high_school_chemistry"}}
+
+
+@dataclass(frozen=True)
+class RealWorldConfig:
+    domain: str = "bio"
+    tokenizer: str = ""  # the model's id or directory: its tokenizer encodes every document
+    data_dir: str = ""  # local files instead of the hub (names: SOURCES; chem: chem-forget.txt)
+    seq_len: int = 256  # documents are cut to this many tokens (paper: 256)
+    max_docs: int = 0  # at most this many documents per split (0 = all)
+    revision: str | None = None  # hub revision of WMDP (its row counts changed on 2024-04-23; DATA.md)
+
+
+def load_rows(name: str, data_dir: str = "", revision: str | None = None) -> list[dict]:
+    """The rows of one dataset: from <data_dir>/<name>.jsonl (or .json / .parquet) when data_dir is given,
+    else from the hub. Any failure becomes one UserError naming the dataset and the local-file option."""
+    hub_id, config, split, fields = SOURCES[name]
+    where = f"{hub_id}" + (f" ({config})" if config else "")
+    local = f"--data-dir DIR holding {name}.jsonl (or .parquet) with fields {', '.join(fields)}"
+    try:
+        import datasets
+    except ImportError:
+        raise UserError("the real datasets need the `datasets` package (pip install -r requirements.txt)") from None
+    if data_dir:
+        path = next((p for p in (Path(data_dir) / f"{name}.{e}" for e in ("jsonl", "json", "parquet")) if p.exists()),
+                    None)
+        if path is None:
+            raise UserError(f"{data_dir} has no {name}.jsonl or .parquet ({where} rows with fields "
+                            f"{', '.join(fields)})")
+    try:
+        if data_dir:
+            ds = datasets.load_dataset("parquet" if path.suffix == ".parquet" else "json",
+                                       data_files={split: str(path)}, split=split)
+        else:
+            ds = datasets.load_dataset(hub_id, config, split=split,
+                                       revision=revision if name.startswith("wmdp") else None)
+    except Exception as e:  # the classes differ by version and by offline vs gated: catch them all (DATA.md §3)
+        source = path if data_dir else where
+        raise UserError(f"cannot load {source} ({type(e).__name__}): offline or gated (request access, log in); "
+                        f"or pass {local}") from None
+    missing = [f for f in fields if f not in ds.column_names]
+    if missing:
+        raise UserError(f"{name}: rows lack field(s) {', '.join(missing)} (have {', '.join(ds.column_names)})")
+    return ds.to_list()
+
+
+def mc_items(rows: list[dict], drop_subjects: set[str] = frozenset()) -> list[dict]:
+    """WMDP / MMLU rows -> {question, choices, answer: int}; an MMLU letter answer (CSV copies) becomes 0-3."""
+    letter = lambda a: "ABCD".index(a.strip()) if isinstance(a, str) else int(a)
+    return [{"question": r["question"], "choices": list(r["choices"]), "answer": letter(r["answer"])}
+            for r in rows if r.get("subject") not in drop_subjects]
+
+
+def render_chat(conversation: list[dict], tokenizer) -> str:
+    """A Magpie conversation (human/gpt turns) as text, through the tokenizer's chat template when it has one."""
+    messages = [{"role": {"human": "user", "gpt": "assistant"}[t["from"]], "content": t["value"]}
+                for t in conversation]
+    if getattr(tokenizer, "chat_template", None):
+        return tokenizer.apply_chat_template(messages, tokenize=False)
+    return "\n\n".join(f"{m['role']}: {m['content']}" for m in messages)
+
+
+def split_forget(texts: list[str]) -> tuple[list[str], list[str]]:
+    """80% / 20% as the official code splits each forget corpus (train_test_split(test_size=0.2, seed=42))."""
+    import datasets
+    parts = datasets.Dataset.from_dict({"text": texts}).train_test_split(test_size=0.2, seed=42)
+    return list(parts["train"]["text"]), list(parts["test"]["text"])
+
+
+@functools.lru_cache(maxsize=2)
+def load_real_world(cfg: RealWorldConfig) -> World:
+    from transformers import AutoTokenizer
+    if cfg.domain not in FORGET_CORPORA:
+        raise UserError(f"unknown domain {cfg.domain!r}: choose one of {', '.join(FORGET_CORPORA)}")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(cfg.tokenizer)
+    except Exception as e:
+        raise UserError(f"cannot load the tokenizer of {cfg.tokenizer} ({type(e).__name__}): offline or gated; "
+                        "pass a local model directory") from None
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token  # padding is masked by attention_mask, never by id
+    rows = functools.lru_cache(None)(lambda name: load_rows(name, cfg.data_dir, cfg.revision))  # pile-bio twice
+    inner, tr = [], []
+    for corpus in FORGET_CORPORA[cfg.domain]:
+        if corpus == "chem-forget":  # private in the paper (DATA.md): one passage per non-empty line
+            path = Path(cfg.data_dir or ".") / "chem-forget.txt"
+            if not path.exists():
+                raise UserError(f"the chem forget corpus is private (DATA.md): put one passage per line in {path} "
+                                "and pass --data-dir")
+            texts = [line for line in path.read_text().splitlines() if line.strip()]
+        else:
+            texts = [r["txt_chunk"] for r in rows(corpus) if r["label"]] if corpus == "pile-bio" else \
+                [r["text_chunk"] for r in rows(corpus)]
+        a, b = split_forget(texts)
+        inner += a
+        tr += b
+    pile = rows("pile-bio")
+    retain = [r["txt_chunk"] for r in pile if not r["label"]] + [render_chat(r["conversations"], tokenizer)
+                                                                for r in rows("magpie")]
+    cap = lambda xs: xs[:cfg.max_docs] if cfg.max_docs else xs
+    docs = {"T_inner": cap(inner), "T_tr": cap(tr), "Rt": cap(retain)}
+    docs["A"] = docs["T_inner"]
+    items = {"E": mc_items(rows(f"wmdp-{cfg.domain}")), "Re": mc_items(rows("mmlu"), MMLU_DROP[cfg.domain])}
+    for split, texts in docs.items():
+        if not texts:
+            raise UserError(f"the real {cfg.domain} world has no {split} documents")
+    tokens = {}
+    for split, texts in docs.items():
+        enc = tokenizer(texts, padding=True, truncation=True, max_length=cfg.seq_len, return_tensors="pt")
+        mask = enc["attention_mask"].bool()
+        tokens[split] = Tokens(enc["input_ids"], mask, torch.zeros_like(mask))  # no fact positions in real text
+    digest = hashlib.sha256(json.dumps([asdict(cfg), docs, items], sort_keys=True).encode()).hexdigest()[:16]
+    topic = {"bio": "biology", "chem": "chemistry", "cyber": "cybersecurity"}[cfg.domain]
+    return World(WorldConfig(domain=cfg.domain), tokenizer, {}, docs, items, tokens, digest, style="letter",
+                 topic=topic)
+
+
 def load_world(cfg) -> World:
-    """The world a config describes: the built-in miniature world or local files."""
+    """The world a config describes: the built-in miniature world, local JSONL files or the real datasets."""
+    if isinstance(cfg, RealWorldConfig):
+        return load_real_world(cfg)
     return load_local_world(cfg) if isinstance(cfg, LocalWorldConfig) else build_world(cfg)
 
 
@@ -450,7 +594,8 @@ class Stream:
         self.perm, self.pos = state["perm"], state["pos"]
 
 
-def shard_batch(batch: Batch, rank: int = 0, world_size: int = 1, micro: int = 0) -> list[Batch]:
+def shard_batch(batch: Batch, rank: int = 0, world_size: int = 1, micro: int = 0,
+                device: torch.device | str = "cpu") -> list[Batch]:
     """This rank's contiguous share of a global batch, cut into micro-batches of `micro` rows (0: the whole
     share), each trimmed to its own longest document. Rank r of W with micro-batch m and one process with
     micro-batch m see the same micro-batches, so their averaged gradients agree (gradient accumulation)."""
@@ -465,7 +610,7 @@ def shard_batch(batch: Batch, rank: int = 0, world_size: int = 1, micro: int = 0
     for start in range(rank * share, (rank + 1) * share, micro):
         rows = slice(start, start + micro)
         width = int(batch.attention_mask[rows].sum(1).max())
-        out.append(Batch(batch.input_ids[rows, :width], batch.attention_mask[rows, :width], batch.fact_mask[rows, :width]))
+        out.append(Batch(*(t[rows, :width].to(device) for t in (batch.input_ids, batch.attention_mask, batch.fact_mask))))
     return out
 
 

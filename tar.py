@@ -18,9 +18,17 @@ Run manual
     runs/bio/results.json, results.md and PNG plots.
     Every flag comes from `TARConfig` below: `python tar.py --help` shows each with its paper value.
 
-Files (runs/<domain>/, one writer each): metrics.jsonl (one line per outer step: tr_loss, retain_loss,
+    at scale (any Hugging Face causal LM; the real datasets of ../shared/DATA.md, or local files in their
+    schemas with --data-dir; a real --model implies --preset paper):
+        torchrun --nproc_per_node 8 tar.py --domain bio --model meta-llama/Meta-Llama-3-8B-Instruct
+    Under torchrun every parameter is an FSDP2 shard (`fsdp.py`); `outer_step` is the same code. The model
+    you pass is θ0 (apply an initial safeguard first); the result is written with save_pretrained to
+    runs/<domain>/tar. A checkpoint is written every --checkpoint-every steps and on SIGTERM; --resume
+    continues exactly.
+
+Files (runs/<domain>/, one writer each): checkpoint/ (resume state), metrics.jsonl (one line per outer step: tr_loss, retain_loss,
 retain_lm, retain_rep, inner_lr, grad_norm, seconds; forget_acc / retain_acc every --eval-every steps),
-tar/ (save_pretrained + tokenizer), results.json (schema in `evaluate_run`), results.md, *.png.
+tar/ (save_pretrained + tokenizer), results.json (schema in `evaluate.run_results`), results.md, *.png.
 """
 
 from __future__ import annotations
@@ -30,7 +38,9 @@ import copy
 import dataclasses
 import datetime
 import json
+import os
 import random
+import signal
 import sys
 import tempfile
 import time
@@ -41,54 +51,73 @@ import torch
 
 import adversary
 import evaluate
+import fsdp
 import losses
 import plots
 import safeguard
 from adversary import Attack, TrainAttacks, attack, attack_stream, sample_attack
-from data import Stream, UserError, WorldConfig, atomic_write, build_world
+from data import RealWorldConfig, Stream, UserError, WorldConfig, atomic_write, build_world, load_real_world, shard_batch
+from fsdp import Dist
 
 
-def arg(default, help: str, paper=None):
-    """A config field whose help (and the paper's value, when it differs) shows in --help."""
+def arg(default, help: str):
+    """A config field whose help (and the paper preset's value, when it differs) shows in --help."""
     make = (lambda: list(default)) if isinstance(default, (list, tuple)) else None
     kw = {"default_factory": make} if make else {"default": default}
-    return field(metadata={"help": help, "paper": paper}, **kw)
+    return field(metadata={"help": help}, **kw)
 
 
 @dataclass
 class TARConfig:
+    """Every hyperparameter, with the miniature recipe (PAPER.md §7) as defaults; PAPER below holds the paper's."""
     # what to run
     domain: str = arg("bio", "hazardous knowledge domain: bio | chem | cyber")
+    model: str = arg("", "a Hugging Face causal LM (hub id or directory) to make tamper-resistant: θ0 of Alg. 1, "
+                         "trained on the real datasets; empty: the built-in miniature world and its tiny Llama")
+    preset: str = arg("", "mini (defaults shown) | paper (the values in [paper: ...]); default: paper with "
+                          "--model, else mini. Flags you give override the preset")
+    data_dir: str = arg("", "with --model: local files in the real datasets' schemas instead of the hub "
+                            "(names in data.SOURCES)")
+    seq_len: int = arg(256, "with --model: documents are cut to this many tokens")
+    max_docs: int = arg(0, "with --model: at most this many documents per split (0 = all)")
     runs: str = arg("runs", "runs directory; this run reads and writes <runs>/<domain>/")
     seed: int = arg(0, "seed of the world, the models and every sampled attack")
     threads: int = arg(1, "torch threads (1 is fastest for the miniature model; never more than your cores)")
     # Alg. 1
-    outer_steps: int = arg(220, "N: outer steps", paper=750)
-    inner_steps: int = arg(32, "K: attacker steps per outer step", paper=64)
-    tr_every: int = arg(4, "take the TR gradient after every this many inner steps", paper=4)
-    tr_weights: str = arg("uniform", "weights of the TR points: uniform (mean) | paper (exp(0.0625(k-K)), not normalised)",
-                          paper="paper")
-    tr_mask: str = arg("fact", "positions of the entropy TR loss: fact (next token is a fact value) | tokens (real "
-                       "tokens) | all (padding too)", paper="all")
-    inner_lrs: list = arg((1e-4, 3e-4, 1e-3), "train-time attack learning rates (sampled uniformly)",
-                          paper="2e-6 2e-5 4e-5")
-    inner_batch: int = arg(16, "train-time attacker batch size", paper=32)
-    retain_then_forget: float = arg(0.0, "probability that a sampled attack is retain->forget", paper="1/3")
-    tr_batch: int = arg(32, "x_TR batch size (held-out forget documents)", paper=64)
-    retain_batch: int = arg(64, "x_r batch size (retain documents)", paper=64)
-    lambda_tr: float = arg(4.0, "λ_TR", paper=4)
-    lambda_retain: float = arg(4.0, "λ_retain", paper=1)
-    outer_lr: float = arg(1e-2, "outer AdamW learning rate (wd 0)", paper="2e-5, Schedule-Free AdamW")
-    outer_schedule: str = arg("constant", "outer learning-rate schedule: constant | cosine (decay to 0 over N)",
-                              paper="Schedule-Free, warmup 32")
-    grad_clip: float = arg(1.0, "clip the outer gradient to this norm (0 = off)", paper="off")
-    squared_distance: bool = arg(True, "squared hidden-state distance in the retain loss", paper=False)
-    reference: str = arg("safeguard", "frozen reference of the retain loss: safeguard (θ0) | base", paper="base")
+    outer_steps: int = arg(220, "N: outer steps")
+    inner_steps: int = arg(32, "K: attacker steps per outer step")
+    tr_every: int = arg(4, "take the TR gradient after every this many inner steps")
+    tr_weights: str = arg("uniform", "weights of the TR points: uniform (mean) | paper (exp(0.0625(k-K)), not "
+                                     "normalised)")
+    tr_mask: str = arg("fact", "positions of the entropy TR loss: fact (next token is a fact value; the miniature "
+                               "world only) | tokens (real tokens) | all (padding too)")
+    inner_lrs: list = arg((1e-4, 3e-4, 1e-3), "train-time attack learning rates (sampled uniformly)")
+    inner_batch: int = arg(16, "train-time attacker batch size (global)")
+    retain_then_forget: float = arg(0.0, "probability that a sampled attack is retain->forget")
+    tr_batch: int = arg(32, "x_TR batch size (global; held-out forget documents)")
+    retain_batch: int = arg(64, "x_r batch size (global; retain documents)")
+    lambda_tr: float = arg(4.0, "λ_TR")
+    lambda_retain: float = arg(4.0, "λ_retain")
+    outer_optimizer: str = arg("adamw", "outer optimizer: adamw (wd 0) | schedulefree (Schedule-Free AdamW)")
+    outer_lr: float = arg(1e-2, "outer learning rate")
+    outer_warmup: int = arg(0, "outer warmup steps")
+    outer_schedule: str = arg("constant", "outer learning-rate schedule after warmup (adamw): constant | cosine")
+    grad_clip: float = arg(1.0, "clip the outer gradient to this norm (0 = off)")
+    squared_distance: bool = arg(True, "squared hidden-state distance in the retain loss")
+    reference: str = arg("safeguard", "frozen reference of the retain loss: safeguard (θ0) | base (with --model "
+                                      "both are the model given)")
+    # scale (fsdp.py): memory, accumulation, checkpoints
+    micro_batch: int = arg(0, "rows per forward/backward on each process; larger batches are accumulated "
+                              "(0 = a process's whole share)")
+    snapshot_offload: bool = arg(False, "keep Alg. 1's snapshot in CPU memory (one model copy less on the GPU)")
+    checkpoint_every: int = arg(0, "write <runs>/<domain>/checkpoint every this many outer steps (0 = only on "
+                                   "SIGTERM)")
+    resume: bool = arg(False, "continue from <runs>/<domain>/checkpoint exactly")
     # reporting
-    eval_every: int = arg(20, "measure forget / retain accuracy every this many outer steps (0 = only at the end)")
+    eval_every: int = arg(20, "measure forget / retain accuracy every this many outer steps (0 = never during training)")
     attack_steps: int = arg(200, "length of each end-of-run attack (evaluated every 25 steps)")
     workers: int = arg(2, "processes for the end-of-run attacks (one torch thread each)")
-    # earlier stages (cached in <runs>/<domain>/base and safeguard)
+    # earlier stages of the miniature world (cached in <runs>/<domain>/base and safeguard)
     world_entities: int = arg(30, "hazardous entities per group T / A / E (the cities scale along)")
     base_steps: int = arg(2000, "base pretraining steps")
     safeguard_steps: int = arg(safeguard.SafeguardConfig.steps, "random-mapping safeguard steps")
@@ -98,21 +127,30 @@ class TARConfig:
         positive = {name: getattr(self, name) for name in (
             "outer_steps", "inner_steps", "tr_every", "inner_batch", "tr_batch", "retain_batch", "attack_steps",
             "workers", "world_entities", "base_steps", "safeguard_steps", "threads", "outer_lr", "lambda_tr",
-            "lambda_retain")}
+            "lambda_retain", "seq_len")}
         positive["inner_lrs"] = min(self.inner_lrs)
         for name, value in positive.items():
             if not 0 < value < float("inf"):
                 raise UserError(f"--{name.replace('_', '-')} must be positive, got {value}")
+        for name in ("micro_batch", "checkpoint_every", "max_docs", "outer_warmup", "eval_every"):
+            if getattr(self, name) < 0:
+                raise UserError(f"--{name.replace('_', '-')} must not be negative")
         if self.tr_every > self.inner_steps:
             raise UserError("--tr-every must not exceed --inner-steps (no TR point would be taken)")
         choices = {"tr_weights": ("uniform", "paper"), "tr_mask": ("fact", "tokens", "all"),
-                   "outer_schedule": ("constant", "cosine"),
-                   "reference": ("safeguard", "base")}
+                   "outer_schedule": ("constant", "cosine"), "outer_optimizer": ("adamw", "schedulefree"),
+                   "reference": ("safeguard", "base"), "preset": ("mini", "paper")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise UserError(f"--{name.replace('_', '-')} must be one of {', '.join(allowed)}")
+        if self.outer_optimizer == "schedulefree" and self.outer_schedule != "constant":
+            raise UserError("Schedule-Free AdamW has no schedule: use --outer-schedule constant")
+        if self.model and self.tr_mask == "fact":
+            raise UserError("real text has no fact positions: use --tr-mask tokens or all with --model")
 
-    def world(self) -> WorldConfig:
+    def world(self) -> WorldConfig | RealWorldConfig:
+        if self.model:
+            return RealWorldConfig(self.domain, self.model, self.data_dir, self.seq_len, self.max_docs)
         n = self.world_entities
         return WorldConfig(domain=self.domain, n_group=n, n_retain_train=max(2, 4 * n // 3),
                            n_retain_heldout=max(2, 2 * n // 3), n_unrelated=max(2, 2 * n // 3), seed=self.seed)
@@ -122,89 +160,201 @@ class TARConfig:
                             retain_then_forget=self.retain_then_forget)
 
 
+# The paper's hyperparameters (PAPER.md §4, official code, bio), in one place: --preset paper. Where our
+# miniature default differs, the README's deviations list says why.
+PAPER = dict(outer_steps=750, inner_steps=64, tr_every=4, tr_weights="paper", tr_mask="all",
+             inner_lrs=[2e-6, 2e-5, 4e-5], inner_batch=32, retain_then_forget=1 / 3, tr_batch=64, retain_batch=64,
+             lambda_tr=4.0, lambda_retain=1.0, outer_optimizer="schedulefree", outer_lr=2e-5, outer_warmup=32,
+             outer_schedule="constant", grad_clip=0.0, squared_distance=False, reference="base", seq_len=256)
+PAPER_DOMAIN = {"cyber": dict(inner_lrs=[2e-5, 4e-5], retain_then_forget=1 / 2),  # forget, retain→forget (½ each)
+                "chem": dict(inner_lrs=[2e-5, 4e-5], lambda_tr=3.0)}
+
+
+def configure(**given) -> TARConfig:
+    """The config from the flags a user gave: the preset's values (paper with a real --model unless a preset
+    is named), then every given flag on top (`tar.configure(model=..., preset="mini", outer_steps=2)`)."""
+    preset = given.get("preset") or ("paper" if given.get("model") else "mini")
+    values = {**PAPER, **PAPER_DOMAIN.get(given.get("domain", "bio"), {})} if preset == "paper" else {}
+    return TARConfig(**{**values, **given, "preset": preset})
+
+
 # --------------------------------------------------------------------------------------------------------
 # Alg. 1: one outer step
 # --------------------------------------------------------------------------------------------------------
-def outer_step(model, ref, outer_opt, world, x_tr, x_r, spec: Attack, cfg: TARConfig, attack_seed: int) -> dict:
+def outer_step(model, ref, outer_opt, world, x_tr, x_r, spec: Attack, cfg: TARConfig, attack_seed: int,
+               d: Dist = Dist()) -> dict:
+    """One iteration of Alg. 1. Under torchrun each parameter is this rank's FSDP2 shard and each batch is cut
+    to this rank's rows (`shard_batch`); nothing below changes: `fsdp.local` is the whole tensor in one process.
+    Gradients come from .backward() into .grad (FSDP2 reduce-scatters them there), so every batch may be a list
+    of micro-batches whose gradients accumulate (a global batch larger than memory)."""
     params = [p for p in model.parameters() if p.requires_grad]
+    shards = [fsdp.local(p) for p in params]  # this rank's piece of each parameter
+    micro = lambda b: shard_batch(b, d.rank, d.world_size, cfg.micro_batch, d.device)
+    x_tr, x_r = micro(x_tr), micro(x_r)  # lists of micro-batches
     # deviation: entropy on fact positions by default (official code: every position, padding included)
     # because the hazard is the fact, and padding is not text (PAPER.md §8 pitfall 8); --tr-mask all gives the code's.
-    tr_mask = {"fact": x_tr.fact_mask, "tokens": x_tr.attention_mask.bool(),
-               "all": torch.ones_like(x_tr.fact_mask)}[cfg.tr_mask]
+    tr_mask = lambda b: {"fact": b.fact_mask, "tokens": b.attention_mask.bool(),
+                         "all": torch.ones_like(b.fact_mask)}[cfg.tr_mask]
     # deviation: uniform mean over the TR points by default (official code: exp(0.0625 (k − K)), not normalised)
     # because that is the recipe measured here (PAPER.md §7); --tr-weights paper gives the code's weights.
     w = losses.tr_weights(cfg.inner_steps, cfg.tr_every, cfg.tr_weights)  # w_k, keyed by inner step k
 
-    # Alg. 1 l.4: snapshot θ (the attack below moves the weights in place)
-    snapshot = [p.detach().clone() for p in params]
-    g_tr = [torch.zeros_like(p) for p in params]  # Σ_k w_k ∇L_TR(θ_k)
+    # Alg. 1 l.4: snapshot θ (the attack below moves the weights in place); on the CPU if asked (as the code)
+    snapshot = [s.detach().to("cpu" if cfg.snapshot_offload else s.device, copy=True) for s in shards]
+    g_tr = [torch.zeros_like(s) for s in shards]  # Σ_k w_k ∇L_TR(θ_k)
     tr_losses = []
 
     # Alg. 1 l.6-7: every tr_every inner steps, the first-order TR gradient at the attacked weights θ_k
     def tr_gradient(k: int):
-        logits = model(input_ids=x_tr.input_ids, attention_mask=x_tr.attention_mask).logits  # (B, T, V)
-        l_tr = losses.entropy_tr_loss(logits, tr_mask)
-        for g, grad in zip(g_tr, torch.autograd.grad(l_tr, params)):
-            g.add_(grad, alpha=w[k])
-        tr_losses.append(l_tr.detach())
+        model.zero_grad(set_to_none=True)  # drop the attacker's last gradient
+        l_tr = 0.0
+        for b in x_tr:
+            logits = model(input_ids=b.input_ids, attention_mask=b.attention_mask).logits  # (B, T, V)
+            part = losses.entropy_tr_loss(logits, tr_mask(b)) / len(x_tr)
+            part.backward()
+            l_tr = l_tr + part.detach()
+        for g, p in zip(g_tr, params):
+            g.add_(fsdp.local(p.grad), alpha=w[k])
+        tr_losses.append(l_tr)
 
     # Alg. 1 l.5-7: K steps of the sampled attack with a fresh inner optimizer
-    attack(model, spec, attack_stream(spec, world.tokens, attack_seed), every=cfg.tr_every, callback=tr_gradient)
+    attack(model, spec, map(micro, attack_stream(spec, world.tokens, attack_seed)), every=cfg.tr_every,
+           callback=tr_gradient)
 
     # Alg. 1 l.8: restore θ exactly (the inner optimizer's state died with attack())
     with torch.no_grad():
-        for p, s in zip(params, snapshot):
-            p.copy_(s)
+        for s, snap in zip(shards, snapshot):
+            s.copy_(snap)
 
     # Alg. 1 l.9: g = λ_retain ∇L_retain(θ; x_r) + λ_TR g_TR, the retain gradient at the restored θ (Eq. 2)
     outer_opt.zero_grad(set_to_none=True)
-    out = model(input_ids=x_r.input_ids, attention_mask=x_r.attention_mask, output_hidden_states=True)
-    with torch.no_grad():
-        out_ref = ref(input_ids=x_r.input_ids, attention_mask=x_r.attention_mask, output_hidden_states=True)
-    l_retain, parts = losses.retain_loss(out, out_ref, x_r.input_ids, x_r.attention_mask, cfg.squared_distance)
-    (cfg.lambda_retain * l_retain).backward()
+    l_retain, parts = 0.0, {}
+    for b in x_r:
+        out = model(input_ids=b.input_ids, attention_mask=b.attention_mask, output_hidden_states=True)
+        with torch.no_grad():
+            out_ref = ref(input_ids=b.input_ids, attention_mask=b.attention_mask, output_hidden_states=True)
+        loss, terms = losses.retain_loss(out, out_ref, b.input_ids, b.attention_mask, cfg.squared_distance)
+        (cfg.lambda_retain * loss / len(x_r)).backward()
+        l_retain = l_retain + loss.detach() / len(x_r)
+        parts = {k: parts.get(k, 0.0) + v / len(x_r) for k, v in terms.items()}
     for p, g in zip(params, g_tr):
-        p.grad.add_(g, alpha=cfg.lambda_tr)
+        fsdp.local(p.grad).add_(g, alpha=cfg.lambda_tr)
 
     # Alg. 1 l.10: outer optimizer step
     # deviation: gradient clipping at 1.0 (paper and official code: none) because the miniature recipe of
     # PAPER.md §7 clips; with Adam it only bounds the rare outlier step. --grad-clip 0 turns it off.
     norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
     outer_opt.step()
-    return {"tr_loss": torch.stack(tr_losses).mean().item(), "retain_loss": l_retain.item(), **parts,
-            "inner_lr": spec.lr, "grad_norm": norm.item()}
+    logged = {"tr_loss": torch.stack(tr_losses).mean(), "retain_loss": l_retain, **parts}
+    return {**{k: fsdp.all_mean(float(v), d) for k, v in logged.items()},
+            "inner_lr": spec.lr, "grad_norm": float(fsdp.full(norm))}
 
 
 # --------------------------------------------------------------------------------------------------------
 # The training loop
 # --------------------------------------------------------------------------------------------------------
-def train_tar(model, ref, world, cfg: TARConfig, metrics_path: Path, log=print):
-    """N outer steps of Alg. 1 from θ0 = `model` (in place); one metrics.jsonl line per step."""
+def outer_optimizer(model, cfg: TARConfig):
+    """The outer optimizer and its schedule, through adversary.make_optimizer (one place builds optimizers)."""
+    # deviation: plain AdamW, lr 1e-2, in the miniature preset (paper: Schedule-Free AdamW, lr 2e-5, warmup 32,
+    # --preset paper) because the miniature recipe was measured with it; the outer lr mattered most.
+    spec = Attack("outer", cfg.outer_optimizer, cfg.outer_lr, cfg.outer_steps, weight_decay=0.0,
+                  warmup=cfg.outer_warmup / cfg.outer_steps)
+    opt = adversary.make_optimizer(model.parameters(), spec)
+    schedule = adversary.SCHEDULES[cfg.outer_schedule](opt, num_warmup_steps=0 if cfg.outer_optimizer == "schedulefree"
+                                                       else cfg.outer_warmup, **(
+        {"num_training_steps": cfg.outer_steps} if cfg.outer_schedule != "constant" else {}))
+    averaged_weights(opt, False)  # Schedule-Free starts in training mode
+    return opt, schedule
+
+
+def averaged_weights(opt, on: bool) -> None:
+    """Schedule-Free AdamW trains at one iterate and must evaluate and save another (PAPER.md §8 pitfall 7):
+    on=True moves the model to the averaged weights, on=False back to training. No-op for AdamW."""
+    if hasattr(opt, "eval"):
+        opt.eval() if on else opt.train()
+
+
+class Stop:
+    """Set by SIGTERM (a scheduler's pre-emption): the loop checkpoints at the end of the step and stops."""
+    def __init__(self):
+        self.requested = False
+        self.previous = signal.signal(signal.SIGTERM, self.request)
+
+    def request(self, *_):
+        self.requested = True
+
+    def close(self):
+        signal.signal(signal.SIGTERM, self.previous)
+
+
+class Stopped(Exception):
+    pass
+
+
+def train_tar(model, ref, world, cfg: TARConfig, run_dir: Path, d: Dist = Dist(), log=print):
+    """N outer steps of Alg. 1 from θ0 = `model` (in place); one metrics.jsonl line per step; checkpoints in
+    run_dir/checkpoint (every --checkpoint-every steps, and on SIGTERM, after which Stopped is raised)."""
     from tqdm import tqdm
     ref.eval().requires_grad_(False)
-    # deviation: plain AdamW for the outer optimizer (paper: Schedule-Free AdamW, lr 2e-5, warmup 32) because
-    # the miniature recipe was measured with it; the outer learning rate is the knob that mattered most.
-    outer_opt = torch.optim.AdamW(model.parameters(), lr=cfg.outer_lr, weight_decay=0.0)
-    schedule = adversary.SCHEDULES[cfg.outer_schedule](outer_opt, num_warmup_steps=0, **(
-        {"num_training_steps": cfg.outer_steps} if cfg.outer_schedule != "constant" else {}))
-    rng = random.Random(cfg.seed)  # attacks and their data orders
+    opt, schedule = outer_optimizer(model, cfg)
+    rng = random.Random(cfg.seed)  # attacks and their data orders; the same on every rank
     x_trs = Stream(world.tokens["T_tr"], cfg.tr_batch, cfg.seed)  # held-out forget batches (T's other half)
     x_rs = Stream(world.tokens["Rt"], cfg.retain_batch, cfg.seed + 1)
-    t0 = time.time()
-    with open(metrics_path, "w") as f, tqdm(range(1, cfg.outer_steps + 1), desc="TAR", unit="step", disable=None) as bar:
-        for step in bar:
-            spec = sample_attack(rng, cfg.train_attacks())  # Alg. 1 l.3: attack ~ A_train
-            m = outer_step(model, ref, outer_opt, world, next(x_trs), next(x_rs), spec, cfg, rng.randrange(2**31))
-            schedule.step()
-            m = {"step": step, **m, "seconds": round(time.time() - t0, 2)}
-            if cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.outer_steps):
-                acc = evaluate.accuracies(model, world)
-                m.update(forget_acc=acc["forget"], retain_acc=acc["retain"])
-                bar.set_postfix(TR=f"{m['tr_loss']:.2f}", retain=f"{m['retain_loss']:.2f}",
-                                forget_acc=f"{acc['forget']:.0%}", retain_acc=f"{acc['retain']:.0%}")
-            f.write(json.dumps(m) + "\n")
-            f.flush()  # a crash loses nothing already measured
-    log(f"TAR: {cfg.outer_steps} outer steps in {time.time() - t0:.0f}s")
+    metrics, ckpt, start = run_dir / "metrics.jsonl", run_dir / "checkpoint", 1
+
+    def save(step: int):  # everything the next step depends on, per rank
+        fsdp.save_checkpoint(ckpt, model, opt, {
+            "step": step, "config": asdict(cfg), "rng": rng.getstate(), "torch_rng": torch.get_rng_state(),
+            "x_tr": x_trs.state_dict(), "x_r": x_rs.state_dict(), "schedule": schedule.state_dict()}, d)
+
+    if cfg.resume:
+        if not (ckpt / f"rank{d.rank}.pt").exists():
+            raise UserError(f"--resume: no checkpoint in {ckpt}")
+        state = fsdp.load_checkpoint(ckpt, model, opt, d)
+        changed = [k for k, v in state["config"].items() if k not in ("resume", "checkpoint_every", "workers")
+                   and getattr(cfg, k) != v]
+        if changed:
+            raise UserError(f"--resume: the checkpoint was made with other settings ({', '.join(changed)})")
+        start = state["step"] + 1
+        rng.setstate(state["rng"])
+        torch.set_rng_state(state["torch_rng"])
+        x_trs.load_state_dict(state["x_tr"])
+        x_rs.load_state_dict(state["x_r"])
+        schedule.load_state_dict(state["schedule"])
+        if d.is_main:  # the lines of steps after the checkpoint are redone
+            kept = [line for line in metrics.read_text().splitlines() if json.loads(line)["step"] <= state["step"]]
+            atomic_write(metrics, "".join(line + "\n" for line in kept))
+        log(f"TAR: resumed after outer step {state['step']}")
+
+    stop, t0 = Stop(), time.time()
+    try:
+        with open(metrics, "a" if cfg.resume else "w") if d.is_main else open(os.devnull, "w") as f, \
+                tqdm(range(start, cfg.outer_steps + 1), desc="TAR", unit="step", disable=None if d.is_main else True,
+                     initial=start - 1, total=cfg.outer_steps) as bar:
+            for step in bar:
+                spec = sample_attack(rng, cfg.train_attacks())  # Alg. 1 l.3: attack ~ A_train
+                m = outer_step(model, ref, opt, world, next(x_trs), next(x_rs), spec, cfg, rng.randrange(2**31), d)
+                schedule.step()
+                m = {"step": step, **m, "seconds": round(time.time() - t0, 2)}
+                if cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.outer_steps):
+                    averaged_weights(opt, True)
+                    acc = evaluate.accuracies(model, world)
+                    averaged_weights(opt, False)
+                    m.update(forget_acc=acc["forget"], retain_acc=acc["retain"])
+                    bar.set_postfix(TR=f"{m['tr_loss']:.2f}", retain=f"{m['retain_loss']:.2f}",
+                                    forget_acc=f"{acc['forget']:.0%}", retain_acc=f"{acc['retain']:.0%}")
+                f.write(json.dumps(m) + "\n")
+                f.flush()  # a crash loses nothing already measured
+                stopping = fsdp.any_rank(stop.requested, d)
+                if stopping or (cfg.checkpoint_every and step % cfg.checkpoint_every == 0):
+                    save(step)
+                if stopping:
+                    raise Stopped(f"stopped by SIGTERM after outer step {step}; checkpoint written to {ckpt}; "
+                                  "rerun with the same flags and --resume")
+    finally:
+        stop.close()
+    averaged_weights(opt, True)  # the weights to save and evaluate
+    log(f"TAR: outer steps {start}..{cfg.outer_steps} in {time.time() - t0:.0f}s")
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -214,12 +364,18 @@ def run(cfg: TARConfig, log=print) -> dict:
     cfg.validate()
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
+    d = fsdp.setup_dist()
     run_dir = Path(cfg.runs) / cfg.domain
     try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        tempfile.TemporaryFile(dir=run_dir).close()
+        if d.is_main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            tempfile.TemporaryFile(dir=run_dir).close()
     except OSError as e:
         raise UserError(f"cannot write to {run_dir}: {e.strerror or e}") from None
+    if cfg.model:
+        return run_real(cfg, run_dir, d, log if d.is_main else (lambda *_: None))
+    if d.distributed:
+        raise UserError("the miniature world runs in one process; under torchrun pass --model")
     timings, t0 = {}, time.time()
     world = build_world(cfg.world())
 
@@ -243,7 +399,7 @@ def run(cfg: TARConfig, log=print) -> dict:
     # the original model) because TAR starts from θ0 and the retain term is there to keep θ0's benign behaviour
     # (PAPER.md §7 recipe). --reference base gives the paper's choice.
     ref = copy.deepcopy(theta0 if cfg.reference == "safeguard" else base)
-    train_tar(theta0, ref, world, cfg, run_dir / "metrics.jsonl", log)
+    train_tar(theta0, ref, world, cfg, run_dir, log=log)
     safeguard.save_model(theta0, world.tokenizer, run_dir / "tar",
                          {"key": safeguard.digest("tar", base_key, asdict(cfg)), "what": "TAR",
                           "parent": str(run_dir / "safeguard"), "config": asdict(cfg)})
@@ -261,14 +417,45 @@ def run(cfg: TARConfig, log=print) -> dict:
     timings["total"] = round(time.time() - t0, 1)
 
     results = evaluate.run_results(run_dir, world, cfg, curves, timings)
+    return report(results, run_dir, log)
+
+
+def run_real(cfg: TARConfig, run_dir: Path, d: Dist, log) -> dict:
+    """Alg. 1 on a Hugging Face model and the real datasets, in one process or sharded under torchrun. The
+    result is scored in memory (WMDP, MMLU minus the domain; lm-eval letter style, 0-shot) and written with
+    save_pretrained; red-team it with evaluate.py."""
+    t0 = time.time()
+    world = load_real_world(cfg.world())
+    model, config = fsdp.load_model(cfg.model, d)
+    ref = fsdp.load_model(cfg.model, d)[0]  # the frozen reference: θ0 (with --model, base and θ0 are the same)
+    if d.is_main:
+        est = fsdp.memory_estimate(config, d.world_size, cfg.micro_batch or max(
+            cfg.inner_batch, cfg.tr_batch, cfg.retain_batch) // d.world_size, cfg.seq_len,
+            d.device.type == "cuda", cfg.snapshot_offload)
+        gpu = torch.cuda.get_device_properties(d.device).total_memory / 2**30 if d.device.type == "cuda" else None
+        log(fsdp.format_estimate(est, cfg.model, d.world_size, gpu))
+        log(f"data: {', '.join(f'{k} {len(v)} docs' for k, v in world.docs.items())}; "
+            f"{', '.join(f'{k} {len(v)} items' for k, v in world.items.items())} (world {world.digest})")
+    train_tar(model, ref, world, cfg, run_dir, d, log)
+    timings = {"tar": round(time.time() - t0, 1)}
+    at_rest = {"tar": evaluate.accuracies(model, world)}  # the in-memory (sharded) model, all ranks in step
+    fsdp.save_pretrained(model, world.tokenizer, run_dir / "tar", d,
+                         {"what": "TAR", "parent": cfg.model, "config": asdict(cfg)})
+    timings["total"] = round(time.time() - t0, 1)
+    results = evaluate.run_results(run_dir, world, cfg, {}, timings, at_rest)
+    return report(results, run_dir, log) if d.is_main else results
+
+
+def report(results: dict, run_dir: Path, log) -> dict:
+    """results.json, results.md and the figures (rank 0 only)."""
     atomic_write(run_dir / "results.json", json.dumps(results, indent=1))
     table = evaluate.results_table(results)
     atomic_write(run_dir / "results.md", table)
-    figures = plots.plot_results(run_dir / "results.json")
+    figures = plots.plot_results(run_dir / "results.json") if results["attacks"] else []
     figures.append(plots.plot_training(run_dir / "metrics.jsonl"))
     log("\n" + table)
     log(f"wrote {run_dir / 'results.json'}, results.md and " + ", ".join(p.name for p in figures)
-        + f"; total {timings['total']:.0f}s")
+        + f"; total {results['seconds']['total']:.0f}s")
     return results
 
 
@@ -281,29 +468,34 @@ class _Parser(argparse.ArgumentParser):
 
 
 def parse_args(argv=None) -> TARConfig:
-    p = _Parser(description="TAR (Alg. 1) on the built-in miniature world.",
-                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = _Parser(description="TAR (Alg. 1): on the built-in miniature world, or on any Hugging Face causal LM "
+                            "with --model (under torchrun: FSDP2).")
     for f in dataclasses.fields(TARConfig):
         default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-        help_ = f.metadata["help"] + (f" [paper: {f.metadata['paper']}]" if f.metadata["paper"] is not None else "")
+        overrides = "".join(f"; {dom} {v[f.name]}" for dom, v in PAPER_DOMAIN.items() if f.name in v)
+        paper = f" [paper: {PAPER[f.name]}{overrides}]" if f.name in PAPER else ""
+        help_ = f.metadata["help"] + f" (default: {default})" + paper
         flag = "--" + f.name.replace("_", "-")
+        kw = dict(default=argparse.SUPPRESS, help=help_.replace("%", "%%"))  # given flags only: presets fill the rest
         if isinstance(default, bool):
-            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=help_)
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
         elif isinstance(default, list):
-            p.add_argument(flag, type=float, nargs="+", default=default, help=help_)
+            p.add_argument(flag, type=float, nargs="+", **kw)
         else:
-            p.add_argument(flag, type=type(default), default=default, help=help_)
-    return TARConfig(**vars(p.parse_args(argv)))
+            p.add_argument(flag, type=type(default), **kw)
+    return configure(**vars(p.parse_args(argv)))
 
 
 def main(argv=None):
     cfg = parse_args(argv)
     try:
         run(cfg)
-    except UserError as e:
-        sys.exit(f"error: {e}")
+    except (UserError, Stopped) as e:
+        sys.exit(f"error: {e}" if isinstance(e, UserError) else str(e))
     except KeyboardInterrupt:
         sys.exit("interrupted: finished models and metrics.jsonl lines are kept; nothing half-written remains")
+    finally:
+        fsdp.teardown()
 
 
 if __name__ == "__main__":

@@ -1,0 +1,73 @@
+"""Small local files in the real datasets' exact schemas (../shared/DATA.md §2-3; invented placeholder text)
+and tiny Hugging Face models that read them, for the real-data and FSDP tests. Not a test module."""
+
+import json
+import random
+from pathlib import Path
+
+import data
+
+WORDS = ("leaf pollen river stone cloud lamp tower garden window bridge meadow candle harbor violin "
+         "orchard lantern pebble quilt").split()
+
+
+def _text(rng: random.Random, n: int = 12) -> str:
+    return " ".join(rng.choice(WORDS) for _ in range(n)) + "."
+
+
+def _mc(rng: random.Random, n: int, subject: str | None = None, letter: bool = False) -> list[dict]:
+    rows = []
+    for i in range(n):
+        answer = i % 4  # answers 0 and 3 both occur
+        row = {"question": f"Which {rng.choice(WORDS)} is {rng.choice(WORDS)}?",
+               "choices": [rng.choice(WORDS) for _ in range(4)], "answer": "ABCD"[answer] if letter else answer}
+        if subject is not None:
+            row = {"question": row["question"], "subject": subject, "choices": row["choices"], "answer": row["answer"]}
+        rows.append(row)
+    return rows
+
+
+def write_fixtures(root: Path, n: int = 20) -> Path:
+    """Every dataset tar.py --model reads, as <root>/<name>.jsonl (chem: chem-forget.txt)."""
+    rng = random.Random(0)
+    root.mkdir(parents=True, exist_ok=True)
+    rows = {f"wmdp-{d}": _mc(rng, 8) for d in ("bio", "chem", "cyber")}
+    rows["mmlu"] = (_mc(rng, 4, "college_biology") + _mc(rng, 4, "computer_security")
+                    + _mc(rng, 4, "high_school_geography") + _mc(rng, 4, "college_chemistry"))
+    rows["pile-bio"] = [{"txt_chunk": _text(rng), "meta": {"pile_set_name": "PubMed Abstracts"},
+                         "reasoning": "Placeholder.", "label": i % 2 == 0} for i in range(2 * n)]
+    rows["camel-bio"] = [{"text_chunk": _text(rng)} for _ in range(n)]
+    rows["ctftime"] = [{"text_chunk": _text(rng)} for _ in range(n)]
+    rows["magpie"] = [{"conversations": [{"from": "human", "value": _text(rng, 5)}, {"from": "gpt", "value": _text(rng, 6)},
+                                         {"from": "human", "value": _text(rng, 4)}, {"from": "gpt", "value": _text(rng, 3)}]}
+                      for _ in range(n)]
+    for name, rs in rows.items():
+        (root / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rs))
+    (root / "chem-forget.txt").write_text("\n".join(_text(rng) + ("\n" if i % 3 == 0 else "") for i in range(n)))
+    return root
+
+
+def tokenizer():
+    """A word-level tokenizer covering the fixtures, the letter prompt and the chat fallback."""
+    topics = "The following are multiple choice questions (with answers) about biology chemistry cybersecurity ."
+    extra = [topics, "Which is ? A. B. C. D. Answer: A B C D", "user: assistant:"]
+    return data.make_tokenizer([" ".join(WORDS)] + extra)
+
+
+def tiny_model(path: Path, arch: str = "llama", seed: int = 0) -> Path:
+    """A random tiny causal LM of the given architecture saved with the fixture tokenizer (safetensors)."""
+    import torch
+    from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig
+    tok = tokenizer()
+    special = dict(bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    if arch == "llama":
+        config = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                             num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=128, **special)
+    else:  # GPT-2: learned positions, Conv1D projections, tied embeddings, `transformer.h` blocks
+        config = GPT2Config(vocab_size=len(tok), n_embd=32, n_layer=2, n_head=2, n_positions=128, resid_pdrop=0.0,
+                            embd_pdrop=0.0, attn_pdrop=0.0, **special)  # dropout masks differ per rank: off
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config)
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return path

@@ -1,0 +1,162 @@
+"""Real scale on CPU: tar.py --model under `torchrun --nproc_per_node 2` (FSDP2, gloo) equals one process with the
+same global batch and seed, for a tiny Llama and a tiny GPT-2; SIGTERM + --resume under FSDP and SIGKILL +
+--resume in one process equal an uninterrupted run; the saved model reloads and scores the same; presets;
+the memory estimate. Three torchrun launches in all (each checks several things)."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import data
+import evaluate
+import fsdp
+import realdata
+import tar
+
+ROOT = Path(__file__).resolve().parents[1]
+# Tiny everything; micro-batch 1 so the 2 ranks and the single process see the same micro-batches. Outer lr 1e-3:
+# a parameter whose true gradient is 0 (GPT-2's key bias) gets reduction-order noise that Adam scales to ~lr.
+SMALL = dict(preset="mini", tr_mask="tokens", inner_steps=4, tr_every=2, inner_batch=4, tr_batch=4, retain_batch=4,
+             micro_batch=1, seq_len=32, eval_every=0, outer_lr=1e-3)
+
+
+def flags(**kw) -> list[str]:
+    out = []
+    for k, v in kw.items():
+        flag = "--" + k.replace("_", "-")
+        out += [flag] if v is True else [flag, str(v)]
+    return out
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("fsdp")
+    fx = realdata.write_fixtures(root / "fx")
+    return root, fx, {a: realdata.tiny_model(root / a, a) for a in ("llama", "gpt2")}
+
+
+def single(root, fx, model, name, domain="bio", **kw) -> Path:
+    """An in-process (single) run; returns its run directory."""
+    cfg = tar.configure(model=str(model), data_dir=str(fx), runs=str(root / name), domain=domain, **{**SMALL, **kw})
+    tar.run(cfg, log=lambda *_: None)
+    return root / name / domain
+
+
+def torchrun(args: list[str], **popen):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(ROOT / "tar.py"), *args]
+    return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **popen)
+
+
+def max_diff(a: Path, b: Path) -> float:
+    x, y = load_file(a / "tar" / "model.safetensors"), load_file(b / "tar" / "model.safetensors")
+    assert x.keys() == y.keys()
+    return max((x[k] - y[k]).abs().max().item() for k in x)
+
+
+def test_fsdp_equals_one_process_and_saves_a_loadable_model(setup):
+    root, fx, models = setup
+    for arch, domain in (("llama", "bio"), ("gpt2", "cyber")):  # GPT-2: tied embeddings, Conv1D, transformer.h
+        ref = single(root, fx, models[arch], f"single_{arch}", domain, outer_steps=2)
+        proc = torchrun(flags(model=models[arch], data_dir=fx, runs=root / f"fsdp_{arch}", domain=domain,
+                              outer_steps=2, **SMALL))
+        out = proc.communicate(timeout=300)[0]
+        assert proc.returncode == 0, out[-3000:]
+        run = root / f"fsdp_{arch}" / domain
+        assert max_diff(ref, run) <= 1e-5, arch
+        moved = load_file(run / "tar" / "model.safetensors")
+        start = load_file(models[arch] / "model.safetensors")
+        assert max((moved[k] - start[k]).abs().max().item() for k in start) > 1e-3  # TAR did move the weights
+        # the gathered model loads with transformers under its own class and scores what the sharded one did
+        config = json.loads((run / "tar" / "config.json").read_text())
+        assert config["architectures"] == [{"llama": "LlamaForCausalLM", "gpt2": "GPT2LMHeadModel"}[arch]]
+        reloaded = evaluate.AutoModelForCausalLM.from_pretrained(run / "tar", dtype=torch.float32)
+        world = data.load_real_world(data.RealWorldConfig(domain, str(run / "tar"), str(fx), SMALL["seq_len"]))
+        in_memory = json.loads((run / "results.json").read_text())["models"]["tar"]["at_rest"]
+        assert evaluate.accuracies(reloaded, world) == in_memory
+        steps = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+        assert [m["step"] for m in steps] == [1, 2] and all(abs(m["tr_loss"]) > 0 for m in steps)
+
+
+def test_sigterm_and_resume_under_fsdp_equal_an_uninterrupted_run(setup):
+    root, fx, models = setup
+    args = flags(model=models["llama"], data_dir=fx, runs=root / "sig", outer_steps=24, checkpoint_every=2, **SMALL)
+    proc = torchrun(args, start_new_session=True)
+    ckpt = root / "sig" / "bio" / "checkpoint"
+    deadline = time.time() + 240
+    while not (ckpt / "rank1.pt").exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)  # torchrun passes it on to both ranks
+    out = proc.communicate(timeout=120)[0]
+    assert proc.returncode != 0 and "stopped by SIGTERM after outer step" in out, out[-3000:]
+    stopped = torch.load(ckpt / "rank0.pt", weights_only=True)["step"]
+    assert 2 <= stopped < 24
+    proc = torchrun(args + ["--resume"])
+    out = proc.communicate(timeout=300)[0]
+    assert proc.returncode == 0 and "resumed after outer step" in out, out[-3000:]
+    lines = (root / "sig" / "bio" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in lines] == list(range(1, 25))  # redone steps are not doubled
+    ref = single(root, fx, models["llama"], "sig_ref", outer_steps=24)
+    assert max_diff(ref, root / "sig" / "bio") <= 1e-5
+
+
+def test_kill_and_resume_in_one_process_is_exact(setup):
+    """SIGKILL (no warning) after the checkpoint of step 3, then --resume: the same weights as never stopping.
+    Schedule-Free AdamW as the outer optimizer, so its state and train/eval switch go through the checkpoint."""
+    root, fx, models = setup
+    kw = dict(SMALL, outer_steps=40, checkpoint_every=3, outer_optimizer="schedulefree", outer_warmup=4)
+    args = [sys.executable, str(ROOT / "tar.py"), *flags(model=models["llama"], data_dir=fx, runs=root / "kill", **kw)]
+    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    ckpt = root / "kill" / "bio" / "checkpoint" / "rank0.pt"
+    while not ckpt.exists() and proc.poll() is None:
+        time.sleep(0.01)
+    proc.kill()
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    killed_at = torch.load(ckpt, weights_only=True)["step"]
+    assert killed_at < 40 and not (root / "kill" / "bio" / "tar").exists()
+    done = subprocess.run(args + ["--resume"], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    ref = single(root, fx, models["llama"], "kill_ref", outer_steps=40, outer_optimizer="schedulefree", outer_warmup=4)
+    assert max_diff(ref, root / "kill" / "bio") <= 1e-6
+    # a changed setting is refused rather than silently mixed into the resumed run
+    bad = subprocess.run(args + ["--outer-lr", "0.5", "--resume"], cwd=ROOT, capture_output=True, text=True)
+    assert bad.returncode != 0 and "other settings (outer_lr)" in bad.stderr
+
+
+def test_presets_and_flag_precedence():
+    mini = tar.configure()
+    assert mini.preset == "mini" and mini.outer_optimizer == "adamw" and mini.inner_steps == 32
+    paper = tar.configure(model="some/model")  # a real model implies the paper's hyperparameters
+    assert (paper.preset, paper.outer_optimizer, paper.outer_lr, paper.inner_steps, paper.lambda_retain,
+            paper.tr_mask, paper.outer_warmup) == ("paper", "schedulefree", 2e-5, 64, 1.0, "all", 32)
+    assert tar.configure(model="m", domain="chem").lambda_tr == 3.0  # per-domain paper value
+    assert tar.configure(model="m", domain="cyber").inner_lrs == [2e-5, 4e-5]
+    assert tar.parse_args(["--model", "m", "--inner-steps", "8"]).inner_steps == 8  # a given flag wins
+    assert tar.parse_args(["--model", "m", "--preset", "mini", "--tr-mask", "all"]).inner_steps == 32
+    with pytest.raises(data.UserError, match="no fact positions"):
+        tar.configure(model="m", preset="mini").validate()
+    with pytest.raises(data.UserError, match="no schedule"):
+        tar.configure(outer_optimizer="schedulefree", outer_schedule="cosine").validate()
+
+
+def test_memory_estimate_from_the_config_alone():
+    from transformers import AutoConfig
+    config = AutoConfig.for_model(**fsdp.LLAMA3_8B)
+    P = fsdp.count_parameters(config)
+    assert 8.02e9 < P < 8.04e9  # Llama-3-8B: 8.03B
+    est = fsdp.memory_estimate(config, 8, 4, 256)
+    assert est["parameters"] == pytest.approx(4 * P / 8 / 2**30)
+    assert est["inner AdamW state"] == est["outer optimizer state"] == pytest.approx(2 * est["parameters"])
+    offload = fsdp.memory_estimate(config, 8, 4, 256, snapshot_offload=True)
+    assert est["total"] - offload["total"] == pytest.approx(est["parameters"])
+    assert fsdp.memory_estimate(config, 8, 8, 256)["activations"] == pytest.approx(2 * est["activations"])
+    assert "fits a 80 GiB card" in fsdp.format_estimate(est, "llama3-8b", 8, 80)
+    assert "does NOT fit a 16 GiB card" in fsdp.format_estimate(est, "llama3-8b", 8, 16)

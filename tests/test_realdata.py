@@ -1,0 +1,88 @@
+"""data.py's loaders for the real datasets (../shared/DATA.md), on small local files in each dataset's exact
+schema (tests/realdata.py writes them), through the real `datasets` JSON builder; and the offline hub error."""
+
+import json
+
+import pytest
+
+import data
+import realdata
+
+
+@pytest.fixture(scope="module")
+def fx(tmp_path_factory):
+    root = tmp_path_factory.mktemp("real")
+    return realdata.write_fixtures(root / "fx"), realdata.tiny_model(root / "llama")
+
+
+def test_each_loader_returns_the_schema_values(fx):
+    root, _ = fx
+    for name, (hub_id, config, split, fields) in data.SOURCES.items():
+        rows = data.load_rows(name, str(root))
+        written = [json.loads(line) for line in (root / f"{name}.jsonl").read_text().splitlines()]
+        assert len(rows) == len(written) and all(set(fields) <= set(r) for r in rows), name
+        assert [r[fields[0]] for r in rows] == [w[fields[0]] for w in written], name
+    pile = data.load_rows("pile-bio", str(root))
+    assert {r["label"] for r in pile} == {True, False} and pile[0]["meta"]["pile_set_name"] == "PubMed Abstracts"
+
+
+def test_mc_items_normalise_letters_and_drop_subjects(tmp_path):
+    rows = realdata._mc(__import__("random").Random(1), 4, "virology", letter=True) + \
+        realdata._mc(__import__("random").Random(2), 4, "astronomy", letter=True)
+    (tmp_path / "mmlu.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    items = data.mc_items(data.load_rows("mmlu", str(tmp_path)), data.MMLU_DROP["bio"])
+    assert [it["answer"] for it in items] == [0, 1, 2, 3]  # "A".."D" -> 0..3; virology (bio) dropped
+    assert items[0] == {"question": rows[4]["question"], "choices": rows[4]["choices"], "answer": 0}
+    assert len(data.mc_items(data.load_rows("mmlu", str(tmp_path)), data.MMLU_DROP["cyber"])) == 8
+
+
+def test_real_worlds_have_every_role(fx):
+    root, model = fx
+    for domain in ("bio", "cyber", "chem"):
+        w = data.load_real_world(data.RealWorldConfig(domain, str(model), str(root), seq_len=16))
+        # MMLU fixture: 4 items each of college_biology, computer_security, high_school_geography and
+        # college_chemistry; each domain drops its own 4
+        assert w.style == "letter" and len(w.items["E"]) == 8 and len(w.items["Re"]) == 12
+        forget = {"bio": 20 + 20, "cyber": 20, "chem": 20}[domain]  # pile-bio label=True (20) + camel-bio (20)
+        assert len(w.docs["T_inner"]) + len(w.docs["T_tr"]) == forget
+        assert len(w.docs["T_tr"]) == {"bio": 4 + 4, "cyber": 4, "chem": 4}[domain]  # 20% of each corpus
+        assert not set(w.docs["T_inner"]) & set(w.docs["T_tr"]) and w.docs["A"] == w.docs["T_inner"]
+        assert len(w.docs["Rt"]) == 20 + 20  # pile-bio label=False + Magpie chats
+        assert w.tokens["Rt"].ids.shape[1] <= 16 and not w.tokens["T_tr"].fact.any()
+    bio = data.load_real_world(data.RealWorldConfig("bio", str(model), str(root), seq_len=16))
+    assert any(d.startswith("user: ") and "\n\nassistant: " in d for d in bio.docs["Rt"])  # no chat template
+
+
+def test_chat_template_renders_magpie(fx):
+    _, model = fx
+    from transformers import AutoTokenizer
+    tok = AutoTokenizer.from_pretrained(model)
+    tok.chat_template = "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{% endfor %}"
+    text = data.render_chat([{"from": "human", "value": "leaf"}, {"from": "gpt", "value": "stone"}], tok)
+    assert text == "<user>leaf<assistant>stone"
+
+
+def test_split_matches_datasets_train_test_split():
+    texts = [f"doc {i}" for i in range(50)]
+    train, test = data.split_forget(texts)
+    assert len(test) == 10 and sorted(train + test) == sorted(texts)
+    assert data.split_forget(texts) == (train, test)  # seed 42, as the official code
+
+
+def test_offline_hub_and_bad_files_fail_with_one_clear_message(fx, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    with pytest.raises(data.UserError) as e:
+        data.load_rows("wmdp-bio")
+    msg = str(e.value)
+    assert "cais/wmdp (wmdp-bio)" in msg and "offline or gated" in msg and "--data-dir" in msg
+    assert "question, choices, answer" in msg
+    with pytest.raises(data.UserError, match="has no ctftime.jsonl"):
+        data.load_rows("ctftime", str(tmp_path))
+    (tmp_path / "ctftime.jsonl").write_text(json.dumps({"text": "wrong field"}) + "\n")
+    with pytest.raises(data.UserError, match="lack field"):
+        data.load_rows("ctftime", str(tmp_path))
+    with pytest.raises(data.UserError, match="chem forget corpus is private"):
+        data.load_real_world(data.RealWorldConfig("chem", str(fx[1]), str(tmp_path)))
+    with pytest.raises(data.UserError, match="cannot load the tokenizer of no/such-model"):
+        data.load_real_world(data.RealWorldConfig("bio", "no/such-model", str(fx[0])))
