@@ -453,6 +453,20 @@ def redteam_table(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def write_report(results: dict, run_dir: Path, log) -> dict:
+    """results.json, results.md and the figures (rank 0 only)."""
+    atomic_write(run_dir / "results.json", json.dumps(results, indent=1))
+    table = results_table(results)
+    atomic_write(run_dir / "results.md", table)
+    import plots
+    figures = plots.plot_results(run_dir / "results.json") if results["attacks"] else []
+    figures.append(plots.plot_training(run_dir / "metrics.jsonl"))
+    log("\n" + table)
+    log(f"wrote {run_dir / 'results.json'}, results.md and " + ", ".join(p.name for p in figures)
+        + f"; total {results['seconds']['total']:.0f}s")
+    return results
+
+
 # --------------------------------------------------------------------------------------------------------
 # CLI
 # --------------------------------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ Run:  torchrun --nproc_per_node 8 tar.py --domain bio --model meta-llama/Meta-Ll
 from __future__ import annotations
 
 import os
+import signal
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -192,6 +193,23 @@ def save_checkpoint(path: Path, model, optimizer, rank_state: dict, d: Dist) -> 
         dist.barrier()
 
 
+class Stop:
+    """Set by SIGTERM (a scheduler's pre-emption): the loop checkpoints at the end of the step and stops."""
+    def __init__(self):
+        self.requested = False
+        self.previous = signal.signal(signal.SIGTERM, self.request)
+
+    def request(self, *_):
+        self.requested = True
+
+    def close(self):
+        signal.signal(signal.SIGTERM, self.previous)
+
+
+class Stopped(Exception):
+    pass
+
+
 def load_checkpoint(path: Path, model, optimizer, d: Dist) -> dict:
     """Restores model and optimizer in place; returns this rank's saved state. Loads only what
     save_checkpoint wrote (weights_only torch files; DCP's metadata is pickled by torch itself)."""
@@ -265,7 +283,8 @@ def memory_estimate(config, world_size: int, micro_batch: int, seq_len: int, cud
 def format_estimate(est: dict[str, float], name: str, world_size: int, gpu_gib: float | None = None) -> str:
     """The estimate as a few lines, ending with whether it fits a card of gpu_gib GiB and by how much."""
     lines = [f"memory per rank, estimated from the config of {name} on {world_size} process(es):"]
-    lines += [f"  {k:<24} {v:8.2f} GiB" for k, v in est.items()]
+    unit, scale = ("GiB", 1) if est["total"] >= 1 else ("MiB", 1024)  # a tiny test model reads in MiB
+    lines += [f"  {k:<24} {v * scale:8.2f} {unit}" for k, v in est.items()]
     if gpu_gib:
         margin = gpu_gib - est["total"]
         lines.append(f"  {'fits' if margin >= 0 else 'does NOT fit'} a {gpu_gib:.0f} GiB card: "

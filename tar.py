@@ -40,7 +40,6 @@ import datetime
 import json
 import os
 import random
-import signal
 import sys
 import tempfile
 import time
@@ -53,7 +52,6 @@ import adversary
 import evaluate
 import fsdp
 import losses
-import plots
 import safeguard
 from adversary import Attack, TrainAttacks, attack, attack_stream, sample_attack
 from data import RealWorldConfig, Stream, UserError, WorldConfig, atomic_write, build_world, load_real_world, shard_batch
@@ -274,23 +272,6 @@ def averaged_weights(opt, on: bool) -> None:
         opt.eval() if on else opt.train()
 
 
-class Stop:
-    """Set by SIGTERM (a scheduler's pre-emption): the loop checkpoints at the end of the step and stops."""
-    def __init__(self):
-        self.requested = False
-        self.previous = signal.signal(signal.SIGTERM, self.request)
-
-    def request(self, *_):
-        self.requested = True
-
-    def close(self):
-        signal.signal(signal.SIGTERM, self.previous)
-
-
-class Stopped(Exception):
-    pass
-
-
 def train_tar(model, ref, world, cfg: TARConfig, run_dir: Path, d: Dist = Dist(), log=print):
     """N outer steps of Alg. 1 from θ0 = `model` (in place); one metrics.jsonl line per step; checkpoints in
     run_dir/checkpoint (every --checkpoint-every steps, and on SIGTERM, after which Stopped is raised)."""
@@ -326,7 +307,7 @@ def train_tar(model, ref, world, cfg: TARConfig, run_dir: Path, d: Dist = Dist()
             atomic_write(metrics, "".join(line + "\n" for line in kept))
         log(f"TAR: resumed after outer step {state['step']}")
 
-    stop, t0 = Stop(), time.time()
+    stop, t0 = fsdp.Stop(), time.time()
     try:
         with open(metrics, "a" if cfg.resume else "w") if d.is_main else open(os.devnull, "w") as f, \
                 tqdm(range(start, cfg.outer_steps + 1), desc="TAR", unit="step", disable=None if d.is_main else True,
@@ -349,7 +330,7 @@ def train_tar(model, ref, world, cfg: TARConfig, run_dir: Path, d: Dist = Dist()
                 if stopping or (cfg.checkpoint_every and step % cfg.checkpoint_every == 0):
                     save(step)
                 if stopping:
-                    raise Stopped(f"stopped by SIGTERM after outer step {step}; checkpoint written to {ckpt}; "
+                    raise fsdp.Stopped(f"stopped by SIGTERM after outer step {step}; checkpoint written to {ckpt}; "
                                   "rerun with the same flags and --resume")
     finally:
         stop.close()
@@ -417,7 +398,7 @@ def run(cfg: TARConfig, log=print) -> dict:
     timings["total"] = round(time.time() - t0, 1)
 
     results = evaluate.run_results(run_dir, world, cfg, curves, timings)
-    return report(results, run_dir, log)
+    return evaluate.write_report(results, run_dir, log)
 
 
 def run_real(cfg: TARConfig, run_dir: Path, d: Dist, log) -> dict:
@@ -443,20 +424,7 @@ def run_real(cfg: TARConfig, run_dir: Path, d: Dist, log) -> dict:
                          {"what": "TAR", "parent": cfg.model, "config": asdict(cfg)})
     timings["total"] = round(time.time() - t0, 1)
     results = evaluate.run_results(run_dir, world, cfg, {}, timings, at_rest)
-    return report(results, run_dir, log) if d.is_main else results
-
-
-def report(results: dict, run_dir: Path, log) -> dict:
-    """results.json, results.md and the figures (rank 0 only)."""
-    atomic_write(run_dir / "results.json", json.dumps(results, indent=1))
-    table = evaluate.results_table(results)
-    atomic_write(run_dir / "results.md", table)
-    figures = plots.plot_results(run_dir / "results.json") if results["attacks"] else []
-    figures.append(plots.plot_training(run_dir / "metrics.jsonl"))
-    log("\n" + table)
-    log(f"wrote {run_dir / 'results.json'}, results.md and " + ", ".join(p.name for p in figures)
-        + f"; total {results['seconds']['total']:.0f}s")
-    return results
+    return evaluate.write_report(results, run_dir, log) if d.is_main else results
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -490,7 +458,7 @@ def main(argv=None):
     cfg = parse_args(argv)
     try:
         run(cfg)
-    except (UserError, Stopped) as e:
+    except (UserError, fsdp.Stopped) as e:
         sys.exit(f"error: {e}" if isinstance(e, UserError) else str(e))
     except KeyboardInterrupt:
         sys.exit("interrupted: finished models and metrics.jsonl lines are kept; nothing half-written remains")

@@ -10,8 +10,14 @@ tensors and attributed to its role, in units of the model's parameter bytes (pro
 3 MB model): parameters, gradients, inner optimizer state, outer optimizer state, snapshot, TR buffer, frozen
 reference, other (activations, batches).
 
+Under torchrun (FSDP2 over gloo on CPU, `fsdp.py`) the same comparison shows what sharding, the per-shard snapshot
+and restore, and the all-gathers / reduce-scatters add: the parts are then run on the sharded model too, so the
+ratio isolates Alg. 1's own overhead; compare the absolute times with the single-process run for the
+communication cost. (The memory census is single-process only.)
+
 Run:  python benchmarks/tar_step.py                        # the miniature model (width 128, 4 layers)
       python benchmarks/tar_step.py --width 512 --layers 8  # a model big enough for the overhead to matter
+      OMP_NUM_THREADS=1 torchrun --nproc_per_node 2 benchmarks/tar_step.py --width 512 --layers 8
 """
 
 from __future__ import annotations
@@ -29,10 +35,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import adversary  # noqa: E402
+import fsdp  # noqa: E402
 import losses  # noqa: E402
 import safeguard  # noqa: E402
 import tar  # noqa: E402
-from data import Stream, WorldConfig, build_world  # noqa: E402
+from data import Stream, WorldConfig, build_world, shard_batch  # noqa: E402
 
 
 def live_tensors() -> dict[int, torch.Tensor]:
@@ -51,15 +58,17 @@ def nbytes(t: torch.Tensor) -> int:
     return t.untyped_storage().nbytes()
 
 
-def parts_time(model, ref, world, x_tr, x_r, spec, cfg, seed) -> float:
-    """The same work as one outer step, done as separate plain pieces."""
+def parts_time(model, ref, world, x_tr, x_r, spec, cfg, seed, d=fsdp.Dist()) -> float:
+    """The same work as one outer step, done as separate plain pieces (on this rank's rows under torchrun)."""
     params = [p for p in model.parameters() if p.requires_grad]
-    state = [p.detach().clone() for p in params]  # put the weights back afterwards (not timed)
+    state = [fsdp.local(p).detach().clone() for p in params]  # put the weights back afterwards (not timed)
+    mine = lambda b: shard_batch(b, d.rank, d.world_size)[0]
+    x_tr, x_r = mine(x_tr), mine(x_r)
     t0 = time.perf_counter()
-    adversary.attack(model, spec, adversary.attack_stream(spec, world.tokens, seed))  # K attacker steps
+    adversary.attack(model, spec, map(mine, adversary.attack_stream(spec, world.tokens, seed)))  # K attacker steps
     for _ in range(cfg.inner_steps // cfg.tr_every):  # K/tr_every TR forward/backward
         logits = model(input_ids=x_tr.input_ids, attention_mask=x_tr.attention_mask).logits
-        torch.autograd.grad(losses.entropy_tr_loss(logits, x_tr.fact_mask), params)
+        losses.entropy_tr_loss(logits, x_tr.fact_mask).backward()
     out = model(input_ids=x_r.input_ids, attention_mask=x_r.attention_mask, output_hidden_states=True)
     with torch.no_grad():  # reference forward
         out_ref = ref(input_ids=x_r.input_ids, attention_mask=x_r.attention_mask, output_hidden_states=True)
@@ -67,7 +76,7 @@ def parts_time(model, ref, world, x_tr, x_r, spec, cfg, seed) -> float:
     elapsed = time.perf_counter() - t0
     with torch.no_grad():
         for p, s in zip(params, state):
-            p.copy_(s)
+            fsdp.local(p).copy_(s)
             p.grad = None
     return elapsed
 
@@ -81,35 +90,43 @@ def main(argv=None):
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
+    d = fsdp.setup_dist()
 
     world = build_world(WorldConfig("bio"))
     mcfg = safeguard.ModelConfig(width=args.width, layers=args.layers, heads=max(1, args.width // 32),
                                  mlp=2 * args.width)
     model = safeguard.new_model(len(world.tokenizer), mcfg, world.tokenizer, seed=0)
     ref = copy.deepcopy(model).requires_grad_(False)
+    n_params = sum(q.numel() for q in model.parameters())
+    if d.distributed:
+        fsdp.shard(model, d)
+        fsdp.shard(ref, d)
     cfg = tar.TARConfig(inner_steps=args.inner_steps)
     outer_opt = torch.optim.AdamW(model.parameters(), lr=cfg.outer_lr, weight_decay=0.0)
     x_tr = next(Stream(world.tokens["T_tr"], cfg.tr_batch, 0))
     x_r = next(Stream(world.tokens["Rt"], cfg.retain_batch, 1))
     spec = adversary.sample_attack(random.Random(0), cfg.train_attacks())
-    n_params = sum(q.numel() for q in model.parameters())
-    print(f"model: width {args.width}, {args.layers} layers, {n_params / 1e6:.2f}M parameters; K = {cfg.inner_steps}, "
+    say = print if d.is_main else (lambda *_: None)
+    say(f"{d.world_size} process(es); model: width {args.width}, {args.layers} layers, {n_params / 1e6:.2f}M parameters; K = {cfg.inner_steps}, "
           f"TR every {cfg.tr_every}, batches attacker {cfg.inner_batch} / TR {cfg.tr_batch} / retain {cfg.retain_batch}; "
           f"{torch.get_num_threads()} torch thread(s)")
 
-    step = lambda: tar.outer_step(model, ref, outer_opt, world, x_tr, x_r, spec, cfg, attack_seed=1)
+    step = lambda: tar.outer_step(model, ref, outer_opt, world, x_tr, x_r, spec, cfg, attack_seed=1, d=d)
     step()  # warm-up (also creates the outer optimizer's state)
-    parts_time(model, ref, world, x_tr, x_r, spec, cfg, 1)
+    parts_time(model, ref, world, x_tr, x_r, spec, cfg, 1, d)
     outer, parts = [], []
     for _ in range(args.repeats):  # interleaved: both see the same machine conditions
         t0 = time.perf_counter()
         step()
         outer.append(time.perf_counter() - t0)
-        parts.append(parts_time(model, ref, world, x_tr, x_r, spec, cfg, 1))
+        parts.append(parts_time(model, ref, world, x_tr, x_r, spec, cfg, 1, d))
     o, s = statistics.median(outer), statistics.median(parts)
-    print(f"outer step {o * 1000:.0f} ms (median of {args.repeats}), sum of parts {s * 1000:.0f} ms, "
+    say(f"outer step {o * 1000:.0f} ms (median of {args.repeats}), sum of parts {s * 1000:.0f} ms, "
           f"ratio {o / s:.3f} (goal ≤ 1.10)")
 
+    if d.distributed:
+        fsdp.teardown()
+        return
     # ---- memory census at a TR point (the peak: all of the step's buffers alive at once) ----
     gc.collect()
     before = set(live_tensors())
