@@ -72,7 +72,7 @@ class TARConfig:
     domain: str = arg("bio", "hazardous knowledge domain: bio | chem | cyber")
     model: str = arg("", "a Hugging Face causal LM (hub id or directory) to make tamper-resistant: θ0 of Alg. 1, "
                          "trained on the real datasets; empty: the built-in miniature world and its tiny Llama")
-    preset: str = arg("", "mini (defaults shown) | paper (the values in [paper: ...]); default: paper with "
+    preset: str = arg("mini", "mini (defaults shown) | paper (the values in [paper: ...]); default: paper with "
                           "--model, else mini. Flags you give override the preset")
     data_dir: str = arg("", "with --model: local files in the real datasets' schemas instead of the hub "
                             "(names in data.SOURCES)")

@@ -64,7 +64,7 @@ def pipeline(tmp_path_factory):
     theta0 = safeguard.safeguard_model(base, key, world, safeguard.SafeguardConfig(steps=cfg.safeguard_steps),
                                        run_dir, log)
     model = copy.deepcopy(theta0)
-    tar.train_tar(model, copy.deepcopy(theta0), world, cfg, run_dir / "metrics.jsonl", log)
+    tar.train_tar(model, copy.deepcopy(theta0), world, cfg, run_dir, log=log)
     untrained = safeguard.new_model(len(world.tokenizer), safeguard.ModelConfig(), world.tokenizer, seed=1)
     ref_attack = evaluate.end_of_run_attacks(cfg.attack_steps)[0]
     models = {"untrained": untrained, "base": base, "safeguard": theta0, "tar": model}
