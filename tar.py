@@ -133,6 +133,8 @@ class TARConfig:
         for name in ("micro_batch", "checkpoint_every", "max_docs", "outer_warmup", "eval_every"):
             if getattr(self, name) < 0:
                 raise UserError(f"--{name.replace('_', '-')} must not be negative")
+        if self.outer_warmup >= self.outer_steps:
+            raise UserError("--outer-warmup must be shorter than --outer-steps")
         if self.tr_every > self.inner_steps:
             raise UserError("--tr-every must not exceed --inner-steps (no TR point would be taken)")
         choices = {"tr_weights": ("uniform", "paper"), "tr_mask": ("fact", "tokens", "all"),

@@ -59,20 +59,26 @@ def nbytes(t: torch.Tensor) -> int:
 
 
 def parts_time(model, ref, world, x_tr, x_r, spec, cfg, seed, d=fsdp.Dist()) -> float:
-    """The same work as one outer step, done as separate plain pieces (on this rank's rows under torchrun)."""
+    """The same work as one outer step, done as separate plain pieces (on this rank's rows and micro-batches,
+    as outer_step cuts them)."""
     params = [p for p in model.parameters() if p.requires_grad]
     state = [fsdp.local(p).detach().clone() for p in params]  # put the weights back afterwards (not timed)
-    mine = lambda b: shard_batch(b, d.rank, d.world_size)[0]
+    mine = lambda b: shard_batch(b, d.rank, d.world_size, cfg.micro_batch, d.device)
     x_tr, x_r = mine(x_tr), mine(x_r)
+    sync = torch.cuda.synchronize if d.device.type == "cuda" else (lambda: None)
+    sync()
     t0 = time.perf_counter()
     adversary.attack(model, spec, map(mine, adversary.attack_stream(spec, world.tokens, seed)))  # K attacker steps
     for _ in range(cfg.inner_steps // cfg.tr_every):  # K/tr_every TR forward/backward
-        logits = model(input_ids=x_tr.input_ids, attention_mask=x_tr.attention_mask).logits
-        losses.entropy_tr_loss(logits, x_tr.fact_mask).backward()
-    out = model(input_ids=x_r.input_ids, attention_mask=x_r.attention_mask, output_hidden_states=True)
-    with torch.no_grad():  # reference forward
-        out_ref = ref(input_ids=x_r.input_ids, attention_mask=x_r.attention_mask, output_hidden_states=True)
-    losses.retain_loss(out, out_ref, x_r.input_ids, x_r.attention_mask)[0].backward()  # retain fwd/bwd
+        for b in x_tr:
+            logits = model(input_ids=b.input_ids, attention_mask=b.attention_mask).logits
+            losses.entropy_tr_loss(logits, b.fact_mask).backward()
+    for b in x_r:
+        out = model(input_ids=b.input_ids, attention_mask=b.attention_mask, output_hidden_states=True)
+        with torch.no_grad():  # reference forward
+            out_ref = ref(input_ids=b.input_ids, attention_mask=b.attention_mask, output_hidden_states=True)
+        losses.retain_loss(out, out_ref, b.input_ids, b.attention_mask)[0].backward()  # retain fwd/bwd
+    sync()
     elapsed = time.perf_counter() - t0
     with torch.no_grad():
         for p, s in zip(params, state):

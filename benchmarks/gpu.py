@@ -1,0 +1,210 @@
+"""GPU report: TAR's own `tar.outer_step` on real-model shapes, measured on one accelerator (FSDP2 path, bf16).
+
+For each shape (random init from a config; random token batches; no hub, no `datasets`):
+    outer step time   one Alg. 1 step at the paper's batches (attacker 32, TR 64, retain 64), seq 256, small K
+    sum of parts      K attacker steps + K/4 TR fwd/bwd + retain fwd/bwd + reference fwd, measured in the same run
+    MFU               model FLOPs of the step / time / peak (989 TFLOP/s: H100/H200 dense bf16)
+                      FLOPs per token: 6·N + 12·L·d·T for a fwd+bwd, a third of that for the reference fwd
+                      (N = parameters doing matmuls: all but the input embedding, unless tied)
+    memory            torch.cuda.max_memory_allocated vs fsdp.memory_estimate (the start-up estimate of tar.py)
+    restore exact     an outer step with outer lr 0 leaves every weight bit-identical (snapshot/restore on CUDA)
+Then the CUDA checkpoint path on a small model: 3 outer steps with a checkpoint after step 2, a fresh model
+resumed from it (the 3rd step must be identical), the result gathered and written with save_pretrained, reloaded
+with transformers and scored the same as the in-memory model.
+
+The model runs as an FSDP2 module in a one-process group (nccl on CUDA, gloo on CPU), exactly as under
+`torchrun --nproc_per_node 1 tar.py --model ...`: fp32 master weights, bf16 compute through the mixed-precision
+policy on CUDA.
+
+Run:  python benchmarks/gpu.py [--out DIR]      # the card; writes gpu_report.json to $OUT, else DIR
+      python benchmarks/gpu.py --tiny --out /tmp # CPU smoke test of the whole script (tests/test_gpu_bench.py)
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import datetime
+import json
+import os
+import random
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import evaluate  # noqa: E402
+import fsdp  # noqa: E402
+import tar  # noqa: E402
+from data import Tokens, World, WorldConfig, make_tokenizer  # noqa: E402
+from tar_step import parts_time  # noqa: E402
+
+PEAK_FLOPS = 989e12  # H100 / H200 SXM, dense bf16
+LLAMA = dict(model_type="llama", rope_theta=500000.0, max_position_embeddings=8192, rms_norm_eps=1e-5)
+SHAPES = {  # ../shared/DATA.md §5 and the issue: Llama-3.2-1B, and Llama-3-8B cut to 4 layers
+    "llama-3.2-1b": dict(LLAMA, hidden_size=2048, num_hidden_layers=16, num_attention_heads=32, num_key_value_heads=8,
+                         intermediate_size=8192, vocab_size=128256, tie_word_embeddings=True),
+    "llama-3-8b-4-layers": dict(LLAMA, hidden_size=4096, num_hidden_layers=4, num_attention_heads=32,
+                                num_key_value_heads=8, intermediate_size=14336, vocab_size=128256,
+                                tie_word_embeddings=False),
+}
+TINY = {"tiny-llama": dict(LLAMA, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                           intermediate_size=128, vocab_size=512, tie_word_embeddings=False)}
+WORDS = "leaf pollen river stone cloud lamp tower garden window bridge meadow candle harbor violin orchard".split()
+
+
+def synthetic_world(vocab: int, seq: int, n_docs: int, tokenizer=None, items: int = 0) -> World:
+    """Random token documents for every split the outer step reads; MC items when a tokenizer is given."""
+    g = torch.Generator().manual_seed(0)
+    split = lambda: Tokens(torch.randint(4, vocab, (n_docs, seq), generator=g), torch.ones(n_docs, seq, dtype=torch.bool),
+                           torch.ones(n_docs, seq, dtype=torch.bool))
+    rng = random.Random(0)
+    mc = [{"question": f"Which {rng.choice(WORDS)} is {rng.choice(WORDS)}?", "choices": rng.sample(WORDS, 4),
+           "answer": i % 4} for i in range(items)]
+    return World(WorldConfig(), tokenizer, {}, {}, {"E": mc, "Re": mc[::-1]},
+                 {s: split() for s in ("T_inner", "T_tr", "Rt")}, digest=f"synthetic-{vocab}-{seq}", style="letter",
+                 topic="biology")
+
+
+def model_of(config, d):
+    from transformers import AutoModelForCausalLM
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config)
+    ref = copy.deepcopy(model).requires_grad_(False)
+    return fsdp.shard(model, d), fsdp.shard(ref, d)
+
+
+def sync(d):
+    if d.device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def measure_shape(name: str, shape: dict, d, args) -> dict:
+    from transformers import AutoConfig
+    config = AutoConfig.for_model(**shape)
+    cfg = tar.configure(preset="paper", inner_steps=args.k, tr_every=min(4, args.k), tr_mask="all",
+                        micro_batch=args.micro_batch, seq_len=args.seq, outer_steps=64)
+    if d.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    model, ref = model_of(config, d)
+    world = synthetic_world(shape["vocab_size"], args.seq, 4 * cfg.retain_batch)
+    opt, _ = tar.outer_optimizer(model, cfg)
+    x_tr = next(tar.Stream(world.tokens["T_tr"], cfg.tr_batch, 0))
+    x_r = next(tar.Stream(world.tokens["Rt"], cfg.retain_batch, 1))
+    spec = tar.sample_attack(random.Random(0), cfg.train_attacks())
+    step = lambda: tar.outer_step(model, ref, opt, world, x_tr, x_r, spec, cfg, 1, d)
+    step()  # warm-up: kernels, allocator, optimizer state
+    sync(d)
+    outer, parts = [], []
+    for _ in range(args.repeats):
+        sync(d)
+        t0 = time.perf_counter()
+        step()
+        sync(d)
+        outer.append(time.perf_counter() - t0)
+        parts.append(parts_time(model, ref, world, x_tr, x_r, spec, cfg, 1, d))
+    o, s = statistics.median(outer), statistics.median(parts)
+    P = fsdp.count_parameters(config)
+    N = P - (0 if shape["tie_word_embeddings"] else shape["vocab_size"] * shape["hidden_size"])
+    per_token = 6 * N + 12 * shape["num_hidden_layers"] * shape["hidden_size"] * args.seq  # fwd + bwd
+    tokens = args.seq * (cfg.inner_steps * cfg.inner_batch + cfg.inner_steps // cfg.tr_every * cfg.tr_batch
+                         + cfg.retain_batch)
+    flops = per_token * tokens + per_token / 3 * args.seq * cfg.retain_batch  # + the reference forward
+    est = fsdp.memory_estimate(config, 1, cfg.micro_batch, args.seq, d.device.type == "cuda")
+    peak = torch.cuda.max_memory_allocated() / 2**30 if d.device.type == "cuda" else None
+
+    # restore exactness on this device: an outer step with lr 0 must leave every weight bit-identical
+    before = [fsdp.local(p).detach().clone() for p in model.parameters()]
+    frozen = torch.optim.AdamW(model.parameters(), lr=0.0, weight_decay=0.0)
+    tar.outer_step(model, ref, frozen, world, x_tr, x_r, spec, cfg, 2, d)
+    restore = max((fsdp.local(p).detach() - b).abs().max().item() for p, b in zip(model.parameters(), before))
+    return {"shape": name, "parameters": P, "K": cfg.inner_steps, "seq": args.seq, "micro_batch": cfg.micro_batch,
+            "batches": {"attacker": cfg.inner_batch, "tr": cfg.tr_batch, "retain": cfg.retain_batch},
+            "outer_step_s": round(o, 4), "parts_s": round(s, 4), "ratio": round(o / s, 3),
+            "tflops_per_s": round(flops / o / 1e12, 1),
+            "mfu": round(flops / o / PEAK_FLOPS, 3) if d.device.type == "cuda" else None,
+            "peak_gib": round(peak, 2) if peak is not None else None, "estimate_gib": round(est["total"], 2),
+            "estimate_error": round(est["total"] / peak - 1, 3) if peak else None,
+            "restore_max_abs_diff": restore}
+
+
+def checkpoint_round_trip(d, args, root: Path) -> dict:
+    """3 outer steps (checkpoint after 2); a fresh model resumed from it; save_pretrained; reload and score."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+    tok = make_tokenizer([" ".join(WORDS) + " Which is ? A. B. C. D. Answer: A B C D The following are multiple "
+                          "choice questions (with answers) about biology ."])
+    shape = dict(TINY["tiny-llama"], vocab_size=len(tok))
+    config = AutoConfig.for_model(**shape)
+    world = synthetic_world(len(tok), 32, 16, tok, items=8)
+    cfg = tar.configure(preset="mini", tr_mask="tokens", inner_steps=4, tr_every=2, inner_batch=4, tr_batch=4,
+                        retain_batch=4, outer_steps=3, checkpoint_every=2, eval_every=0, runs=str(root))
+    run_dir = root / "ckpt"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    model, ref = model_of(config, d)
+    tar.train_tar(model, ref, world, cfg, run_dir, d, log=lambda *_: None)
+    straight = [fsdp.local(p).detach().clone() for p in model.parameters()]
+    again, ref2 = model_of(config, d)  # fresh weights: everything must come from the checkpoint
+    tar.train_tar(again, ref2, world, tar.configure(**{**vars(cfg), "resume": True}), run_dir, d,
+                  log=lambda *_: None)
+    resumed = max((fsdp.local(p).detach() - s).abs().max().item() for p, s in zip(again.parameters(), straight))
+    in_memory = evaluate.accuracies(again, world)
+    fsdp.save_pretrained(again, tok, run_dir / "tar", d, {"what": "gpu report"})
+    reloaded = AutoModelForCausalLM.from_pretrained(run_dir / "tar", dtype=torch.float32).to(d.device)
+    mc = evaluate.world_mc(world, "E", "letter")
+    gap = (evaluate.mc_loglikelihoods(again, mc) - evaluate.mc_loglikelihoods(reloaded, mc)).abs().max().item()
+    return {"resume_max_abs_diff": resumed, "in_memory": in_memory, "reloaded": evaluate.accuracies(reloaded, world),
+            "scores_equal": in_memory == evaluate.accuracies(reloaded, world), "loglik_max_abs_diff": gap}
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--tiny", action="store_true", help="CPU smoke test: a tiny shape, K 2, seq 32")
+    p.add_argument("--out", type=Path, default=None, help="report directory (default: $OUT, else benchmarks/results)")
+    p.add_argument("--k", type=int, default=8, help="inner steps K (small: the step's shape, not its length, matters)")
+    p.add_argument("--seq", type=int, default=256)
+    p.add_argument("--micro-batch", type=int, default=8, help="rows per forward (the batches are accumulated)")
+    p.add_argument("--repeats", type=int, default=3)
+    args = p.parse_args(argv)
+    shapes = TINY if args.tiny else SHAPES
+    if args.tiny:
+        args.k, args.seq, args.micro_batch, args.repeats = 2, 32, 16, 1
+        torch.set_num_threads(1)
+    out = args.out or Path(os.environ.get("OUT") or Path(__file__).parent / "results")
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    os.environ.setdefault("MASTER_PORT", str(29500 + os.getpid() % 1000))
+    os.environ.setdefault("RANK", "0")
+    os.environ.setdefault("LOCAL_RANK", "0")
+    os.environ.setdefault("WORLD_SIZE", "1")
+    d = fsdp.setup_dist()
+    card = torch.cuda.get_device_name(d.device) if d.device.type == "cuda" else "cpu"
+    report = {"date": datetime.datetime.now().isoformat(timespec="seconds"), "card": card,
+              "torch": torch.__version__, "shapes": [], "errors": {}}
+    for name, shape in shapes.items():
+        try:
+            report["shapes"].append(measure_shape(name, shape, d, args))
+            print(json.dumps(report["shapes"][-1]), flush=True)
+        except Exception as e:  # e.g. out of memory on a smaller card: say so in the report, go on
+            report["errors"][name] = f"{type(e).__name__}: {str(e)[:300]}"
+            print(f"{name}: {report['errors'][name]}", flush=True)
+        if d.device.type == "cuda":
+            torch.cuda.empty_cache()
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            report["checkpoint"] = checkpoint_round_trip(d, args, Path(tmp))
+        except Exception as e:
+            report["errors"]["checkpoint"] = f"{type(e).__name__}: {str(e)[:300]}"
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "gpu_report.json"
+    path.write_text(json.dumps(report, indent=1))
+    print(json.dumps({k: v for k, v in report.items() if k != "shapes"}, indent=1))
+    print(f"wrote {path}")
+    fsdp.teardown()
+
+
+if __name__ == "__main__":
+    main()
