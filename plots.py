@@ -149,10 +149,11 @@ def plot_redteam(results_path: Path) -> list[Path]:
     results_path = Path(results_path)
     r = json.loads(results_path.read_text())
     out = results_path.parent
-    models = list(r["models"])
+    chosen = r.get("last", {})  # what the last evaluate.py call asked for (the file accumulates over calls)
+    models = chosen.get("models", list(r["models"]))
     curves = _redteam_curves(r)
     summary = r["summary"]  # evaluate.summarize(), stored by evaluate.py
-    attacks = [a for a in r["suite"] if a in curves]
+    attacks = [a for a in chosen.get("attacks", r["suite"]) if a in curves]
     paths = []
     (out / "curves").mkdir(exist_ok=True)
     for a in attacks:

@@ -154,6 +154,12 @@ def test_results_round_trip_and_resume(small_world, tmp_path, monkeypatch):
     again = evaluate.redteam(models, specs, small_world.config, 2, 1, out, log=lambda *a: None)
     assert len(calls) == 12 and {j.model for j in calls[8:]} == {"tar"}
     assert len(again["runs"]) == 12  # the old tar runs stay, under the old digest
+    # a later call with other attacks / models: the file keeps everything, the summary and table cover that call
+    later = evaluate.redteam({"safeguard": models["safeguard"]}, specs[:1], small_world.config, 2, 1, out,
+                             log=lambda *a: None)
+    assert len(calls) == 12 and later["summary"]["cells"].keys() == {"a"}
+    assert later["summary"]["cells"]["a"].keys() == {"safeguard"} and set(later["suite"]) == {"a", "b"}
+    assert "| a | TRAIN |" in evaluate.redteam_table(later) and "| b |" not in evaluate.redteam_table(later)
 
 
 def test_cli_errors(tmp_path):
