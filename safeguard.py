@@ -255,21 +255,23 @@ class Method:
 
 
 LRS = (1e-4, 3e-4, 1e-3)
+# `picked` = the grid's pick on bio (runs/bio/baselines/grid.json, 2026-11-27: 42 settings x {150, 300} steps,
+# 25 min on 2 cores), with its at-rest accuracy on group A / E and held-out retain Re in the comment.
 METHODS: dict[str, Method] = {
     "random_mapping": Method(_random_mapping, "weight of the mapping term", {}, {}),
     "max_entropy": Method(_max_entropy, "weight of the entropy term", dict(lr=LRS, coef=(1.0, 4.0)),
-                          dict(lr=3e-4, steps=300, coef=1.0)),
+                          dict(lr=1e-4, steps=150, coef=1.0)),  # A 42.7%, E 46.0%, Re 99.8%
     "min_posterior": Method(_min_posterior, "weight of the forget term", dict(lr=LRS, coef=(1.0, 4.0)),
-                            dict(lr=3e-4, steps=300, coef=1.0)),
+                            dict(lr=1e-3, steps=150, coef=4.0)),  # A 42.8%, E 46.0%, Re 99.5%
     "llmu": Method(_llmu, "weight of the gradient-ascent + mismatch term", dict(lr=LRS, coef=(0.5, 1.0)),
-                   dict(lr=1e-4, steps=300, coef=0.5)),
+                   dict(lr=1e-3, steps=150, coef=1.0)),  # A 19.3%, E 22.5%, Re 97.5%
     "rmu": Method(_rmu, "steering coefficient c (alpha: retain weight α)",
-                  dict(lr=LRS, coef=(5.0, 20.0), alpha=(10.0, 100.0)), dict(lr=1e-3, steps=300, coef=20.0, alpha=100.0),
-                  _mlps_of_first_two_layers),
+                  dict(lr=LRS, coef=(5.0, 20.0), alpha=(10.0, 100.0)), dict(lr=1e-3, steps=300, coef=20.0, alpha=10.0),
+                  _mlps_of_first_two_layers),  # A 29.3%, E 37.3%, Re 100%
     "repnoise": Method(_repnoise, "β, the weight of the noise (MMD) term", dict(lr=LRS, coef=(1e-3, 1e-1)),
-                       dict(lr=3e-4, steps=300, coef=1e-3)),
+                       dict(lr=3e-4, steps=300, coef=1e-3)),  # A 22.3%, E 28.2%, Re 99.2%
     "circuit_breakers": Method(_circuit_breakers, "a, the scale of the rerouting schedule", dict(lr=LRS, coef=(1.0, 10.0)),
-                               dict(lr=1e-3, steps=300, coef=10.0)),
+                               dict(lr=3e-4, steps=150, coef=1.0)),  # A 35.2%, E 36.3%, Re 100%
 }
 BASELINES = [m for m in METHODS if m != "random_mapping"]
 

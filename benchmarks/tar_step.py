@@ -32,6 +32,7 @@ import time
 from pathlib import Path
 
 import torch
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import adversary  # noqa: E402
@@ -137,7 +138,7 @@ def main(argv=None):
     gc.collect()
     before = set(live_tensors())
     inner_state, census = [], {}
-    hook = torch.optim.optimizer.register_optimizer_step_post_hook(
+    hook = register_optimizer_step_post_hook(
         lambda opt, *_: inner_state.append(opt) if opt is not outer_opt else None)
     original = losses.entropy_tr_loss
 
