@@ -444,7 +444,8 @@ def parse_args(argv=None) -> TARConfig:
         default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
         overrides = "".join(f"; {dom} {v[f.name]}" for dom, v in PAPER_DOMAIN.items() if f.name in v)
         paper = f" [paper: {PAPER[f.name]}{overrides}]" if f.name in PAPER else ""
-        help_ = f.metadata["help"] + f" (default: {default})" + paper
+        shown = f" (default: {default})" if default != "" and f.name != "preset" else ""  # preset: see its help
+        help_ = f.metadata["help"] + shown + paper
         flag = "--" + f.name.replace("_", "-")
         kw = dict(default=argparse.SUPPRESS, help=help_.replace("%", "%%"))  # given flags only: presets fill the rest
         if isinstance(default, bool):
