@@ -4,7 +4,6 @@ same global batch and seed, for a tiny Llama and a tiny GPT-2; SIGTERM + --resum
 the memory estimate. Three torchrun launches in all (each checks several things)."""
 
 import json
-import os
 import signal
 import subprocess
 import sys
