@@ -55,6 +55,7 @@ SHAPES = {  # ../shared/DATA.md §5 and the issue: Llama-3.2-1B, and Llama-3-8B 
 }
 TINY = {"tiny-llama": dict(LLAMA, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                            intermediate_size=128, vocab_size=512, tie_word_embeddings=False)}
+STATE = ("parameters", "gradients", "outer optimizer state", "frozen reference")  # kept between outer steps
 WORDS = "leaf pollen river stone cloud lamp tower garden window bridge meadow candle harbor violin orchard".split()
 
 
@@ -74,7 +75,8 @@ def synthetic_world(vocab: int, seq: int, n_docs: int, tokenizer=None, items: in
 def model_of(config, d):
     from transformers import AutoModelForCausalLM
     torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(config)
+    with torch.device(d.device):  # initialise on the card: a 2B-parameter CPU init takes longer than the measuring
+        model = AutoModelForCausalLM.from_config(config)
     ref = copy.deepcopy(model).requires_grad_(False)
     return fsdp.shard(model, d), fsdp.shard(ref, d)
 
@@ -84,9 +86,45 @@ def sync(d):
         torch.cuda.synchronize()
 
 
+def flops_per_token(shape: dict, seq: int) -> float:
+    """Forward + backward: 6 N + 12 L d T (N = parameters doing matmuls: all but an untied input embedding)."""
+    from transformers import AutoConfig
+    P = fsdp.count_parameters(AutoConfig.for_model(**shape))
+    N = P - (0 if shape["tie_word_embeddings"] else shape["vocab_size"] * shape["hidden_size"])
+    return 6 * N + 12 * shape["num_hidden_layers"] * shape["hidden_size"] * seq
+
+
+def plain_step_mfu(shape: dict, d, args) -> float | None:
+    """The yardstick: no TAR, no FSDP: one batch of 32 x seq, bf16 autocast over fp32 weights, fused AdamW."""
+    if d.device.type != "cuda":
+        return None
+    from transformers import AutoConfig, AutoModelForCausalLM
+    with torch.device(d.device):
+        model = AutoModelForCausalLM.from_config(AutoConfig.for_model(**shape))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=True)
+    ids = torch.randint(0, shape["vocab_size"], (32, args.seq), device=d.device)
+
+    def step():
+        with torch.autocast("cuda", torch.bfloat16):
+            model(input_ids=ids, labels=ids).loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    step()
+    sync(d)
+    t0 = time.perf_counter()
+    for _ in range(5):
+        step()
+    sync(d)
+    seconds = (time.perf_counter() - t0) / 5
+    del model, opt
+    torch.cuda.empty_cache()
+    return round(flops_per_token(shape, args.seq) * 32 * args.seq / seconds / PEAK_FLOPS, 3)
+
+
 def measure_shape(name: str, shape: dict, d, args) -> dict:
     from transformers import AutoConfig
     config = AutoConfig.for_model(**shape)
+    plain = plain_step_mfu(shape, d, args)
     cfg = tar.configure(preset="paper", inner_steps=args.k, tr_every=min(4, args.k), tr_mask="all",
                         micro_batch=args.micro_batch, seq_len=args.seq, outer_steps=64)
     if d.device.type == "cuda":
@@ -100,6 +138,7 @@ def measure_shape(name: str, shape: dict, d, args) -> dict:
     step = lambda: tar.outer_step(model, ref, opt, world, x_tr, x_r, spec, cfg, 1, d)
     step()  # warm-up: kernels, allocator, optimizer state
     sync(d)
+    static = torch.cuda.memory_allocated() / 2**30 if d.device.type == "cuda" else None  # what stays between steps
     outer, parts = [], []
     for _ in range(args.repeats):
         sync(d)
@@ -110,8 +149,7 @@ def measure_shape(name: str, shape: dict, d, args) -> dict:
         parts.append(parts_time(model, ref, world, x_tr, x_r, spec, cfg, 1, d))
     o, s = statistics.median(outer), statistics.median(parts)
     P = fsdp.count_parameters(config)
-    N = P - (0 if shape["tie_word_embeddings"] else shape["vocab_size"] * shape["hidden_size"])
-    per_token = 6 * N + 12 * shape["num_hidden_layers"] * shape["hidden_size"] * args.seq  # fwd + bwd
+    per_token = flops_per_token(shape, args.seq)
     tokens = args.seq * (cfg.inner_steps * cfg.inner_batch + cfg.inner_steps // cfg.tr_every * cfg.tr_batch
                          + cfg.retain_batch)
     flops = per_token * tokens + per_token / 3 * args.seq * cfg.retain_batch  # + the reference forward
@@ -127,10 +165,33 @@ def measure_shape(name: str, shape: dict, d, args) -> dict:
             "batches": {"attacker": cfg.inner_batch, "tr": cfg.tr_batch, "retain": cfg.retain_batch},
             "outer_step_s": round(o, 4), "parts_s": round(s, 4), "ratio": round(o / s, 3),
             "tflops_per_s": round(flops / o / 1e12, 1),
-            "mfu": round(flops / o / PEAK_FLOPS, 3) if d.device.type == "cuda" else None,
+            "mfu": round(flops / o / PEAK_FLOPS, 3) if d.device.type == "cuda" else None, "plain_step_mfu": plain,
             "peak_gib": round(peak, 2) if peak is not None else None, "estimate_gib": round(est["total"], 2),
+            "between_steps_gib": round(static, 2) if static is not None else None,
+            "estimate_between_steps_gib": round(sum(v for k, v in est.items() if k in STATE), 2),
             "estimate_error": round(est["total"] / peak - 1, 3) if peak else None,
             "restore_max_abs_diff": restore}
+
+
+def projection(entry: dict, gpus: int = 8, gpu_gib: float = 78.0) -> dict:
+    """The paper's run (Llama-3-8B, --preset paper: N 750, K 64) on `gpus` cards from one measured 8B-shaped
+    entry: the full model's FLOPs per outer step at the MFU measured per layer-shaped work (the 4-layer model is
+    the 8B's own layers, embedding and head), and whether the estimate at that micro-batch, corrected by the
+    error measured here and with the snapshot in CPU memory (as the official code keeps it), fits a card of gpu_gib
+    (78 GiB: what an H100 80 GB offers; 139 for an H200). FSDP's all-gathers across cards are not measured here."""
+    from transformers import AutoConfig
+    cfg = tar.configure(preset="paper", model="llama")
+    shape = dict(SHAPES["llama-3-8b-4-layers"], num_hidden_layers=fsdp.LLAMA3_8B["num_hidden_layers"])
+    per_token = flops_per_token(shape, entry["seq"])
+    tokens = entry["seq"] * (cfg.inner_steps * cfg.inner_batch + cfg.inner_steps // cfg.tr_every * cfg.tr_batch
+                             + cfg.retain_batch)
+    flops = cfg.outer_steps * (per_token * tokens + per_token / 3 * entry["seq"] * cfg.retain_batch)
+    hours = flops / (gpus * PEAK_FLOPS * entry["mfu"]) / 3600
+    est = fsdp.memory_estimate(AutoConfig.for_model(**fsdp.LLAMA3_8B), gpus, entry["micro_batch"], entry["seq"],
+                               snapshot_offload=True)
+    need = est["total"] / (1 + min(entry["estimate_error"], 0.0))  # the estimator ran low by that much here
+    return {"gpus": gpus, "card_gib": gpu_gib, "micro_batch": entry["micro_batch"], "mfu": entry["mfu"], "hours": round(hours, 2),
+            "gib_per_rank": round(need, 1), "fits": need <= gpu_gib}
 
 
 def checkpoint_round_trip(d, args, root: Path) -> dict:
@@ -169,8 +230,9 @@ def main(argv=None):
     p.add_argument("--seq", type=int, default=256)
     p.add_argument("--micro-batch", type=int, default=8, help="rows per forward (the batches are accumulated)")
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--shapes", nargs="+", choices=sorted(SHAPES), default=sorted(SHAPES))
     args = p.parse_args(argv)
-    shapes = TINY if args.tiny else SHAPES
+    shapes = TINY if args.tiny else {k: SHAPES[k] for k in args.shapes}
     if args.tiny:
         args.k, args.seq, args.micro_batch, args.repeats = 2, 32, 16, 1
         torch.set_num_threads(1)
@@ -193,6 +255,8 @@ def main(argv=None):
             print(f"{name}: {report['errors'][name]}", flush=True)
         if d.device.type == "cuda":
             torch.cuda.empty_cache()
+    report["projection"] = [projection(e, 8, gib) for e in report["shapes"] for gib in (78.0, 139.0)
+                            if e["shape"] == "llama-3-8b-4-layers" and e["mfu"]]
     with tempfile.TemporaryDirectory() as tmp:
         try:
             report["checkpoint"] = checkpoint_round_trip(d, args, Path(tmp))

@@ -21,3 +21,15 @@ def test_gpu_report_runs_on_cpu(tmp_path):
     assert shape["outer_step_s"] > 0 and shape["parts_s"] > 0 and 0.5 < shape["ratio"] < 3
     assert report["checkpoint"]["resume_max_abs_diff"] == 0.0 and report["checkpoint"]["scores_equal"]
     assert report["checkpoint"]["loglik_max_abs_diff"] < 1e-5
+
+
+def test_projection_reproduces_the_committed_h200_report():
+    """The README's 8 x H100 projection is recomputed from the committed measurements by gpu.projection."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import gpu
+    report = json.loads((ROOT / "benchmarks" / "results" / "gpu_h200_2026-11-27.json").read_text())
+    entries = [e for e in report["shapes"] if e["shape"] == "llama-3-8b-4-layers"]
+    again = [gpu.projection(e, 8, gib) for e in entries for gib in (78.0, 139.0)]
+    assert again == report["projection"]
+    by_micro = {p["micro_batch"]: p for p in again if p["card_gib"] == 78.0}
+    assert 2.0 < by_micro[16]["hours"] < 3.0 and by_micro[16]["fits"] and not by_micro[32]["fits"]
