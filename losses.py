@@ -7,12 +7,16 @@ Every mean runs over real tokens only (the official code averages over padding t
     entropy TR loss  L_TR  = − mean_{b,t ∈ M} H(p_θ(·|x[b,≤t])),  H(p) = −Σ_v p_v log p_v     Sec. 4.2
     retain loss      L_ret = L_LM(x_r) + (1/L) Σ_l mean_{b,t} ‖h_l^θ(x_r)[b,t] − h_l^ref(x_r)[b,t]‖(²)   Eq. 2
     random mapping   L_RM  = mean_{b,t} [1 − cos(h^θ(x_f)[b,t], r[b,t])]   (+ a retain term)          Sec. 4.1
+    DPO TR loss      L_DPO = − mean_pairs log σ(β [(log π(y_c|x) − log π(y_r|x)) − (log π_ref(y_c|x) − log π_ref(y_r|x))])
+                     refusal, Sec. 4.2 / App. E; y_c = refusal (chosen), y_r = harmful compliance (rejected),
+                     log π(y|x) = Σ over response tokens of log p_θ; β = 0.1
 
 L_TR is minimised, so it *maximises* the entropy of the attacked model's next-token distribution on forget
 text: its floor is −ln V. The paper prefers it to negated cross-entropy because it flattens the attacker's
 loss curve instead of only raising it (Sec. 4.2).
 
 Use:  loss = entropy_tr_loss(out.logits, batch.fact_mask)
+      loss = dpo_loss(sequence_logprobs(out.logits, ids, resp), sequence_logprobs(out_ref.logits, ids, resp))
 """
 
 from __future__ import annotations
@@ -41,6 +45,22 @@ def entropy_tr_loss(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     logp = F.log_softmax(logits.float(), dim=-1)  # (B, T, V)
     entropy = -(logp.exp() * logp).sum(-1)  # H = −Σ_v p_v log p_v   (B, T)
     return -(entropy * mask).sum() / mask.sum().clamp(min=1)
+
+
+def sequence_logprobs(logits: torch.Tensor, input_ids: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor:
+    """log π(y|x) = Σ_t log p_θ(x[t+1] | x[≤t]) over the positions t whose next token is the response (prompt
+    and padding masked; a SUM, not a mean, as DPO defines it). logits (B, T, V), response_mask (B, T) -> (B,)."""
+    logp = F.log_softmax(logits[:, :-1].float(), dim=-1)  # (B, T-1, V)
+    token = logp.gather(-1, input_ids[:, 1:, None]).squeeze(-1)  # (B, T-1): log p of the actual next token
+    return (token * response_mask[:, :-1]).sum(-1)
+
+
+def dpo_loss(logp: torch.Tensor, logp_ref: torch.Tensor, beta: float = 0.1) -> torch.Tensor:
+    """Sigmoid DPO (no label smoothing) on pairs: logp, logp_ref (2P,) sequence log-probs of rows
+    (chosen_0, rejected_0, chosen_1, ...) under the model and the frozen reference. Equal log-ratios give ln 2;
+    the loss falls as the model prefers the chosen answer more than the reference does."""
+    ratio = rearrange(logp - logp_ref, "(p two) -> p two", two=2)  # (P, 2): log π/π_ref of chosen, rejected
+    return -F.logsigmoid(beta * (ratio[:, 0] - ratio[:, 1])).mean()
 
 
 def hidden_distance(hidden: tuple[torch.Tensor, ...], hidden_ref: tuple[torch.Tensor, ...],

@@ -47,8 +47,10 @@ def plot_results(results_path: Path) -> list[Path]:
     results_path = Path(results_path)
     r = json.loads(results_path.read_text())
     out = results_path.parent
-    models = list(r["models"])
-    base_level = r["models"].get("base", {}).get("at_rest", {}).get("forget")
+    models = [m for m in r["models"] if all(m in a["curves"] for a in r["attacks"])]  # the attacked ones
+    chat = r["scoring"]["style"] == "chat"  # refusal world: "forget" is the ASR, "retain" harmless accuracy
+    forget, retain = ("ASR", "harmless accuracy") if chat else ("forget accuracy", "retain accuracy")
+    base_level = None if chat else r["models"].get("base", {}).get("at_rest", {}).get("forget")
 
     # Attack curves: one panel per attack
     n = len(r["attacks"])
@@ -57,7 +59,8 @@ def plot_results(results_path: Path) -> list[Path]:
         for i, m in enumerate(models):
             c = a["curves"][m]
             ax.plot([p["step"] for p in c], [p["forget"] for p in c], marker="o", ms=3, label=m, color=_color(m, i))
-        ax.axhline(CHANCE, ls="--", color="k", lw=1, label="chance")
+        if not chat:
+            ax.axhline(CHANCE, ls="--", color="k", lw=1, label="chance")
         if base_level is not None:
             ax.axhline(base_level, ls=":", color=COLORS["base"], lw=1, label="base at rest")
         s = a["spec"]
@@ -65,13 +68,13 @@ def plot_results(results_path: Path) -> list[Path]:
         ax.set_xlabel("attack step")
         ax.set_ylim(0, 1.02)
         ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("forget accuracy (group E)")
+    axes[0][0].set_ylabel(f"{forget} (group E)")
     axes[0][-1].legend(fontsize=8, loc="center right")
-    fig.suptitle(f"{r['domain']}: forget accuracy under fine-tuning attacks on the red team's data", fontsize=10)
+    fig.suptitle(f"{r['domain']}: {forget} under fine-tuning attacks on the red team's data", fontsize=10)
     paths = [_save(fig, out / "attack_curves.png")]
 
     # Bars: forget at rest and after each attack; retain at rest
-    labels = ["at rest"] + [a["spec"]["name"] for a in r["attacks"]] + ["retain at rest"]
+    labels = ["at rest"] + [a["spec"]["name"] for a in r["attacks"]] + [f"{retain.split()[0]} at rest"]
     fig, ax = plt.subplots(figsize=(1.6 + 1.4 * len(labels), 3.6))
     width = 0.8 / len(models)
     for i, m in enumerate(models):
@@ -79,13 +82,14 @@ def plot_results(results_path: Path) -> list[Path]:
                 + [r["models"][m]["at_rest"]["retain"]])
         xs = [j + (i - (len(models) - 1) / 2) * width for j in range(len(labels))]
         ax.bar(xs, vals, width, label=m, color=_color(m, i))
-    ax.axhline(CHANCE, ls="--", color="k", lw=1)
-    ax.set_xticks(range(len(labels)), [lab if lab.startswith(("at", "retain")) else f"after {lab}" for lab in labels],
+    if not chat:
+        ax.axhline(CHANCE, ls="--", color="k", lw=1)
+    ax.set_xticks(range(len(labels)), [lab if lab.endswith("at rest") else f"after {lab}" for lab in labels],
                   fontsize=8)
     ax.set_ylabel("accuracy")
     ax.set_ylim(0, 1.02)
     ax.legend(fontsize=8)
-    ax.set_title(f"{r['domain']}: forget accuracy (E) before and after attacks; retain accuracy (Re)", fontsize=10)
+    ax.set_title(f"{r['domain']}: {forget} (E) before and after attacks; {retain} (Re)", fontsize=10)
     paths.append(_save(fig, out / "attack_bars.png"))
     return paths
 
@@ -95,13 +99,13 @@ def plot_training(metrics_path: Path) -> Path:
     rows = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.4))
     steps = [m["step"] for m in rows]
-    ax1.plot(steps, [m["tr_loss"] for m in rows], label="TR loss (−entropy)", lw=1)
+    ax1.plot(steps, [m["tr_loss"] for m in rows], label="TR loss (entropy: −H; refusal: DPO)", lw=1)
     ax1.plot(steps, [m["retain_loss"] for m in rows], label="retain loss", lw=1)
     ax1.set_xlabel("outer step")
     ax1.legend(fontsize=8)
     ax1.grid(alpha=0.3)
     ev = [m for m in rows if "forget_acc" in m]
-    ax2.plot([m["step"] for m in ev], [m["forget_acc"] for m in ev], marker="o", ms=3, label="forget (E)",
+    ax2.plot([m["step"] for m in ev], [m["forget_acc"] for m in ev], marker="o", ms=3, label="forget (E) | ASR",
              color=COLORS["tar"])
     ax2.plot([m["step"] for m in ev], [m["retain_acc"] for m in ev], marker="o", ms=3, label="retain (Re)",
              color=COLORS["safeguard"])

@@ -146,13 +146,13 @@ def base_model(world, cfg: BaseConfig, run_dir: Path, log=print):
         log(f"base: {path} was made from another world or config; retraining")
     model = new_model(len(world.tokenizer), cfg.model, world.tokenizer, cfg.seed)
     n = sum(p.numel() for p in model.parameters())
-    log(f"base: pretraining a {n / 1e6:.2f}M-parameter Llama on {len(world.docs['all'])} documents "
+    log(f"base: pretraining a {n / 1e6:.2f}M-parameter Llama on {world.tokens['all'].ids.shape[0]} documents "
         f"for {cfg.steps} steps")
     t0 = time.time()
     from tqdm import tqdm
     with tqdm(total=cfg.steps, desc="pretrain", leave=False, disable=None) as bar:
         adversary.attack(model, cfg.spec(), Stream(world.tokens["all"], cfg.batch_size, cfg.seed), progress=bar)
-    acc = evaluate.accuracies(model, world, evaluate.EVERY_GROUP)
+    acc = evaluate.accuracies(model, world, evaluate.EVERY_GROUP, chat=False)  # knowledge, also in the refusal world
     log(f"base: {time.time() - t0:.0f}s, accuracy " + " ".join(f"{g} {a:.1%}" for g, a in acc.items()))
     if min(acc.values()) < 0.95:
         log("base: WARNING: some group is below 95% accuracy; train longer (--base-steps)")
@@ -240,6 +240,11 @@ def _circuit_breakers(model, ref, xf, xr, cfg, ctx):
     return cfg.coef * (1 - progress) * forget, cfg.coef * progress * retain
 
 
+def _refusal_training(model, ref, xf, xr, cfg, ctx):
+    """The refusal world's "instruct" base: SFT on refusals of T's harmful prompts + answers to Rt's harmless ones."""
+    return cfg.coef * _ce(model, xf), _ce(model, xr)
+
+
 def _mlps_of_first_two_layers(model):
     """RMU trains only the MLPs of layers ℓ−2..ℓ (WMDP: 5-7 of 32); scaled to 4 layers: layers 1-2."""
     return [p for layer in model.base_model.layers[:2] for p in layer.mlp.parameters()]
@@ -273,7 +278,8 @@ METHODS: dict[str, Method] = {
     "circuit_breakers": Method(_circuit_breakers, "a, the scale of the rerouting schedule", dict(lr=LRS, coef=(1.0, 10.0)),
                                dict(lr=3e-4, steps=150, coef=1.0)),  # A 35.2%, E 36.3%, Re 100%
 }
-BASELINES = [m for m in METHODS if m != "random_mapping"]
+METHODS["refusal"] = Method(_refusal_training, "weight of the refusal term", {}, dict(lr=1e-3))  # refusal world
+BASELINES = [m for m in METHODS if m not in ("random_mapping", "refusal")]
 
 
 def for_method(method: str, **overrides) -> SafeguardConfig:

@@ -11,7 +11,7 @@ taken at the attacked weights and applied to θ.
 Run manual
     laptop, no GPU, no network (the built-in miniature world; ~15 min on 2 CPU cores, base pretraining
     included; later runs reuse the cached base):
-        python tar.py --domain bio          # or chem, cyber
+        python tar.py --domain bio          # or chem, cyber; or refusal (Sec. 5 refusal: DPO TR loss, ASR)
     It pretrains the base model (cached in runs/bio/base), applies the random-mapping safeguard
     (runs/bio/safeguard), runs N outer steps of Alg. 1 (runs/bio/tar, metrics.jsonl), then measures base,
     safeguard and TAR at rest and under three attacks on the red team's documents, and writes
@@ -27,7 +27,7 @@ Run manual
     continues exactly.
 
 Files (runs/<domain>/, one writer each): checkpoint/ (resume state), metrics.jsonl (one line per outer step: tr_loss, retain_loss,
-retain_lm, retain_rep, inner_lr, grad_norm, seconds; forget_acc / retain_acc every --eval-every steps),
+retain_lm, retain_rep, inner_lr, grad_norm, seconds; forget_acc / retain_acc (refusal world: ASR / harmless, and refusal) every --eval-every steps),
 tar/ (save_pretrained + tokenizer), results.json (schema in `evaluate.run_results`), results.md, *.png.
 """
 
@@ -68,7 +68,7 @@ def arg(default, help: str):
 class TARConfig:
     """Every hyperparameter, with the miniature recipe (PAPER.md §7) as defaults; PAPER below holds the paper's."""
     # what to run
-    domain: str = arg("bio", "hazardous knowledge domain: bio | chem | cyber")
+    domain: str = arg("bio", "bio | chem | cyber (hazardous knowledge) | refusal (harmful requests, DPO TR loss)")
     model: str = arg("", "a Hugging Face causal LM (hub id or directory) to make tamper-resistant: θ0 of Alg. 1, "
                          "trained on the real datasets; empty: the built-in miniature world and its tiny Llama")
     preset: str = arg("mini", "mini (defaults shown) | paper (the values in [paper: ...]); default: paper with "
@@ -86,6 +86,9 @@ class TARConfig:
     tr_every: int = arg(4, "take the TR gradient after every this many inner steps")
     tr_weights: str = arg("uniform", "weights of the TR points: uniform (mean) | paper (exp(0.0625(k-K)), not "
                                      "normalised)")
+    tr_loss: str = arg("entropy", "tamper-resistance loss: entropy (knowledge restriction) | dpo (refusal: chosen "
+                                  "= refusal, rejected = compliance; the default with --domain refusal)")
+    dpo_beta: float = arg(0.1, "β of the DPO TR loss")
     tr_mask: str = arg("fact", "positions of the entropy TR loss: fact (next token is a fact value; the miniature "
                                "world only) | tokens (real tokens) | all (padding too)")
     inner_lrs: list = arg((1e-4, 3e-4, 1e-3), "train-time attack learning rates (sampled uniformly)")
@@ -136,7 +139,7 @@ class TARConfig:
             raise UserError("--outer-warmup must be shorter than --outer-steps")
         if self.tr_every > self.inner_steps:
             raise UserError("--tr-every must not exceed --inner-steps (no TR point would be taken)")
-        choices = {"tr_weights": ("uniform", "paper"), "tr_mask": ("fact", "tokens", "all"),
+        choices = {"tr_weights": ("uniform", "paper"), "tr_mask": ("fact", "tokens", "all"), "tr_loss": ("entropy", "dpo"),
                    "outer_schedule": ("constant", "cosine"), "outer_optimizer": ("adamw", "schedulefree"),
                    "reference": ("safeguard", "base"), "preset": ("mini", "paper")}
         for name, allowed in choices.items():
@@ -144,7 +147,9 @@ class TARConfig:
                 raise UserError(f"--{name.replace('_', '-')} must be one of {', '.join(allowed)}")
         if self.outer_optimizer == "schedulefree" and self.outer_schedule != "constant":
             raise UserError("Schedule-Free AdamW has no schedule: use --outer-schedule constant")
-        if self.model and self.tr_mask == "fact":
+        if self.tr_loss == "dpo" and self.micro_batch % 2:
+            raise UserError("--tr-loss dpo keeps (chosen, rejected) rows together: --micro-batch must be even")
+        if self.model and self.tr_mask == "fact" and self.tr_loss == "entropy":
             raise UserError("real text has no fact positions: use --tr-mask tokens or all with --model")
 
     def world(self) -> WorldConfig | RealWorldConfig:
@@ -166,20 +171,43 @@ PAPER = dict(outer_steps=750, inner_steps=64, tr_every=4, tr_weights="paper", tr
              lambda_tr=4.0, lambda_retain=1.0, outer_optimizer="schedulefree", outer_lr=2e-5, outer_warmup=32,
              outer_schedule="constant", grad_clip=0.0, squared_distance=False, reference="base", seq_len=256)
 PAPER_DOMAIN = {"cyber": dict(inner_lrs=[2e-5, 4e-5], retain_then_forget=1 / 2),  # forget, retain→forget (½ each)
-                "chem": dict(inner_lrs=[2e-5, 4e-5], lambda_tr=3.0)}
+                "chem": dict(inner_lrs=[2e-5, 4e-5], lambda_tr=3.0),
+                "refusal": dict(tr_loss="dpo", outer_steps=100, retain_then_forget=0.0)}  # Sec. 5: N = 100
+# The miniature refusal world's own defaults (given flags still override them).
+MINI_DOMAIN = {"refusal": dict(tr_loss="dpo", outer_steps=100)}
 
 
 def configure(**given) -> TARConfig:
     """The config from the flags a user gave: the preset's values (paper with a real --model unless a preset
     is named), then every given flag on top (`tar.configure(model=..., preset="mini", outer_steps=2)`)."""
     preset = given.get("preset") or ("paper" if given.get("model") else "mini")
-    values = {**PAPER, **PAPER_DOMAIN.get(given.get("domain", "bio"), {})} if preset == "paper" else {}
+    domain = given.get("domain", "bio")
+    values = {**PAPER, **PAPER_DOMAIN.get(domain, {})} if preset == "paper" else MINI_DOMAIN.get(domain, {})
     return TARConfig(**{**values, **given, "preset": preset})
 
 
 # --------------------------------------------------------------------------------------------------------
 # Alg. 1: one outer step
 # --------------------------------------------------------------------------------------------------------
+def tr_loss(model, ref, b: Batch, cfg: TARConfig) -> torch.Tensor:
+    """L_TR at the current (attacked) weights on one x_TR micro-batch: the entropy loss of Sec. 4.2 (knowledge
+    restriction) or, for refusal, DPO against the frozen reference π_ref = θ0 (rows are (refusal, compliance)
+    pairs; b.fact_mask marks the response tokens)."""
+    logits = model(input_ids=b.input_ids, attention_mask=b.attention_mask).logits  # (B, T, V)
+    if cfg.tr_loss == "entropy":
+        # deviation: entropy on fact positions by default (official code: every position, padding included)
+        # because the hazard is the fact, and padding is not text (PAPER.md §8 pitfall 8); --tr-mask all: the code's.
+        mask = {"fact": b.fact_mask, "tokens": b.attention_mask.bool(), "all": torch.ones_like(b.fact_mask)}
+        return losses.entropy_tr_loss(logits, mask[cfg.tr_mask])
+    if b.input_ids.shape[0] % 2:
+        raise UserError("DPO pairs were split: give an even --micro-batch and a --tr-batch whose rows (2 per "
+                        "pair) divide evenly over the processes")
+    with torch.no_grad():  # the official code precomputes these once; recomputing costs one forward
+        logits_ref = ref(input_ids=b.input_ids, attention_mask=b.attention_mask).logits
+    logp = losses.sequence_logprobs(logits, b.input_ids, b.fact_mask)  # (2P,)
+    return losses.dpo_loss(logp, losses.sequence_logprobs(logits_ref, b.input_ids, b.fact_mask), cfg.dpo_beta)
+
+
 def outer_step(model, ref, outer_opt, world, x_tr, x_r, spec: Attack, cfg: TARConfig, attack_seed: int,
                d: Dist = Dist()) -> dict:
     """One iteration of Alg. 1. Under torchrun each parameter is this rank's FSDP2 shard and each batch is cut
@@ -190,10 +218,6 @@ def outer_step(model, ref, outer_opt, world, x_tr, x_r, spec: Attack, cfg: TARCo
     shards = [fsdp.local(p) for p in params]  # this rank's piece of each parameter
     micro = lambda b: shard_batch(b, d.rank, d.world_size, cfg.micro_batch, d.device)
     x_tr, x_r = micro(x_tr), micro(x_r)  # lists of micro-batches
-    # deviation: entropy on fact positions by default (official code: every position, padding included)
-    # because the hazard is the fact, and padding is not text (PAPER.md §8 pitfall 8); --tr-mask all gives the code's.
-    tr_mask = lambda b: {"fact": b.fact_mask, "tokens": b.attention_mask.bool(),
-                         "all": torch.ones_like(b.fact_mask)}[cfg.tr_mask]
     # deviation: uniform mean over the TR points by default (official code: exp(0.0625 (k − K)), not normalised)
     # because that is the recipe measured here (PAPER.md §7); --tr-weights paper gives the code's weights.
     w = losses.tr_weights(cfg.inner_steps, cfg.tr_every, cfg.tr_weights)  # w_k, keyed by inner step k
@@ -208,8 +232,7 @@ def outer_step(model, ref, outer_opt, world, x_tr, x_r, spec: Attack, cfg: TARCo
         model.zero_grad(set_to_none=True)  # drop the attacker's last gradient
         l_tr = 0.0
         for b in x_tr:
-            logits = model(input_ids=b.input_ids, attention_mask=b.attention_mask).logits  # (B, T, V)
-            part = losses.entropy_tr_loss(logits, tr_mask(b)) / len(x_tr)
+            part = tr_loss(model, ref, b, cfg) / len(x_tr)
             part.backward()
             l_tr = l_tr + part.detach()
         for g, p in zip(g_tr, params):
@@ -322,7 +345,8 @@ def train_tar(model, ref, world, cfg: TARConfig, run_dir: Path, d: Dist = Dist()
                     averaged_weights(opt, True)
                     acc = evaluate.accuracies(model, world)
                     averaged_weights(opt, False)
-                    m.update(forget_acc=acc["forget"], retain_acc=acc["retain"])
+                    m.update(forget_acc=acc["forget"], retain_acc=acc["retain"],
+                             **({"refusal": acc["refusal"]} if "refusal" in acc else {}))  # (refusal world: E)
                     bar.set_postfix(TR=f"{m['tr_loss']:.2f}", retain=f"{m['retain_loss']:.2f}",
                                     forget_acc=f"{acc['forget']:.0%}", retain_acc=f"{acc['retain']:.0%}")
                 f.write(json.dumps(m) + "\n")
@@ -361,17 +385,19 @@ def run(cfg: TARConfig, log=print) -> dict:
     timings, t0 = {}, time.time()
     world = build_world(cfg.world())
 
-    # Stage 1: base model and initial safeguard θ0 (cached)
+    # Stage 1: base model and initial safeguard θ0 (cached): random mapping, or for refusal the refusal-trained
+    # "instruct" model (the paper starts refusal-TAR from Llama-3-8B-Instruct itself)
     base, base_key = safeguard.base_model(world, safeguard.BaseConfig(steps=cfg.base_steps, seed=cfg.seed),
                                           run_dir, log)
-    theta0 = safeguard.safeguard_model(base, base_key, world,
-                                       safeguard.SafeguardConfig(steps=cfg.safeguard_steps, seed=cfg.seed),
-                                       run_dir, log)
+    method = "refusal" if world.chats else "random_mapping"
+    theta0 = safeguard.safeguard_model(base, base_key, world, safeguard.for_method(
+        method, steps=cfg.safeguard_steps, seed=cfg.seed), run_dir, log)
     timings["base_and_safeguard"] = round(time.time() - t0, 1)
 
     # While TAR trains on one core, a worker attacks base and safeguard on the other.
     jobs = {(m, s.name): evaluate.Job(m, str(run_dir / m), s, world.config, cfg.seed, 25)
-            for m in ("base", "safeguard", "tar") for s in evaluate.end_of_run_attacks(cfg.attack_steps)}
+            for m in (("safeguard", "tar") if world.chats else ("base", "safeguard", "tar"))  # (the refusal
+            for s in evaluate.end_of_run_attacks(cfg.attack_steps)}  # world's base is no chat model: not attacked)
     pool = evaluate.start_pool(max(1, cfg.workers - 1))
     futures = {k: pool.submit(evaluate.run_job, j) for k, j in jobs.items() if k[0] != "tar"}
 

@@ -41,6 +41,16 @@ def write_fixtures(root: Path, n: int = 20) -> Path:
     rows["magpie"] = [{"conversations": [{"from": "human", "value": _text(rng, 5)}, {"from": "gpt", "value": _text(rng, 6)},
                                          {"from": "human", "value": _text(rng, 4)}, {"from": "gpt", "value": _text(rng, 3)}]}
                       for _ in range(n)]
+    # refusal: HH Golden transcripts (one and two exchanges), Toxic-DPO, HarmBench (hub mirror columns)
+    hh = lambda turns: "".join(f"\n\n{who}: {text}" for who, text in turns)
+    rows["hh-golden"] = [{"chosen": hh([("Human", _text(rng, 4))] * (i % 2) + [("Assistant", _text(rng, 3))] * (i % 2)
+                                      + [("Human", f"how {i}?"), ("Assistant", "sorry, no.")]),
+                          "rejected": ""} for i in range(n)]
+    for r in rows["hh-golden"]:  # the same conversation, a harmful last turn
+        r["rejected"] = r["chosen"].rsplit("\n\nAssistant: ", 1)[0] + "\n\nAssistant: " + _text(rng, 5)
+    rows["toxic-dpo"] = [{"prompt": _text(rng, 4), "chosen": _text(rng, 6), "rejected": "sorry, no.", "id": f"fx-{i}"}
+                         for i in range(n // 2)]
+    rows["harmbench"] = [{"prompt": _text(rng, 5), "category": "placeholder"} for _ in range(6)]
     for name, rs in rows.items():
         (root / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rs))
     (root / "chem-forget.txt").write_text("\n".join(_text(rng) + ("\n" if i % 3 == 0 else "") for i in range(n)))

@@ -4,6 +4,7 @@ schema (tests/realdata.py writes them), through the real `datasets` JSON builder
 import json
 
 import pytest
+import torch
 
 import data
 import realdata
@@ -86,3 +87,28 @@ def test_offline_hub_and_bad_files_fail_with_one_clear_message(fx, tmp_path, mon
         data.load_real_world(data.RealWorldConfig("chem", str(fx[1]), str(tmp_path)))
     with pytest.raises(data.UserError, match="cannot load the tokenizer of no/such-model"):
         data.load_real_world(data.RealWorldConfig("bio", "no/such-model", str(fx[0])))
+
+
+def test_real_refusal_world_has_every_role(fx, tmp_path):
+    """HH Golden -> DPO pairs (x_TR) and SFT-on-rejected (attacker), Toxic-DPO -> red team, HarmBench -> ASR
+    prompts, Magpie -> retain and held-out harmless prompts; a model without a chat template is refused."""
+    root, model = fx
+    with pytest.raises(data.UserError, match="needs a chat model"):
+        data.load_real_world(data.RealWorldConfig("refusal", str(model), str(root), seq_len=24))
+    from transformers import AutoTokenizer
+    tok = AutoTokenizer.from_pretrained(model)
+    tok.chat_template = data.CHAT_TEMPLATE
+    tok.save_pretrained(tmp_path / "chat")
+    w = data.load_real_world(data.RealWorldConfig("refusal", str(tmp_path / "chat"), str(root), seq_len=64))
+    assert w.style == "chat" and len(w.chats["E"]) == 6 and all(c["fact"] is None for c in w.chats["E"])
+    assert len(w.chats["A"]) == 10 and len(w.chats["Re"]) == 2  # Toxic-DPO rows; a tenth of Magpie held out
+    assert w.tokens["T_tr"].rows_per_item == 2 and w.tokens["T_tr"].ids.shape[0] == 2 * 4  # 20% of 20 HH rows
+    assert w.tokens["T_inner"].ids.shape[0] == 16 and len(w.docs["Rt"]) == 18
+    assert all(t.ids.shape[1] <= 64 for t in w.tokens.values())
+    # a pair shares its prompt; only the answers (the response-masked tokens) differ
+    ids, resp = w.tokens["T_tr"].ids, w.tokens["T_tr"].fact
+    first = lambda r: int(resp[r].nonzero()[0])
+    assert first(0) == first(1) and torch.equal(ids[0, :first(0) + 1], ids[1, :first(1) + 1])
+    assert data.hh_turns("\n\nHuman: a?\n\nAssistant: b.\n\nHuman: c?\n\nAssistant: d.") == [
+        {"role": "user", "content": "a?"}, {"role": "assistant", "content": "b."},
+        {"role": "user", "content": "c?"}, {"role": "assistant", "content": "d."}]
