@@ -338,7 +338,8 @@ def results_table(results: dict) -> str:
     forget, retain = ("ASR", "harmless") if chat else ("forget", "retain")
     rows = [f"| model | {forget} (E) at rest | {retain} (Re) at rest |" + (" refusal (E) at rest |" if chat else ""),
             "|---|---|---|" + ("---|" if chat else "")]
-    rows += [f"| {name} | {m['at_rest']['forget']:.1%} | {m['at_rest']['retain']:.1%} |"
+    shown = lambda name: "safeguard (refusal-trained)" if chat and name == "safeguard" else name
+    rows += [f"| {shown(name)} | {m['at_rest']['forget']:.1%} | {m['at_rest']['retain']:.1%} |"
              + (f" {m['at_rest']['refusal']:.1%} |" if chat else "") for name, m in results["models"].items()]
     if not results["attacks"]:
         return "\n".join(rows) + f"\n\n{forget} = {results['scoring']['style']} accuracy on E, {retain} on Re, 0-shot.\n"
@@ -349,7 +350,7 @@ def results_table(results: dict) -> str:
         label = f"{s['name']} ({s['optimizer']} lr {s['lr']:g}, {s['steps']} steps)"
         for name, c in a["curves"].items():
             rec = a["recovery_step"][name]
-            rows.append(f"| {label} | {name} | {c[0]['forget']:.1%} | {c[-1]['forget']:.1%} | "
+            rows.append(f"| {label} | {shown(name)} | {c[0]['forget']:.1%} | {c[-1]['forget']:.1%} | "
                         f"{max(p['forget'] for p in c):.1%} | {c[-1]['retain']:.1%} | "
                         f"{'step ' + str(rec) if rec is not None else 'never'} |")
     s, n = results["attacks"][0]["spec"], results["world"]

@@ -146,7 +146,7 @@ def base_model(world, cfg: BaseConfig, run_dir: Path, log=print):
         log(f"base: {path} was made from another world or config; retraining")
     model = new_model(len(world.tokenizer), cfg.model, world.tokenizer, cfg.seed)
     n = sum(p.numel() for p in model.parameters())
-    log(f"base: pretraining a {n / 1e6:.2f}M-parameter Llama on {world.tokens['all'].ids.shape[0]} documents "
+    log(f"base: pretraining a {n / 1e6:.2f}M-parameter Llama on {world.tokens['all'].ids.shape[0]} sequences "
         f"for {cfg.steps} steps")
     t0 = time.time()
     from tqdm import tqdm

@@ -173,8 +173,9 @@ PAPER = dict(outer_steps=750, inner_steps=64, tr_every=4, tr_weights="paper", tr
 PAPER_DOMAIN = {"cyber": dict(inner_lrs=[2e-5, 4e-5], retain_then_forget=1 / 2),  # forget, retain→forget (½ each)
                 "chem": dict(inner_lrs=[2e-5, 4e-5], lambda_tr=3.0),
                 "refusal": dict(tr_loss="dpo", outer_steps=100, retain_then_forget=0.0)}  # Sec. 5: N = 100
-# The miniature refusal world's own defaults (given flags still override them).
-MINI_DOMAIN = {"refusal": dict(tr_loss="dpo", outer_steps=100)}
+# The miniature refusal world's own defaults (given flags still override them), from a short sweep (README,
+# Refusal): outer lr 1e-2 broke refusal and harmless answers, 1e-3 resisted little; K 64 resisted longest.
+MINI_DOMAIN = {"refusal": dict(tr_loss="dpo", outer_steps=100, inner_steps=64, outer_lr=3e-3, lambda_retain=8.0)}
 
 
 def configure(**given) -> TARConfig:
