@@ -227,7 +227,7 @@ class Lion(torch.optim.Optimizer):
 
 def make_optimizer(params, spec: Attack) -> torch.optim.Optimizer:
     wd, params = spec.weight_decay, list(params)
-    fused = (bool(params) and all(p.is_cuda for p in params)) or None  # one kernel for the whole update on a GPU: no foreach temporaries
+    fused = (bool(params) and all(p.is_cuda for p in params)) or None  # GPU: one kernel, no foreach temporaries
     if spec.optimizer == "adamw":
         return torch.optim.AdamW(params, lr=spec.lr, weight_decay=wd, fused=fused)
     if spec.optimizer == "adam":

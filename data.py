@@ -468,8 +468,8 @@ def concat_tokens(a: Tokens, b: Tokens, pad_id: int) -> Tokens:
     """The rows of two splits in one, right-padded to the wider."""
     w = max(a.ids.shape[1], b.ids.shape[1])
     pad = lambda t, v: torch.nn.functional.pad(t, (0, w - t.shape[1]), value=v)
-    return Tokens(torch.cat([pad(a.ids, pad_id), pad(b.ids, pad_id)]), torch.cat([pad(a.mask, False), pad(b.mask, False)]),
-                  torch.cat([pad(a.fact, False), pad(b.fact, False)]))
+    return Tokens(torch.cat([pad(a.ids, pad_id), pad(b.ids, pad_id)]),
+                  torch.cat([pad(a.mask, False), pad(b.mask, False)]), torch.cat([pad(a.fact, False), pad(b.fact, False)]))
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -647,7 +647,8 @@ def _real_refusal(cfg: RealWorldConfig, tokenizer, rows) -> World:
     docs = {"Rt": cap([render_chat(r["conversations"], tokenizer) for r in magpie[n_re:]])}
     enc = tokenizer(docs["Rt"], padding=True, truncation=True, max_length=L, return_tensors="pt",
                     add_special_tokens=not getattr(tokenizer, "chat_template", None))
-    tokens["Rt"] = Tokens(enc["input_ids"], enc["attention_mask"].bool(), torch.zeros_like(enc["attention_mask"].bool()))
+    mask = enc["attention_mask"].bool()
+    tokens["Rt"] = Tokens(enc["input_ids"], mask, torch.zeros_like(mask))
     for split, t in tokens.items():
         if not t.ids.shape[0]:
             raise UserError(f"the real refusal world has no {split} rows")

@@ -7,7 +7,8 @@ Every mean runs over real tokens only (the official code averages over padding t
     entropy TR loss  L_TR  = − mean_{b,t ∈ M} H(p_θ(·|x[b,≤t])),  H(p) = −Σ_v p_v log p_v     Sec. 4.2
     retain loss      L_ret = L_LM(x_r) + (1/L) Σ_l mean_{b,t} ‖h_l^θ(x_r)[b,t] − h_l^ref(x_r)[b,t]‖(²)   Eq. 2
     random mapping   L_RM  = mean_{b,t} [1 − cos(h^θ(x_f)[b,t], r[b,t])]   (+ a retain term)          Sec. 4.1
-    DPO TR loss      L_DPO = − mean_pairs log σ(β [(log π(y_c|x) − log π(y_r|x)) − (log π_ref(y_c|x) − log π_ref(y_r|x))])
+    DPO TR loss      L_DPO = − mean_pairs log σ(β [(log π(y_c|x) − log π(y_r|x))
+                                                   − (log π_ref(y_c|x) − log π_ref(y_r|x))])
                      refusal, Sec. 4.2 / App. E; y_c = refusal (chosen), y_r = harmful compliance (rejected),
                      log π(y|x) = Σ over response tokens of log p_θ; β = 0.1
 

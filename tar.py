@@ -174,8 +174,9 @@ PAPER_DOMAIN = {"cyber": dict(inner_lrs=[2e-5, 4e-5], retain_then_forget=1 / 2),
                 "chem": dict(inner_lrs=[2e-5, 4e-5], lambda_tr=3.0),
                 "refusal": dict(tr_loss="dpo", outer_steps=100, retain_then_forget=0.0)}  # Sec. 5: N = 100
 # The miniature refusal world's own defaults (given flags still override them), from a short sweep (README,
-# Refusal): outer lr 1e-2 broke refusal and harmless answers, 1e-3 resisted little; K 64 resisted longest.
-MINI_DOMAIN = {"refusal": dict(tr_loss="dpo", outer_steps=100, inner_steps=64, outer_lr=3e-3, lambda_retain=8.0)}
+# Refusal): outer lr 1e-2 broke refusal and harmless answers, 1e-3 resisted little; longer inner attacks (K)
+# resist longer and cost harmless accuracy, which λ_retain buys back.
+MINI_DOMAIN = {"refusal": dict(tr_loss="dpo", outer_steps=100, inner_steps=128, outer_lr=3e-3, lambda_retain=16.0)}
 
 
 def configure(**given) -> TARConfig:
@@ -470,7 +471,8 @@ def parse_args(argv=None) -> TARConfig:
         default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
         overrides = "".join(f"; {dom} {v[f.name]}" for dom, v in PAPER_DOMAIN.items() if f.name in v)
         paper = f" [paper: {PAPER[f.name]}{overrides}]" if f.name in PAPER else ""
-        shown = f" (default: {default})" if default != "" and f.name != "preset" else ""  # preset: see its help
+        mini = "".join(f"; {dom} {v[f.name]}" for dom, v in MINI_DOMAIN.items() if f.name in v)
+        shown = f" (default: {default}{mini})" if default != "" and f.name != "preset" else ""  # preset: its help
         help_ = f.metadata["help"] + shown + paper
         flag = "--" + f.name.replace("_", "-")
         kw = dict(default=argparse.SUPPRESS, help=help_.replace("%", "%%"))  # given flags only: presets fill the rest
