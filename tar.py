@@ -399,7 +399,7 @@ def run(cfg: TARConfig, log=print) -> dict:
     # While TAR trains on one core, a worker attacks base and safeguard on the other.
     jobs = {(m, s.name): evaluate.Job(m, str(run_dir / m), s, world.config, cfg.seed, 25)
             for m in (("safeguard", "tar") if world.chats else ("base", "safeguard", "tar"))  # (the refusal
-            for s in evaluate.end_of_run_attacks(cfg.attack_steps)}  # world's base is no chat model: not attacked)
+            for s in evaluate.end_of_run_attacks(cfg.attack_steps)}  # world's base already answers all: ASR 100%)
     pool = evaluate.start_pool(max(1, cfg.workers - 1))
     futures = {k: pool.submit(evaluate.run_job, j) for k, j in jobs.items() if k[0] != "tar"}
 

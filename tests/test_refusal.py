@@ -154,7 +154,7 @@ def test_refusal_smoke_run(tmp_path):
     assert set(r["models"]) == {"base", "safeguard", "tar"}
     assert {"forget", "retain", "refusal"} <= set(r["models"]["tar"]["at_rest"])
     for a in r["attacks"]:
-        assert set(a["curves"]) == {"safeguard", "tar"}  # the pretrained base is no chat model
+        assert set(a["curves"]) == {"safeguard", "tar"}  # the pretrained base already complies: not attacked
         assert [p["step"] for p in a["curves"]["tar"]] == [0, 10]
     assert "ASR (E) at rest" in proc.stdout and (run / "attack_curves.png").stat().st_size > 0
     lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
