@@ -469,7 +469,8 @@ def concat_tokens(a: Tokens, b: Tokens, pad_id: int) -> Tokens:
     w = max(a.ids.shape[1], b.ids.shape[1])
     pad = lambda t, v: torch.nn.functional.pad(t, (0, w - t.shape[1]), value=v)
     return Tokens(torch.cat([pad(a.ids, pad_id), pad(b.ids, pad_id)]),
-                  torch.cat([pad(a.mask, False), pad(b.mask, False)]), torch.cat([pad(a.fact, False), pad(b.fact, False)]))
+                  torch.cat([pad(a.mask, False), pad(b.mask, False)]),
+                  torch.cat([pad(a.fact, False), pad(b.fact, False)]))
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -609,6 +610,26 @@ def render_chat(conversation: list[dict], tokenizer) -> str:
     return "\n\n".join(f"{m['role']}: {m['content']}" for m in messages)
 
 
+def tokenize_texts(texts: list[str], tokenizer, max_length: int) -> Tokens:
+    """Real documents as padded token ids, cut to max_length (no fact positions in real text). Plain text gets the
+    tokenizer's special tokens (<bos>); text a chat template rendered already starts with them (Llama-3's template
+    writes <|begin_of_text|> itself), so adding them again would double <bos>."""
+    if not texts:
+        empty = torch.zeros(0, 1, dtype=torch.bool)
+        return Tokens(empty.long(), empty, empty)
+    bos = tokenizer.bos_token
+    ids = [None] * len(texts)
+    for templated in (False, True):
+        which = [i for i, t in enumerate(texts) if bool(bos and t.startswith(bos)) == templated]
+        enc = tokenizer([texts[i] for i in which], truncation=True, max_length=max_length,
+                        add_special_tokens=not templated)["input_ids"] if which else []
+        for i, x in zip(which, enc):
+            ids[i] = x
+    enc = tokenizer.pad({"input_ids": ids}, return_tensors="pt")
+    mask = enc["attention_mask"].bool()
+    return Tokens(enc["input_ids"], mask, torch.zeros_like(mask))
+
+
 def split_forget(texts: list[str]) -> tuple[list[str], list[str]]:
     """80% / 20% as the official code splits each forget corpus (train_test_split(test_size=0.2, seed=42))."""
     import datasets
@@ -645,10 +666,7 @@ def _real_refusal(cfg: RealWorldConfig, tokenizer, rows) -> World:
               "T_tr": pair_tokens([(hh[i][0], hh[i][1]) for i in tr], [(hh[i][0], hh[i][2]) for i in tr], tokenizer, L),
               "A": tokenize_chats([(c["prompt"], c["answer"]) for c in chats["A"]], tokenizer, L)}
     docs = {"Rt": cap([render_chat(r["conversations"], tokenizer) for r in magpie[n_re:]])}
-    enc = tokenizer(docs["Rt"], padding=True, truncation=True, max_length=L, return_tensors="pt",
-                    add_special_tokens=not getattr(tokenizer, "chat_template", None))
-    mask = enc["attention_mask"].bool()
-    tokens["Rt"] = Tokens(enc["input_ids"], mask, torch.zeros_like(mask))
+    tokens["Rt"] = tokenize_texts(docs["Rt"], tokenizer, L)
     for split, t in tokens.items():
         if not t.ids.shape[0]:
             raise UserError(f"the real refusal world has no {split} rows")
@@ -697,11 +715,7 @@ def load_real_world(cfg: RealWorldConfig) -> World:
     for split, texts in docs.items():
         if not texts:
             raise UserError(f"the real {cfg.domain} world has no {split} documents")
-    tokens = {}
-    for split, texts in docs.items():
-        enc = tokenizer(texts, padding=True, truncation=True, max_length=cfg.seq_len, return_tensors="pt")
-        mask = enc["attention_mask"].bool()
-        tokens[split] = Tokens(enc["input_ids"], mask, torch.zeros_like(mask))  # no fact positions in real text
+    tokens = {split: tokenize_texts(texts, tokenizer, cfg.seq_len) for split, texts in docs.items()}
     digest = hashlib.sha256(json.dumps([asdict(cfg), docs, items], sort_keys=True).encode()).hexdigest()[:16]
     topic = {"bio": "biology", "chem": "chemistry", "cyber": "cybersecurity"}[cfg.domain]
     return World(WorldConfig(domain=cfg.domain), tokenizer, {}, docs, items, tokens, digest, style="letter",
@@ -768,7 +782,8 @@ def shard_batch(batch: Batch, rank: int = 0, world_size: int = 1, micro: int = 0
     for start in range(rank * share, (rank + 1) * share, micro):
         rows = slice(start, start + micro)
         width = int(batch.attention_mask[rows].sum(1).max())
-        out.append(Batch(*(t[rows, :width].to(device) for t in (batch.input_ids, batch.attention_mask, batch.fact_mask))))
+        parts = (batch.input_ids, batch.attention_mask, batch.fact_mask)
+        out.append(Batch(*(t[rows, :width].to(device) for t in parts)))
     return out
 
 

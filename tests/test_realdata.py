@@ -112,3 +112,21 @@ def test_real_refusal_world_has_every_role(fx, tmp_path):
     assert data.hh_turns("\n\nHuman: a?\n\nAssistant: b.\n\nHuman: c?\n\nAssistant: d.") == [
         {"role": "user", "content": "a?"}, {"role": "assistant", "content": "b."},
         {"role": "user", "content": "c?"}, {"role": "assistant", "content": "d."}]
+
+
+def test_every_real_document_starts_with_one_bos(fx, tmp_path):
+    """Plain documents get <bos> from the tokenizer; Magpie chats rendered by a chat template that writes <bos>
+    itself (as Llama-3's does) must not get a second one."""
+    root, model = fx
+    from transformers import AutoTokenizer
+    tok = AutoTokenizer.from_pretrained(model)
+    tok.chat_template = data.CHAT_TEMPLATE  # starts with {{ bos_token }}
+    tok.save_pretrained(tmp_path / "chat")
+    w = data.load_real_world(data.RealWorldConfig("bio", str(tmp_path / "chat"), str(root), seq_len=32))
+    templated = [d.startswith(tok.bos_token) for d in w.docs["Rt"]]
+    assert sum(templated) == 20 and not all(templated)  # the 20 Magpie chats; pile-bio text is plain
+    for split in ("Rt", "T_inner", "T_tr"):
+        t = w.tokens[split]
+        first = [row[m].tolist()[:2] for row, m in zip(t.ids, t.mask)]  # the first two real tokens of each row
+        assert all(f[0] == tok.bos_token_id and f[1] != tok.bos_token_id for f in first), split
+    assert data.tokenize_texts([], tok, 8).ids.shape[0] == 0
