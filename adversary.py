@@ -62,6 +62,7 @@ class Attack:
     schedule: str = "constant"  # constant | linear | cosine (transformers' get_*_schedule_with_warmup)
     warmup: float = 0.0  # fraction of `steps`; a 0→1 multiplier on lr (PAPER.md §8 pitfall 3)
     weight_decay: float = 0.01
+    eps: float = 1e-8  # Adam family (adamw, adam, schedulefree): ε in lr · m / (√v + ε)
     momentum: float = 0.0  # SGD only
     nesterov: bool = False  # SGD only
     grad_clip: float = 0.0  # 0 = none (the paper's attacks do not clip)
@@ -229,9 +230,9 @@ def make_optimizer(params, spec: Attack) -> torch.optim.Optimizer:
     wd, params = spec.weight_decay, list(params)
     fused = (bool(params) and all(p.is_cuda for p in params)) or None  # GPU: one kernel, no foreach temporaries
     if spec.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=spec.lr, weight_decay=wd, fused=fused)
+        return torch.optim.AdamW(params, lr=spec.lr, eps=spec.eps, weight_decay=wd, fused=fused)
     if spec.optimizer == "adam":
-        return torch.optim.Adam(params, lr=spec.lr, weight_decay=wd, fused=fused)
+        return torch.optim.Adam(params, lr=spec.lr, eps=spec.eps, weight_decay=wd, fused=fused)
     if spec.optimizer == "sgd":
         return torch.optim.SGD(params, lr=spec.lr, momentum=spec.momentum, nesterov=spec.nesterov, weight_decay=wd)
     if spec.optimizer == "adadelta":
@@ -241,7 +242,7 @@ def make_optimizer(params, spec: Attack) -> torch.optim.Optimizer:
     if spec.optimizer == "lion":
         return Lion(params, lr=spec.lr, weight_decay=wd)
     import schedulefree  # its warmup is built in; it must be switched to eval mode before use (pitfall 7)
-    return schedulefree.AdamWScheduleFree(params, lr=spec.lr, weight_decay=wd,
+    return schedulefree.AdamWScheduleFree(params, lr=spec.lr, eps=spec.eps, weight_decay=wd,
                                           warmup_steps=int(spec.warmup * spec.steps))
 
 
