@@ -625,9 +625,12 @@ def tokenize_texts(texts: list[str], tokenizer, max_length: int) -> Tokens:
                         add_special_tokens=not templated)["input_ids"] if which else []
         for i, x in zip(which, enc):
             ids[i] = x
-    enc = tokenizer.pad({"input_ids": ids}, return_tensors="pt")
-    mask = enc["attention_mask"].bool()
-    return Tokens(enc["input_ids"], mask, torch.zeros_like(mask))
+    width = max(map(len, ids))  # right-padded whatever the tokenizer's padding_side (batching slices [:, :width])
+    out = torch.full((len(ids), width), tokenizer.pad_token_id, dtype=torch.long)
+    mask = torch.zeros(len(ids), width, dtype=torch.bool)
+    for row, x in enumerate(ids):
+        out[row, :len(x)], mask[row, :len(x)] = torch.tensor(x), True
+    return Tokens(out, mask, torch.zeros_like(mask))
 
 
 def split_forget(texts: list[str]) -> tuple[list[str], list[str]]:
