@@ -614,18 +614,10 @@ def tokenize_texts(texts: list[str], tokenizer, max_length: int) -> Tokens:
     """Real documents as padded token ids, cut to max_length (no fact positions in real text). Plain text gets the
     tokenizer's special tokens (<bos>); text a chat template rendered already starts with them (Llama-3's template
     writes <|begin_of_text|> itself), so adding them again would double <bos>."""
-    if not texts:
-        empty = torch.zeros(0, 1, dtype=torch.bool)
-        return Tokens(empty.long(), empty, empty)
     bos = tokenizer.bos_token
-    ids = [None] * len(texts)
-    for templated in (False, True):
-        which = [i for i, t in enumerate(texts) if bool(bos and t.startswith(bos)) == templated]
-        enc = tokenizer([texts[i] for i in which], truncation=True, max_length=max_length,
-                        add_special_tokens=not templated)["input_ids"] if which else []
-        for i, x in zip(which, enc):
-            ids[i] = x
-    width = max(map(len, ids))  # right-padded whatever the tokenizer's padding_side (batching slices [:, :width])
+    ids = [tokenizer(t, truncation=True, max_length=max_length,
+                     add_special_tokens=not (bos and t.startswith(bos)))["input_ids"] for t in texts]
+    width = max(map(len, ids), default=1)
     out = torch.full((len(ids), width), tokenizer.pad_token_id, dtype=torch.long)
     mask = torch.zeros(len(ids), width, dtype=torch.bool)
     for row, x in enumerate(ids):
@@ -689,6 +681,7 @@ def load_real_world(cfg: RealWorldConfig) -> World:
                         "pass a local model directory") from None
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token  # padding is masked by attention_mask, never by id
+    tokenizer.padding_side = "right"  # every split is right-padded: batching slices [:, :width] (chat templates too)
     rows = functools.lru_cache(None)(lambda name: load_rows(name, cfg.data_dir, cfg.revision))  # pile-bio twice
     if cfg.domain == "refusal":
         if not getattr(tokenizer, "chat_template", None):

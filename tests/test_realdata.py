@@ -98,8 +98,10 @@ def test_real_refusal_world_has_every_role(fx, tmp_path):
     from transformers import AutoTokenizer
     tok = AutoTokenizer.from_pretrained(model)
     tok.chat_template = data.CHAT_TEMPLATE
+    tok.padding_side = "left"  # the world is right-padded all the same (batching slices [:, :width])
     tok.save_pretrained(tmp_path / "chat")
     w = data.load_real_world(data.RealWorldConfig("refusal", str(tmp_path / "chat"), str(root), seq_len=64))
+    assert all(t.mask[:, 0].all() and (t.mask.int().diff(dim=1) <= 0).all() for t in w.tokens.values())
     assert w.style == "chat" and len(w.chats["E"]) == 6 and all(c["fact"] is None for c in w.chats["E"])
     assert len(w.chats["A"]) == 10 and len(w.chats["Re"]) == 2  # Toxic-DPO rows; a tenth of Magpie held out
     assert w.tokens["T_tr"].rows_per_item == 2 and w.tokens["T_tr"].ids.shape[0] == 2 * 4  # 20% of 20 HH rows
@@ -121,6 +123,7 @@ def test_every_real_document_starts_with_one_bos(fx, tmp_path):
     from transformers import AutoTokenizer
     tok = AutoTokenizer.from_pretrained(model)
     tok.chat_template = data.CHAT_TEMPLATE  # starts with {{ bos_token }}
+    tok.padding_side = "left"  # some chat tokenizers ship so; batching needs right padding
     tok.save_pretrained(tmp_path / "chat")
     w = data.load_real_world(data.RealWorldConfig("bio", str(tmp_path / "chat"), str(root), seq_len=32))
     templated = [d.startswith(tok.bos_token) for d in w.docs["Rt"]]
@@ -129,4 +132,5 @@ def test_every_real_document_starts_with_one_bos(fx, tmp_path):
         t = w.tokens[split]
         first = [row[m].tolist()[:2] for row, m in zip(t.ids, t.mask)]  # the first two real tokens of each row
         assert all(f[0] == tok.bos_token_id and f[1] != tok.bos_token_id for f in first), split
+        assert t.mask[:, 0].all() and (t.mask.int().diff(dim=1) <= 0).all(), split  # right-padded
     assert data.tokenize_texts([], tok, 8).ids.shape[0] == 0
