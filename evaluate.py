@@ -516,9 +516,8 @@ def redteam_table(results: dict) -> str:
             lines.append(f"| {name} | {w['final'][0]:.1%} ({w['final'][1]}, seed {w['final'][2]}) | "
                          f"{w['max'][0]:.1%} ({w['max'][1]}, seed {w['max'][2]}) |")
     lines += ["", f"Per attack: {forget} at the end / max over the curve (mean ± std over {seeds} seeds); "
-                  f"{'harmless' if chat else 'retain'} at the end; ⚠N = N seeds destructive; ↑S = median first "
-                  "step at "
-                  f"{'ASR ≥ 50%' if chat else '≥ midway to the base model'}.", "",
+                  f"{'harmless' if chat else 'retain'} at the end; ⚠N = N seeds destructive; "
+                  f"↑S = median first step at {'ASR ≥ 50%' if chat else '≥ midway to the base model'}.", "",
               "| attack | dist | steps | " + " | ".join(models) + " |", "|---|---|---|" + "---|" * len(models)]
     order = {"TRAIN": 0, "HELD-OUT": 1, "OOD": 2}
     for attack in sorted(s["cells"], key=lambda a: (order.get(suite[a]["dist"], 3), list(suite).index(a))):

@@ -55,11 +55,12 @@ def plot_results(results_path: Path) -> list[Path]:
     # Attack curves: one panel per attack
     n = len(r["attacks"])
     fig, axes = plt.subplots(1, n, figsize=(4.2 * n, 3.6), sharey=True, squeeze=False)
+    label = lambda m: "refusal-trained" if chat and m == "safeguard" else m  # the refusal world's safeguard
     for ax, a in zip(axes[0], r["attacks"]):
         for i, m in enumerate(models):
             c = a["curves"][m]
             ax.plot([p["step"] for p in c], [p["forget"] for p in c], marker="o", ms=3, color=_color(m, i),
-                    label="refusal-trained" if chat and m == "safeguard" else m)
+                    label=label(m))
         if not chat:
             ax.axhline(CHANCE, ls="--", color="k", lw=1, label="chance")
         if base_level is not None:
@@ -82,7 +83,7 @@ def plot_results(results_path: Path) -> list[Path]:
         vals = ([r["models"][m]["at_rest"]["forget"]] + [a["curves"][m][-1]["forget"] for a in r["attacks"]]
                 + [r["models"][m]["at_rest"]["retain"]])
         xs = [j + (i - (len(models) - 1) / 2) * width for j in range(len(labels))]
-        ax.bar(xs, vals, width, label="refusal-trained" if chat and m == "safeguard" else m, color=_color(m, i))
+        ax.bar(xs, vals, width, label=label(m), color=_color(m, i))
     if not chat:
         ax.axhline(CHANCE, ls="--", color="k", lw=1)
     ax.set_xticks(range(len(labels)), [lab if lab.endswith("at rest") else f"after {lab}" for lab in labels],
