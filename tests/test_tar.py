@@ -134,8 +134,9 @@ def test_smoke_run_writes_every_file(tmp_path):
     r = json.loads((run / "results.json").read_text())
     assert set(r) >= {"domain", "config", "world", "scoring", "models", "attacks", "seconds"}
     assert set(r["models"]) == {"base", "safeguard", "tar"}
+    assert all(set(m["at_rest"]) == {"forget", "retain", "T", "A", "Rt", "U"} for m in r["models"].values())
     assert [a["spec"]["name"] for a in r["attacks"]] == ["adamw_3e-4", "adamw_1e-3", "sgd_1e-2"]
     for a in r["attacks"]:
         for curve in a["curves"].values():
             assert [p["step"] for p in curve] == [0, 10]
-    assert "| tar |" in proc.stdout
+    assert "| tar |" in proc.stdout and "unrelated (U) at rest" in proc.stdout
