@@ -96,6 +96,8 @@ class TARConfig:
     retain_then_forget: float = arg(0.0, "probability that a sampled attack is retain->forget")
     tr_batch: int = arg(32, "x_TR batch size (global; held-out forget documents)")
     retain_batch: int = arg(64, "x_r batch size (global; retain documents)")
+    retain_data: str = arg("Rt", "x_r's documents: Rt (retain-train cities; with --model the retain corpus) | benign "
+                                 "(Rt and the unrelated text U: rivers; with --model WikiText)")
     lambda_tr: float = arg(4.0, "λ_TR")
     lambda_retain: float = arg(4.0, "λ_retain")
     outer_optimizer: str = arg("adamw", "outer optimizer: adamw (wd 0) | schedulefree (Schedule-Free AdamW)")
@@ -143,7 +145,7 @@ class TARConfig:
             raise UserError("--tr-every must not exceed --inner-steps (no TR point would be taken)")
         choices = {"tr_weights": ("uniform", "paper"), "tr_mask": ("fact", "tokens", "all"), "tr_loss": ("entropy", "dpo"),
                    "outer_schedule": ("constant", "cosine"), "outer_optimizer": ("adamw", "schedulefree"),
-                   "reference": ("safeguard", "base"), "preset": ("mini", "paper")}
+                   "reference": ("safeguard", "base"), "preset": ("mini", "paper"), "retain_data": ("Rt", "benign")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise UserError(f"--{name.replace('_', '-')} must be one of {', '.join(allowed)}")
@@ -308,7 +310,9 @@ def train_tar(model, ref, world, cfg: TARConfig, run_dir: Path, d: Dist = Dist()
     opt, schedule = outer_optimizer(model, cfg)
     rng = random.Random(cfg.seed)  # attacks and their data orders; the same on every rank
     x_trs = Stream(world.tokens["T_tr"], cfg.tr_batch, cfg.seed)  # held-out forget batches (T's other half)
-    x_rs = Stream(world.tokens["Rt"], cfg.retain_batch, cfg.seed + 1)
+    if cfg.retain_data not in world.tokens:
+        raise UserError(f"--retain-data {cfg.retain_data}: this world has no such documents")
+    x_rs = Stream(world.tokens[cfg.retain_data], cfg.retain_batch, cfg.seed + 1)
     metrics, ckpt, start = run_dir / "metrics.jsonl", run_dir / "checkpoint", 1
 
     def save(step: int):  # everything the next step depends on, per rank

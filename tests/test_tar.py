@@ -92,12 +92,27 @@ def test_outer_gradient_is_the_first_order_tar_gradient(small_world, weights, ma
     assert any(gt.abs().max() > 0 for gt in g_tr)  # the TR term is really there
 
 
+@pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler")  # the stand-in never steps the optimizer
+@pytest.mark.parametrize("retain_data", ["Rt", "benign"])
+def test_retain_data_chooses_the_retain_documents(small_world, retain_data, tmp_path, monkeypatch):
+    seen = []  # every x_r the outer steps receive
+    monkeypatch.setattr(tar, "outer_step", lambda model, ref, opt, world, x_tr, x_r, *a, **k: seen.append(x_r) or {})
+    cfg = tar.TARConfig(outer_steps=6, inner_steps=4, retain_batch=8, eval_every=0, retain_data=retain_data)
+    model = tiny_model(len(small_world.tokenizer))
+    tar.train_tar(model, copy.deepcopy(model), small_world, cfg, tmp_path, log=lambda *_: None)
+    ids = lambda t: set(t.ids[t.mask.bool()].tolist())
+    rivers = ids(small_world.tokens["U"]) - ids(small_world.tokens["Rt"])  # river names, river-only words
+    drawn = set(torch.cat([b.input_ids[b.attention_mask.bool()] for b in seen]).tolist())
+    assert drawn & ids(small_world.tokens["Rt"]) and bool(drawn & rivers) == (retain_data == "benign")
+
+
 @pytest.mark.parametrize("argv,message", [
     (["--domain", "physics"], "unknown domain 'physics'"),
     (["--outer-steps", "0"], "--outer-steps must be positive"),
     (["--outer-lr=-1e-3"], "--outer-lr must be positive"),
     (["--inner-lrs", "1e-4", "0"], "--inner-lrs must be positive"),
     (["--tr-mask", "some"], "--tr-mask must be one of"),
+    (["--retain-data", "cities"], "--retain-data must be one of"),
     (["--outer-steps", "many"], "invalid int value: 'many'"),
 ])
 def test_bad_input_is_one_clear_error(argv, message):
