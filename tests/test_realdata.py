@@ -10,6 +10,11 @@ import data
 import realdata
 
 
+def right_padded(t: data.Tokens) -> bool:
+    """Every row starts with a real token and has no real token after padding (batching slices [:, :width])."""
+    return bool(t.mask[:, 0].all() and (t.mask.int().diff(dim=1) <= 0).all())
+
+
 @pytest.fixture(scope="module")
 def fx(tmp_path_factory):
     root = tmp_path_factory.mktemp("real")
@@ -101,7 +106,7 @@ def test_real_refusal_world_has_every_role(fx, tmp_path):
     tok.padding_side = "left"  # the world is right-padded all the same (batching slices [:, :width])
     tok.save_pretrained(tmp_path / "chat")
     w = data.load_real_world(data.RealWorldConfig("refusal", str(tmp_path / "chat"), str(root), seq_len=64))
-    assert all(t.mask[:, 0].all() and (t.mask.int().diff(dim=1) <= 0).all() for t in w.tokens.values())
+    assert all(right_padded(t) for t in w.tokens.values())
     assert w.style == "chat" and len(w.chats["E"]) == 6 and all(c["fact"] is None for c in w.chats["E"])
     assert len(w.chats["A"]) == 10 and len(w.chats["Re"]) == 2  # Toxic-DPO rows; a tenth of Magpie held out
     assert w.tokens["T_tr"].rows_per_item == 2 and w.tokens["T_tr"].ids.shape[0] == 2 * 4  # 20% of 20 HH rows
@@ -132,5 +137,5 @@ def test_every_real_document_starts_with_one_bos(fx, tmp_path):
         t = w.tokens[split]
         first = [row[m].tolist()[:2] for row, m in zip(t.ids, t.mask)]  # the first two real tokens of each row
         assert all(f[0] == tok.bos_token_id and f[1] != tok.bos_token_id for f in first), split
-        assert t.mask[:, 0].all() and (t.mask.int().diff(dim=1) <= 0).all(), split  # right-padded
+        assert right_padded(t), split
     assert data.tokenize_texts([], tok, 8).ids.shape[0] == 0
