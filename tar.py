@@ -81,9 +81,9 @@ class TARConfig:
     seed: int = arg(0, "seed of the world, the models and every sampled attack")
     threads: int = arg(1, "torch threads (1 is fastest for the miniature model; never more than your cores)")
     # Alg. 1
-    outer_steps: int = arg(220, "N: outer steps")
-    inner_steps: int = arg(32, "K: attacker steps per outer step")
-    tr_every: int = arg(4, "take the TR gradient after every this many inner steps")
+    outer_steps: int = arg(150, "N: outer steps")
+    inner_steps: int = arg(64, "K: attacker steps per outer step")
+    tr_every: int = arg(8, "take the TR gradient after every this many inner steps")
     tr_weights: str = arg("uniform", "weights of the TR points: uniform (mean) | paper (exp(0.0625(k-K)), not "
                                      "normalised)")
     tr_loss: str = arg("entropy", "tamper-resistance loss: entropy (knowledge restriction) | dpo (refusal: chosen "
@@ -100,9 +100,11 @@ class TARConfig:
                                  "(Rt and the unrelated text U: rivers; with --model WikiText)")
     lambda_tr: float = arg(4.0, "λ_TR")
     lambda_retain: float = arg(4.0, "λ_retain")
+    outer_params: str = arg("mlp", "the weights the outer step trains: mlp (each layer's MLP, where a transformer "
+                                   "stores facts) | all (the paper). Attacks always move every weight")
     outer_optimizer: str = arg("adamw", "outer optimizer: adamw (wd 0) | schedulefree (Schedule-Free AdamW)")
     outer_lr: float = arg(1e-2, "outer learning rate")
-    outer_eps: float = arg(1e-8, "ε of the outer Adam(W): lr·m/(√v + ε). Near a clipped gradient's typical entry "
+    outer_eps: float = arg(1e-3, "ε of the outer Adam(W): lr·m/(√v + ε). Near a clipped gradient's typical entry "
                                  "(1e-3 here) weights with small gradients take smaller steps (README, Results)")
     outer_warmup: int = arg(0, "outer warmup steps")
     outer_schedule: str = arg("constant", "outer learning-rate schedule after warmup (adamw): constant | cosine")
@@ -145,7 +147,8 @@ class TARConfig:
             raise UserError("--tr-every must not exceed --inner-steps (no TR point would be taken)")
         choices = {"tr_weights": ("uniform", "paper"), "tr_mask": ("fact", "tokens", "all"), "tr_loss": ("entropy", "dpo"),
                    "outer_schedule": ("constant", "cosine"), "outer_optimizer": ("adamw", "schedulefree"),
-                   "reference": ("safeguard", "base"), "preset": ("mini", "paper"), "retain_data": ("Rt", "benign")}
+                   "reference": ("safeguard", "base"), "preset": ("mini", "paper"), "retain_data": ("Rt", "benign"),
+                   "outer_params": ("mlp", "all")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise UserError(f"--{name.replace('_', '-')} must be one of {', '.join(allowed)}")
@@ -170,17 +173,19 @@ class TARConfig:
 
 # The paper's hyperparameters (PAPER.md §4, official code, bio), in one place: --preset paper. Where our
 # miniature default differs, the README's deviations list says why.
-PAPER = dict(outer_steps=750, inner_steps=64, tr_every=4, tr_weights="paper", tr_mask="all",
+PAPER = dict(outer_steps=750, inner_steps=64, tr_every=4, tr_weights="paper", tr_mask="all", outer_params="all",
              inner_lrs=[2e-6, 2e-5, 4e-5], inner_batch=32, retain_then_forget=1 / 3, tr_batch=64, retain_batch=64,
-             lambda_tr=4.0, lambda_retain=1.0, outer_optimizer="schedulefree", outer_lr=2e-5, outer_warmup=32,
-             outer_schedule="constant", grad_clip=0.0, squared_distance=False, reference="base", seq_len=256)
+             lambda_tr=4.0, lambda_retain=1.0, outer_optimizer="schedulefree", outer_lr=2e-5, outer_eps=1e-8,
+             outer_warmup=32, outer_schedule="constant", grad_clip=0.0, squared_distance=False, reference="base", seq_len=256)
 PAPER_DOMAIN = {"cyber": dict(inner_lrs=[2e-5, 4e-5], retain_then_forget=1 / 2),  # forget, retain→forget (½ each)
                 "chem": dict(inner_lrs=[2e-5, 4e-5], lambda_tr=3.0),
                 "refusal": dict(tr_loss="dpo", outer_steps=100, retain_then_forget=0.0)}  # Sec. 5: N = 100
 # The miniature refusal world's own defaults (given flags still override them), from a short sweep (README,
 # Refusal): outer lr 1e-2 broke refusal and harmless answers, 1e-3 resisted little; longer inner attacks (K)
-# resist longer and cost harmless accuracy, which λ_retain buys back.
-MINI_DOMAIN = {"refusal": dict(tr_loss="dpo", outer_steps=100, inner_steps=128, outer_lr=3e-3, lambda_retain=16.0)}
+# resist longer and cost harmless accuracy, which λ_retain buys back. It was measured training every weight with
+# ε 1e-8 and a TR point every 4 inner steps (the knowledge worlds' earlier defaults), and keeps them.
+MINI_DOMAIN = {"refusal": dict(tr_loss="dpo", outer_steps=100, inner_steps=128, outer_lr=3e-3, lambda_retain=16.0,
+                               tr_every=4, outer_eps=1e-8, outer_params="all")}
 
 
 def configure(**given) -> TARConfig:
@@ -268,7 +273,8 @@ def outer_step(model, ref, outer_opt, world, x_tr, x_r, spec: Attack, cfg: TARCo
     for p, g in zip(params, g_tr):
         fsdp.local(p.grad).add_(g, alpha=cfg.lambda_tr)
 
-    # Alg. 1 l.10: outer optimizer step
+    # Alg. 1 l.10: outer optimizer step. It moves the weights it holds (--outer-params): with mlp, the MLP
+    # coordinates of the clipped TAR gradient of every weight (the norm is the whole gradient's)
     # deviation: gradient clipping at 1.0 (paper and official code: none) because the miniature recipe of
     # PAPER.md §7 clips; with Adam it only bounds the rare outlier step. --grad-clip 0 turns it off.
     norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
@@ -287,12 +293,26 @@ def outer_optimizer(model, cfg: TARConfig):
     # --preset paper) because the miniature recipe was measured with it; the outer lr mattered most.
     spec = Attack("outer", cfg.outer_optimizer, cfg.outer_lr, cfg.outer_steps, weight_decay=0.0, eps=cfg.outer_eps,
                   warmup=cfg.outer_warmup / cfg.outer_steps)
-    opt = adversary.make_optimizer(model.parameters(), spec)
+    opt = adversary.make_optimizer(outer_parameters(model, cfg), spec)
     schedule = adversary.SCHEDULES[cfg.outer_schedule](opt, num_warmup_steps=0 if cfg.outer_optimizer == "schedulefree"
                                                        else cfg.outer_warmup, **(
         {"num_training_steps": cfg.outer_steps} if cfg.outer_schedule != "constant" else {}))
     averaged_weights(opt, False)  # Schedule-Free starts in training mode
     return opt, schedule
+
+
+def outer_parameters(model, cfg: TARConfig) -> list:
+    """The weights TAR trains. deviation: only the MLPs in the miniature preset (paper: every weight, --outer-params
+    all). Trained everywhere, TAR also rewrote the attention that routes a name to its facts, and held-out benign
+    facts went with the hazardous ones (resetting layer 0's attention of a trained model to θ0 gave back 8 points
+    of held-out cities); facts live in the MLPs, and trained there TAR keeps held-out cities (README, Results)."""
+    if cfg.outer_params == "all":
+        return [p for p in model.parameters() if p.requires_grad]
+    mlps = [m for name, m in model.named_modules() if name.rsplit(".", 1)[-1] in ("mlp", "feed_forward")]
+    if not mlps:
+        raise UserError(f"--outer-params mlp: {type(model).__name__} has no module named mlp or feed_forward; "
+                        "use --outer-params all")
+    return [p for m in mlps for p in m.parameters() if p.requires_grad]
 
 
 def averaged_weights(opt, on: bool) -> None:

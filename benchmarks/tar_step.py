@@ -92,7 +92,8 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--width", type=int, default=128)
     p.add_argument("--layers", type=int, default=4)
-    p.add_argument("--inner-steps", type=int, default=32)
+    p.add_argument("--inner-steps", type=int, default=tar.TARConfig.inner_steps)
+    p.add_argument("--outer-params", default=tar.TARConfig.outer_params, choices=("mlp", "all"))
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args(argv)
@@ -108,14 +109,14 @@ def main(argv=None):
     if d.distributed:
         fsdp.shard(model, d)
         fsdp.shard(ref, d)
-    cfg = tar.TARConfig(inner_steps=args.inner_steps)
-    outer_opt = torch.optim.AdamW(model.parameters(), lr=cfg.outer_lr, weight_decay=0.0)
+    cfg = tar.TARConfig(inner_steps=args.inner_steps, outer_params=args.outer_params)
+    outer_opt, _ = tar.outer_optimizer(model, cfg)  # Adam state for the weights the outer step trains
     x_tr = next(Stream(world.tokens["T_tr"], cfg.tr_batch, 0))
     x_r = next(Stream(world.tokens["Rt"], cfg.retain_batch, 1))
     spec = adversary.sample_attack(random.Random(0), cfg.train_attacks())
     say = print if d.is_main else (lambda *_: None)
     say(f"{d.world_size} process(es); model: width {args.width}, {args.layers} layers, {n_params / 1e6:.2f}M parameters; K = {cfg.inner_steps}, "
-          f"TR every {cfg.tr_every}, batches attacker {cfg.inner_batch} / TR {cfg.tr_batch} / retain {cfg.retain_batch}; "
+          f"TR every {cfg.tr_every}, outer step trains {cfg.outer_params}, batches attacker {cfg.inner_batch} / TR {cfg.tr_batch} / retain {cfg.retain_batch}; "
           f"{torch.get_num_threads()} torch thread(s)")
 
     step = lambda: tar.outer_step(model, ref, outer_opt, world, x_tr, x_r, spec, cfg, attack_seed=1, d=d)

@@ -27,10 +27,10 @@ import safeguard  # noqa: E402
 import tar  # noqa: E402
 
 # The reduced world and budgets of the shared pipeline (full size: 30 entities per group, 2000 base steps,
-# 250 safeguard steps, 220 outer steps at K = 32, outer lr 1e-2). With only 16 retain cities the full-size outer
-# lr costs too much held-out retain accuracy (measured: Re 42% at 1e-2, 87.5% at 3e-3), so it is lowered here.
-MINI = dict(world_entities=12, base_steps=900, safeguard_steps=150, outer_steps=80, inner_steps=16,
-            outer_lr=3e-3, attack_steps=50)
+# 250 safeguard steps, 150 outer steps at K = 64 with a TR point every 8). Here K = 16 with a TR point every 4
+# (K = 16 with every 8 leaves only 2 points); the outer lr and everything else are the defaults.
+MINI = dict(world_entities=12, base_steps=900, safeguard_steps=150, outer_steps=80, inner_steps=16, tr_every=4,
+            attack_steps=50)
 
 
 def tiny_model(vocab_size=40, width=16, layers=2, seed=0):

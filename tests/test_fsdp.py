@@ -132,17 +132,17 @@ def test_kill_and_resume_in_one_process_is_exact(setup):
 
 def test_presets_and_flag_precedence():
     mini = tar.configure()
-    assert mini.preset == "mini" and mini.outer_optimizer == "adamw" and mini.inner_steps == 32
+    assert mini.preset == "mini" and mini.outer_optimizer == "adamw" and mini.inner_steps == 64
     paper = tar.configure(model="some/model")  # a real model implies the paper's hyperparameters
     assert (paper.preset, paper.outer_optimizer, paper.outer_lr, paper.inner_steps, paper.lambda_retain,
             paper.tr_mask, paper.outer_warmup) == ("paper", "schedulefree", 2e-5, 64, 1.0, "all", 32)
     for eps in (1e-8, 1e-3):  # --outer-eps reaches the outer optimizer
-        opt, _ = tar.outer_optimizer(torch.nn.Linear(2, 2), tar.configure(outer_eps=eps))
+        opt, _ = tar.outer_optimizer(torch.nn.Linear(2, 2), tar.configure(outer_eps=eps, outer_params="all"))
         assert opt.param_groups[0]["eps"] == eps and opt.param_groups[0]["lr"] == mini.outer_lr
     assert tar.configure(model="m", domain="chem").lambda_tr == 3.0  # per-domain paper value
     assert tar.configure(model="m", domain="cyber").inner_lrs == [2e-5, 4e-5]
     assert tar.parse_args(["--model", "m", "--inner-steps", "8"]).inner_steps == 8  # a given flag wins
-    assert tar.parse_args(["--model", "m", "--preset", "mini", "--tr-mask", "all"]).inner_steps == 32
+    assert tar.parse_args(["--model", "m", "--preset", "mini", "--tr-mask", "all"]).inner_steps == 64
     with pytest.raises(data.UserError, match="no fact positions"):
         tar.configure(model="m", preset="mini").validate()
     with pytest.raises(data.UserError, match="no schedule"):

@@ -50,6 +50,26 @@ def test_restore_is_exact(small_world):
     assert max((a - b).abs().max().item() for a, b in zip(probe.seen[0], before)) == 0.0
 
 
+def test_outer_params_mlp_moves_only_the_mlps(small_world):
+    """--outer-params mlp (the miniature default): the outer optimizer holds exactly the MLP weights, and a real
+    outer step moves those and leaves every other weight bit-for-bit as it was (the attack moved all of them)."""
+    cfg = tar.TARConfig(inner_steps=4, tr_every=2, inner_batch=4)
+    assert cfg.outer_params == "mlp" and tar.configure(model="m").outer_params == "all"  # the paper trains all
+    model = tiny_model(vocab_size=len(small_world.tokenizer))
+    opt, _ = tar.outer_optimizer(model, cfg)
+    name = {id(p): n for n, p in model.named_parameters()}
+    trained = {name[id(p)] for g in opt.param_groups for p in g["params"]}
+    assert trained == {n for n in name.values() if ".mlp." in n} and len(trained) == 6  # 2 layers x gate/up/down
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    ref = copy.deepcopy(model).requires_grad_(False)
+    spec = adversary.sample_attack(random.Random(0), cfg.train_attacks())
+    tar.outer_step(model, ref, opt, small_world, next(data.Stream(small_world.tokens["T_tr"], 4, 0)),
+                   next(data.Stream(small_world.tokens["Rt"], 4, 1)), spec, cfg, attack_seed=3)
+    assert {n for n, p in model.named_parameters() if not torch.equal(p, before[n])} == trained
+    with pytest.raises(data.UserError, match="no module named mlp"):
+        tar.outer_optimizer(torch.nn.Linear(2, 2), cfg)
+
+
 @pytest.mark.parametrize("weights,mask", [("uniform", "fact"), ("paper", "tokens")])
 def test_outer_gradient_is_the_first_order_tar_gradient(small_world, weights, mask):
     """g = λ_retain ∇L_retain(θ) + λ_TR Σ_k w_k ∇L_TR(θ_k), with θ_k the weights after k attacker steps,
@@ -132,7 +152,7 @@ def test_unwritable_output_directory(tmp_path):
 def test_smoke_run_writes_every_file(tmp_path):
     """`python tar.py` end to end on a tiny world with tiny budgets: exit code, files, results schema."""
     cmd = [sys.executable, str(ROOT / "tar.py"), "--domain", "chem", "--runs", str(tmp_path), "--world-entities", "4",
-           "--base-steps", "30", "--safeguard-steps", "5", "--outer-steps", "3", "--inner-steps", "4",
+           "--base-steps", "30", "--safeguard-steps", "5", "--outer-steps", "3", "--inner-steps", "4", "--tr-every", "2",
            "--attack-steps", "10", "--eval-every", "2"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
