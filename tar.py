@@ -176,7 +176,8 @@ class TARConfig:
 PAPER = dict(outer_steps=750, inner_steps=64, tr_every=4, tr_weights="paper", tr_mask="all", outer_params="all",
              inner_lrs=[2e-6, 2e-5, 4e-5], inner_batch=32, retain_then_forget=1 / 3, tr_batch=64, retain_batch=64,
              lambda_tr=4.0, lambda_retain=1.0, outer_optimizer="schedulefree", outer_lr=2e-5, outer_eps=1e-8,
-             outer_warmup=32, outer_schedule="constant", grad_clip=0.0, squared_distance=False, reference="base", seq_len=256)
+             outer_warmup=32, outer_schedule="constant", grad_clip=0.0, squared_distance=False, reference="base",
+             seq_len=256)
 PAPER_DOMAIN = {"cyber": dict(inner_lrs=[2e-5, 4e-5], retain_then_forget=1 / 2),  # forget, retain→forget (½ each)
                 "chem": dict(inner_lrs=[2e-5, 4e-5], lambda_tr=3.0),
                 "refusal": dict(tr_loss="dpo", outer_steps=100, retain_then_forget=0.0)}  # Sec. 5: N = 100

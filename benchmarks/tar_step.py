@@ -93,7 +93,7 @@ def main(argv=None):
     p.add_argument("--width", type=int, default=128)
     p.add_argument("--layers", type=int, default=4)
     p.add_argument("--inner-steps", type=int, default=tar.TARConfig.inner_steps)
-    p.add_argument("--outer-params", default=tar.TARConfig.outer_params, choices=("mlp", "all"))
+    p.add_argument("--outer-params", default=tar.TARConfig.outer_params, help="mlp | all (tar.py --outer-params)")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args(argv)
@@ -110,6 +110,7 @@ def main(argv=None):
         fsdp.shard(model, d)
         fsdp.shard(ref, d)
     cfg = tar.TARConfig(inner_steps=args.inner_steps, outer_params=args.outer_params)
+    cfg.validate()  # the same checks as tar.py's flags
     outer_opt, _ = tar.outer_optimizer(model, cfg)  # Adam state for the weights the outer step trains
     x_tr = next(Stream(world.tokens["T_tr"], cfg.tr_batch, 0))
     x_r = next(Stream(world.tokens["Rt"], cfg.retain_batch, 1))

@@ -31,12 +31,13 @@ class Probe(torch.optim.Optimizer):
         self.seen = ([p.detach().clone() for p in ps], [p.grad.detach().clone() for p in ps])
 
 
-def one_step(world, cfg, model, seed=5):
+def one_step(world, cfg, model, seed=5, opt=None):
+    """One outer step with the recording Probe as the outer optimizer, or with `opt`."""
     ref = copy.deepcopy(model).requires_grad_(False)
     x_tr = next(data.Stream(world.tokens["T_tr"], 4, 0))
     x_r = next(data.Stream(world.tokens["Rt"], 4, 1))
     spec = adversary.sample_attack(random.Random(0), cfg.train_attacks())
-    probe = Probe(model.parameters())
+    probe = opt or Probe(model.parameters())
     metrics = tar.outer_step(model, ref, probe, world, x_tr, x_r, spec, cfg, attack_seed=seed)
     return probe, ref, x_tr, x_r, spec, metrics
 
@@ -61,10 +62,7 @@ def test_outer_params_mlp_moves_only_the_mlps(small_world):
     trained = {name[id(p)] for g in opt.param_groups for p in g["params"]}
     assert trained == {n for n in name.values() if ".mlp." in n} and len(trained) == 6  # 2 layers x gate/up/down
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    ref = copy.deepcopy(model).requires_grad_(False)
-    spec = adversary.sample_attack(random.Random(0), cfg.train_attacks())
-    tar.outer_step(model, ref, opt, small_world, next(data.Stream(small_world.tokens["T_tr"], 4, 0)),
-                   next(data.Stream(small_world.tokens["Rt"], 4, 1)), spec, cfg, attack_seed=3)
+    one_step(small_world, cfg, model, opt=opt)
     assert {n for n, p in model.named_parameters() if not torch.equal(p, before[n])} == trained
     with pytest.raises(data.UserError, match="no module named mlp"):
         tar.outer_optimizer(torch.nn.Linear(2, 2), cfg)
@@ -152,8 +150,8 @@ def test_unwritable_output_directory(tmp_path):
 def test_smoke_run_writes_every_file(tmp_path):
     """`python tar.py` end to end on a tiny world with tiny budgets: exit code, files, results schema."""
     cmd = [sys.executable, str(ROOT / "tar.py"), "--domain", "chem", "--runs", str(tmp_path), "--world-entities", "4",
-           "--base-steps", "30", "--safeguard-steps", "5", "--outer-steps", "3", "--inner-steps", "4", "--tr-every", "2",
-           "--attack-steps", "10", "--eval-every", "2"]
+           "--base-steps", "30", "--safeguard-steps", "5", "--outer-steps", "3", "--inner-steps", "4",
+           "--tr-every", "2", "--attack-steps", "10", "--eval-every", "2"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     run = tmp_path / "chem"
