@@ -107,7 +107,9 @@ class TARConfig:
     outer_eps: float = arg(1e-3, "ε of the outer Adam(W): lr·m/(√v + ε). Near a clipped gradient's typical entry "
                                  "(1e-3 here) weights with small gradients take smaller steps (README, Results)")
     outer_warmup: int = arg(0, "outer warmup steps")
-    outer_schedule: str = arg("constant", "outer learning-rate schedule after warmup (adamw): constant | cosine")
+    outer_schedule: str = arg("cosine", "outer learning-rate schedule after warmup (adamw): constant | cosine (to 0 "
+                                        "at step N: the last weights are a settled point, not a snapshot of a "
+                                        "fluctuating run; README, Results)")
     grad_clip: float = arg(1.0, "clip the outer gradient to this norm (0 = off)")
     squared_distance: bool = arg(True, "squared hidden-state distance in the retain loss")
     reference: str = arg("safeguard", "frozen reference of the retain loss: safeguard (θ0) | base (with --model "
@@ -184,9 +186,10 @@ PAPER_DOMAIN = {"cyber": dict(inner_lrs=[2e-5, 4e-5], retain_then_forget=1 / 2),
 # The miniature refusal world's own defaults (given flags still override them), from a short sweep (README,
 # Refusal): outer lr 1e-2 broke refusal and harmless answers, 1e-3 resisted little; longer inner attacks (K)
 # resist longer and cost harmless accuracy, which λ_retain buys back. It was measured training every weight with
-# ε 1e-8 and a TR point every 4 inner steps (the knowledge worlds' earlier defaults), and keeps them.
+# ε 1e-8, a TR point every 4 inner steps and a constant outer lr (the knowledge worlds' earlier defaults), and
+# keeps them.
 MINI_DOMAIN = {"refusal": dict(tr_loss="dpo", outer_steps=100, inner_steps=128, outer_lr=3e-3, lambda_retain=16.0,
-                               tr_every=4, outer_eps=1e-8, outer_params="all")}
+                               tr_every=4, outer_eps=1e-8, outer_params="all", outer_schedule="constant")}
 
 
 def configure(**given) -> TARConfig:
@@ -195,6 +198,8 @@ def configure(**given) -> TARConfig:
     preset = given.get("preset") or ("paper" if given.get("model") else "mini")
     domain = given.get("domain", "bio")
     values = {**PAPER, **PAPER_DOMAIN.get(domain, {})} if preset == "paper" else MINI_DOMAIN.get(domain, {})
+    if given.get("outer_optimizer") == "schedulefree":  # it has no schedule: the mini preset's cosine does not apply
+        values = {**values, "outer_schedule": "constant"}
     return TARConfig(**{**values, **given, "preset": preset})
 
 
@@ -290,8 +295,10 @@ def outer_step(model, ref, outer_opt, world, x_tr, x_r, spec: Attack, cfg: TARCo
 # --------------------------------------------------------------------------------------------------------
 def outer_optimizer(model, cfg: TARConfig):
     """The outer optimizer and its schedule, through adversary.make_optimizer (one place builds optimizers)."""
-    # deviation: plain AdamW, lr 1e-2, in the miniature preset (paper: Schedule-Free AdamW, lr 2e-5, warmup 32,
-    # --preset paper) because the miniature recipe was measured with it; the outer lr mattered most.
+    # deviation: plain AdamW, lr 1e-2 decayed to 0 by cosine, in the miniature preset (paper: Schedule-Free AdamW,
+    # lr 2e-5, warmup 32, --preset paper) because the miniature recipe was measured with it; the outer lr mattered
+    # most. At a constant 1e-2 whether an attack on unseen entities recovers flips from one outer step to the next
+    # (README, Results); the decay makes the saved weights a settled point of the run.
     spec = Attack("outer", cfg.outer_optimizer, cfg.outer_lr, cfg.outer_steps, weight_decay=0.0, eps=cfg.outer_eps,
                   warmup=cfg.outer_warmup / cfg.outer_steps)
     opt = adversary.make_optimizer(outer_parameters(model, cfg), spec)

@@ -147,6 +147,16 @@ def test_presets_and_flag_precedence():
         tar.configure(model="m", preset="mini").validate()
     with pytest.raises(data.UserError, match="no schedule"):
         tar.configure(outer_optimizer="schedulefree", outer_schedule="cosine").validate()
+    # the mini preset decays the outer lr by cosine to 0 at step N; Schedule-Free and refusal keep a constant lr
+    assert tar.configure(outer_optimizer="schedulefree").outer_schedule == "constant"
+    assert tar.configure(domain="refusal").outer_schedule == "constant" and paper.outer_schedule == "constant"
+    opt, schedule = tar.outer_optimizer(torch.nn.Linear(2, 2), tar.configure(outer_steps=10, outer_params="all"))
+    lrs = []
+    for _ in range(10):
+        opt.step()
+        schedule.step()
+        lrs.append(opt.param_groups[0]["lr"])
+    assert mini.outer_schedule == "cosine" and lrs[4] == pytest.approx(mini.outer_lr / 2) and lrs[-1] == 0.0
 
 
 def test_memory_estimate_from_the_config_alone():
