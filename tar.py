@@ -9,8 +9,8 @@ keeps benign knowledge. The gradient through the attack is first-order (dθ'/dθ
 taken at the attacked weights and applied to θ.
 
 Run manual
-    laptop, no GPU, no network (the built-in miniature world; ~15 min on 2 CPU cores, base pretraining
-    included; later runs reuse the cached base):
+    laptop, no GPU, no network (the built-in miniature world; ~17 min on 2 CPU cores, base pretraining
+    included; ~12 min later, reusing the cached base and safeguard):
         python tar.py --domain bio          # or chem, cyber; or refusal (Sec. 5 refusal: DPO TR loss, ASR)
     It pretrains the base model (cached in runs/bio/base), applies the random-mapping safeguard
     (runs/bio/safeguard), runs N outer steps of Alg. 1 (runs/bio/tar, metrics.jsonl), then measures base,
