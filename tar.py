@@ -108,8 +108,8 @@ class TARConfig:
                                  "(1e-3 here) weights with small gradients take smaller steps (README, Results)")
     outer_warmup: int = arg(0, "outer warmup steps")
     outer_schedule: str = arg("cosine", "outer learning-rate schedule after warmup (adamw): constant | cosine (to 0 "
-                                        "at step N: the last weights are a settled point, not a snapshot of a "
-                                        "fluctuating run; README, Results)")
+                                        "at step N: the run ends where its updates have died down; cyber held on "
+                                        "4 of 5 seeds, 0 of 3 at a constant lr; README, Results)")
     grad_clip: float = arg(1.0, "clip the outer gradient to this norm (0 = off)")
     squared_distance: bool = arg(True, "squared hidden-state distance in the retain loss")
     reference: str = arg("safeguard", "frozen reference of the retain loss: safeguard (θ0) | base (with --model "
@@ -298,7 +298,8 @@ def outer_optimizer(model, cfg: TARConfig):
     # deviation: plain AdamW, lr 1e-2 decayed to 0 by cosine, in the miniature preset (paper: Schedule-Free AdamW,
     # lr 2e-5, warmup 32, --preset paper) because the miniature recipe was measured with it; the outer lr mattered
     # most. At a constant 1e-2 whether an attack on unseen entities recovers flips from one outer step to the next
-    # (README, Results); the decay makes the saved weights a settled point of the run.
+    # (README, Results); decayed, the run ends where its updates have died down (cyber held the reference attack
+    # on 4 of 5 seeds, 0 of 3 at a constant lr), though the verdict still turns on differences too small to see.
     spec = Attack("outer", cfg.outer_optimizer, cfg.outer_lr, cfg.outer_steps, weight_decay=0.0, eps=cfg.outer_eps,
                   warmup=cfg.outer_warmup / cfg.outer_steps)
     opt = adversary.make_optimizer(outer_parameters(model, cfg), spec)
