@@ -1,21 +1,23 @@
-"""The few distributed helpers TAR needs at scale: FSDP2 sharding, checkpoints, a memory estimate.
+"""The few distributed helpers TAR needs at scale: FSDP2 sharding, agreement over ranks, a memory estimate.
 
 Paper: Sec. 5 trains Llama-3-8B with TAR on 8 GPUs. Under `torchrun` every parameter is a dim-0 shard (a
 DTensor), and the snapshot, the TR-gradient buffer, both optimizers' states and the frozen reference are made
 from `model.parameters()`, so each rank holds only its shard of them; a single process is the same code with
-unsharded tensors. Every rank samples the same attack (the same seeded RNG), so no broadcast is needed.
+unsharded tensors. Every rank samples the same attack (the same seeded RNG), and rank 0's draw is broadcast
+so the ranks cannot disagree.
 
     setup_dist()          env (RANK, WORLD_SIZE) -> process group (nccl on CUDA, gloo on CPU), device, is_main
     decoder_layers(m)     the model's repeated blocks, found generically (largest ModuleList of one class)
     shard(m, dist)        fully_shard on each decoder layer, then the root; bf16 compute on CUDA, fp32 on CPU
     local(p), full(t)     this rank's shard of a parameter; a gathered DTensor
     any_rank(flag), all_mean(x)   a stop flag / a logged scalar agreed over ranks
-    full_state_dict(m)    the gathered, unsharded weights (rank 0), for save_pretrained
-    save_checkpoint / load_checkpoint    torch.distributed.checkpoint for the sharded model and optimizer,
-                          plus each rank's RNG and data positions (one small file per rank)
+    full_state_dict(m)    the gathered, unsharded weights (rank 0), for save_pretrained (storage.py)
+    broadcast(obj)        rank 0's sampled attack on every rank
+    Stop                  SIGTERM (a scheduler's pre-emption) -> checkpoint at the end of the step
     memory_estimate(...)  bytes per rank, from the model config alone
 
 Run:  torchrun --nproc_per_node 8 tar.py --domain bio --model meta-llama/Meta-Llama-3-8B-Instruct
+      python fsdp.py --world-size 8 --gpu-gib 80 40      # the memory estimate for Llama-3-8B, no download
 """
 
 from __future__ import annotations
@@ -23,10 +25,12 @@ from __future__ import annotations
 import os
 import signal
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.distributed as dist
+
+import cli
+from cli import arg
 
 
 @dataclass(frozen=True)
@@ -116,48 +120,6 @@ def all_mean(value: float, d: Dist) -> float:
     return (t / d.world_size).item()
 
 
-def load_model(name: str, d: Dist):
-    """A Hugging Face causal LM in fp32 (safetensors only: user weights never go through pickle), sharded under
-    torchrun (each layer is moved to the device and cut as it is wrapped), else on the device. Returns
-    (model, config). Every rank reads the file; the OS page cache shares it."""
-    from transformers import AutoModelForCausalLM
-    try:
-        model = AutoModelForCausalLM.from_pretrained(name, dtype=torch.float32, use_safetensors=True)
-    except Exception as e:
-        from data import UserError
-        raise UserError(f"cannot load model {name} ({type(e).__name__}: {str(e).splitlines()[0][:200]}): offline, "
-                        "gated or not a safetensors causal LM; pass a local directory") from None
-    model.config.use_cache = False
-    if d.distributed:
-        shard(model, d)
-    else:
-        model.to(d.device)
-    return model, model.config
-
-
-def save_pretrained(model, tokenizer, path: Path, d: Dist, provenance: dict) -> None:
-    """The final model, gathered to a full state dict on rank 0 and written with save_pretrained (safetensors)
-    plus the tokenizer, under a temporary name renamed when complete."""
-    import json
-    from data import atomic_write, replace_dir
-    state = full_state_dict(model, d)  # a collective: every rank takes part
-    first = {}
-    for name, p in model.named_parameters(remove_duplicate=False):  # tied weights are written once
-        if first.setdefault(id(p), name) != name:
-            state.pop(name, None)
-    if d.is_main:
-        tmp = path.with_name(path.name + ".tmp")
-        model.save_pretrained(tmp, state_dict=state)
-        config = json.loads((tmp / "config.json").read_text())  # FSDP2 renamed the class (FSDPLlamaForCausalLM)
-        config["architectures"] = [c.__name__ for c in type(model).__mro__ if "FSDP" not in c.__name__][:1]
-        atomic_write(tmp / "config.json", json.dumps(config, indent=2))
-        tokenizer.save_pretrained(tmp)
-        atomic_write(tmp / "provenance.json", json.dumps(provenance, indent=1))
-        replace_dir(tmp, path)
-    if d.distributed:
-        dist.barrier()
-
-
 def full_state_dict(model: torch.nn.Module, d: Dist) -> dict:
     """The unsharded weights on CPU (rank 0 gets them; the others an empty dict)."""
     if not d.distributed:
@@ -166,31 +128,14 @@ def full_state_dict(model: torch.nn.Module, d: Dist) -> dict:
     return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
 
-# --------------------------------------------------------------------------------------------------------
-# Checkpoints: DCP for sharded model + optimizer (each rank writes its shards), plain files single-process
-# --------------------------------------------------------------------------------------------------------
-def save_checkpoint(path: Path, model, optimizer, rank_state: dict, d: Dist) -> None:
-    """Writes path.tmp and renames it to path when every rank has finished (a killed save leaves the previous
-    checkpoint intact). rank_state: this rank's RNG and data positions (tensors, numbers, lists, dicts)."""
-    tmp = path.with_name(path.name + ".tmp")
-    if d.is_main:
-        tmp.mkdir(parents=True, exist_ok=True)
-    if d.distributed:
-        import torch.distributed.checkpoint as dcp
-        from torch.distributed.checkpoint.state_dict import get_state_dict
-        dist.barrier()
-        model_sd, optim_sd = get_state_dict(model, optimizer)
-        dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(tmp / "dcp"))
-    else:
-        torch.save({"model": model.state_dict(), "optim": optimizer.state_dict()}, tmp / "state.pt")
-    torch.save(rank_state, tmp / f"rank{d.rank}.pt")
-    if d.distributed:
-        dist.barrier()
-    if d.is_main:
-        from data import replace_dir
-        replace_dir(tmp, path)
-    if d.distributed:
-        dist.barrier()
+def broadcast(obj, d: Dist):
+    """Rank 0's Python object on every rank (the sampled attack of Alg. 1 l.3: each rank draws it from the
+    same seeded RNG, and this makes sure they agree even if one rank's RNG drifted)."""
+    if not d.distributed:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0, device=d.device if d.device.type == "cuda" else None)
+    return box[0]
 
 
 class Stop:
@@ -204,31 +149,6 @@ class Stop:
 
     def close(self):
         signal.signal(signal.SIGTERM, self.previous)
-
-
-class Stopped(Exception):
-    pass
-
-
-def load_checkpoint(path: Path, model, optimizer, d: Dist) -> dict:
-    """Restores model and optimizer in place; returns this rank's saved state. Loads only what
-    save_checkpoint wrote (weights_only torch files; DCP's metadata is pickled by torch itself)."""
-    if d.distributed:
-        import torch.distributed.checkpoint as dcp
-        from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
-        model_sd, optim_sd = get_state_dict(model, optimizer)
-        state = {"model": model_sd, "optim": optim_sd}
-        dcp.load(state, checkpoint_id=str(path / "dcp"))
-        set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
-    else:
-        state = torch.load(path / "state.pt", weights_only=True)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optim"])
-    rank_file = path / f"rank{d.rank}.pt"
-    if not rank_file.exists():
-        from data import UserError
-        raise UserError(f"{path} was written by a run with another number of processes (no {rank_file.name})")
-    return torch.load(rank_file, weights_only=True)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -292,27 +212,25 @@ def format_estimate(est: dict[str, float], name: str, world_size: int, gpu_gib: 
     return "\n".join(lines)
 
 
-# Llama-3-8B(-Instruct)'s shape (../shared/DATA.md §5), for the estimate without the hub
+# Llama-3-8B(-Instruct)'s shape (docs/data.md §5), for the estimate without the hub
 LLAMA3_8B = dict(model_type="llama", hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
                  num_attention_heads=32, num_key_value_heads=8, vocab_size=128256, tie_word_embeddings=False,
                  rope_theta=500000.0, max_position_embeddings=8192, rms_norm_eps=1e-5)
 
 
-def main(argv=None):
-    import argparse
+@dataclass
+class EstimateArgs:
+    model: str = arg("llama3-8b", "llama3-8b (built in) or a model directory / hub id")
+    world_size: list = arg((8,), "processes (GPUs)", of=int)
+    gpu_gib: list = arg((80.0, 40.0), "card sizes to compare against (GiB)")
+    micro_batch: int = arg(4, "rows per forward on a rank")
+    seq_len: int = arg(256, "tokens per row")
+    snapshot_offload: bool = arg(False, "also show the estimate with Alg. 1's snapshot in CPU memory")
+
+
+def estimate(args: EstimateArgs) -> None:
     from transformers import AutoConfig
-    p = argparse.ArgumentParser(description="Per-rank memory of one TAR outer step, from a model config alone.")
-    p.add_argument("--model", default="llama3-8b", help="llama3-8b (built in) or a model directory / hub id")
-    p.add_argument("--world-size", type=int, nargs="+", default=[8])
-    p.add_argument("--gpu-gib", type=float, nargs="+", default=[80.0, 40.0])
-    p.add_argument("--micro-batch", type=int, default=4, help="rows per forward on a rank")
-    p.add_argument("--seq-len", type=int, default=256)
-    p.add_argument("--snapshot-offload", action="store_true")
-    args = p.parse_args(argv)
-    if args.model == "llama3-8b":
-        config = AutoConfig.for_model(**LLAMA3_8B)
-    else:
-        config = AutoConfig.from_pretrained(args.model)
+    config = AutoConfig.for_model(**LLAMA3_8B) if args.model == "llama3-8b" else AutoConfig.from_pretrained(args.model)
     for w in args.world_size:
         for offload in sorted({False, args.snapshot_offload}):
             est = memory_estimate(config, w, args.micro_batch, args.seq_len, True, offload)
@@ -321,6 +239,10 @@ def main(argv=None):
             for gib in args.gpu_gib:
                 print(format_estimate(est, args.model, w, gib) if gib == args.gpu_gib[0] else
                       format_estimate(est, args.model, w, gib).splitlines()[-1])
+
+
+def main(argv=None):
+    cli.run(EstimateArgs, estimate, argv, "Per-rank memory of one TAR outer step, from a model config alone.")
 
 
 if __name__ == "__main__":

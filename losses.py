@@ -1,7 +1,7 @@
 """The losses of TAR (paper Sec. 4.1-4.2, Eq. 1-2, App.), as pure functions of model outputs and a batch.
 
 Notation (one alphabet repo-wide): B batch, T sequence, V vocabulary, d width, L hidden-state tensors.
-Every mean runs over real tokens only (the official code averages over padding too: PAPER.md §8 pitfall 8).
+Every mean runs over real tokens only (the official code averages over padding too: docs/paper.md §8, pitfall 8).
 
     LM loss          L_LM  = mean_{b,t} −log p_θ(x[b,t+1] | x[b,≤t])                       attacker, pretraining
     entropy TR loss  L_TR  = − mean_{b,t ∈ M} H(p_θ(·|x[b,≤t])),  H(p) = −Σ_v p_v log p_v     Sec. 4.2
@@ -41,7 +41,7 @@ def entropy_tr_loss(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Sec. 4.2: L_TR = −mean over masked positions of the entropy of p_θ(· | prefix).
 
     logits (B, T, V) at the *attacked* weights; mask (B, T) bool: positions that count (the fact positions of
-    PAPER.md §7, or every real token; the official code uses every position, padding included). Minimising
+    docs/paper.md §7, or every real token; the official code uses every position, padding included). Minimising
     drives the prediction towards uniform; a uniform prediction gives exactly −ln V."""
     logp = F.log_softmax(logits.float(), dim=-1)  # (B, T, V)
     entropy = -(logp.exp() * logp).sum(-1)  # H = −Σ_v p_v log p_v   (B, T)
@@ -70,7 +70,7 @@ def hidden_distance(hidden: tuple[torch.Tensor, ...], hidden_ref: tuple[torch.Te
     (`output_hidden_states`: embeddings, each layer, final norm), real tokens only.
 
     # deviation: squared L2 by default (paper and official code: plain L2) because the square is smooth at 0,
-    # where the plain norm's gradient is undefined and at its largest; the miniature recipe (PAPER.md §7)
+    # where the plain norm's gradient is undefined and at its largest; the miniature recipe (docs/paper.md §7)
     # met its thresholds with the square. squared=False gives the paper's form."""
     mask = attention_mask.float()  # (B, T)
     total = 0.0
@@ -107,7 +107,7 @@ def random_mapping_loss(hidden: torch.Tensor, targets: torch.Tensor, mask: torch
 
 def random_targets(table: torch.Tensor, input_ids: torch.Tensor, per: str = "constant") -> torch.Tensor:
     """The fixed N(0, I) target of each token: row x[b,t] for token id x[b,t] (paper, Sec. 4.1), row t for
-    position t (PAPER.md §7), or the one row of a (1, d) table for every token ('constant', RMU-like).
+    position t (docs/paper.md §7), or the one row of a (1, d) table for every token ('constant', RMU-like).
     table (V, T_max or 1, d) -> (B, T, d)."""
     if per == "constant":
         return table[0].expand(*input_ids.shape, -1)
@@ -122,7 +122,7 @@ def tr_weights(inner_steps: int, tr_every: int, scheme: str = "uniform") -> dict
     """Weights w_k of the TR gradients accumulated during the inner loop (Alg. 1), keyed by inner step k
     (1-based: L_TR is always taken after an attacker step, every `tr_every` steps).
 
-    'uniform': w_k = 1 / (number of TR points)             (PAPER.md §7, the miniature default)
+    'uniform': w_k = 1 / (number of TR points)             (docs/paper.md §7, the miniature default)
     'paper'  : w_k = exp(0.0625 · (k − K)), not normalised  (official code; k−K is the code's (k−1)−(K−1))"""
     points = range(tr_every, inner_steps + 1, tr_every)
     if scheme == "uniform":
@@ -133,7 +133,7 @@ def tr_weights(inner_steps: int, tr_every: int, scheme: str = "uniform") -> dict
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Single-level safeguards TAR is compared against (paper Table 1; BASELINES.md). Each is a forget term on x_f
+# Single-level safeguards TAR is compared against (paper Table 1; docs/baselines.md). Each is a forget term on x_f
 # plus a retain term on x_r; `safeguard.py` pairs them and trains them in the one defence loop.
 # ---------------------------------------------------------------------------------------------------------
 def min_posterior_loss(logits: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,

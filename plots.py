@@ -19,13 +19,17 @@ Run:  python plots.py runs/bio/results.json [runs/bio/metrics.jsonl]     |    py
 from __future__ import annotations
 
 import json
-import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
+
+import cli  # noqa: E402
+from cli import arg  # noqa: E402
+from storage import atomic  # noqa: E402
 
 COLORS = {"base": "#7f7f7f", "safeguard": "#1f77b4", "tar": "#d62728"}
 CHANCE = 0.25
@@ -36,10 +40,9 @@ def _color(name: str, i: int) -> str:
 
 
 def _save(fig, path: Path) -> Path:
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=120, bbox_inches="tight")
+    with atomic(path) as tmp:  # never a half-written figure under the real name
+        fig.savefig(tmp, format=path.suffix[1:], dpi=120, bbox_inches="tight")
     plt.close(fig)
-    tmp.replace(path)  # never a half-written figure under the real name
     return path
 
 
@@ -205,10 +208,25 @@ def plot_redteam(results_path: Path) -> list[Path]:
     return paths
 
 
-if __name__ == "__main__":
-    if len(sys.argv) < 2:
-        sys.exit("usage: python plots.py RESULTS_JSON [METRICS_JSONL]")
-    first = json.loads(Path(sys.argv[1]).read_text())
-    written = plot_redteam(Path(sys.argv[1])) if "runs" in first else plot_results(Path(sys.argv[1]))
-    written += [plot_training(Path(sys.argv[2]))] if len(sys.argv) > 2 else []
+@dataclass
+class PlotArgs:
+    results: str = arg("", "a results.json: tar.py's (runs/bio/results.json) or the red team's (runs/bio/redteam/)",
+                       positional=True)
+    metrics: str = arg("", "a metrics.jsonl to draw training.png from", positional=True)
+
+
+def draw(args: PlotArgs) -> None:
+    if not args.results:
+        raise cli.UserError("give a results.json (and optionally a metrics.jsonl)")
+    first = json.loads(Path(args.results).read_text())
+    written = plot_redteam(Path(args.results)) if "runs" in first else plot_results(Path(args.results))
+    written += [plot_training(Path(args.metrics))] if args.metrics else []
     print("wrote " + ", ".join(map(str, written)))
+
+
+def main(argv=None):
+    cli.run(PlotArgs, draw, argv, "Draw the figures of a results file.")
+
+
+if __name__ == "__main__":
+    main()

@@ -2,7 +2,7 @@
 
 Paper: Sec. 4.1 ("initial safeguard", Alg. 1 stage 1: θ0 = safeguard(θ_base)) and App. (random mapping).
 
-Base model. A tiny `LlamaForCausalLM` (4 layers, width 128: 0.74M parameters) pretrained on the whole
+Base model. A tiny `LlamaForCausalLM` (4 layers, width 128: 0.82M parameters with the bio world's vocabulary) pretrained on the whole
 miniature world through `adversary.attack()` with an LM spec, until it knows every fact (forget and retain
 accuracy ≥ 95%). It plays the part of Llama-3-8B-Instruct: a model that knows hazardous facts.
 
@@ -17,8 +17,9 @@ A safeguard is "a forget term + a retain term, trained without an attacker", run
 `adversary.attack()` with that loss. It hides the facts of T *and* of the never-seen groups A and E (it
 learns "this domain -> scramble"), but a few dozen attack steps bring them back: the knowledge is latent.
 
-Baselines (paper Table 1, BASELINES.md): Max-Entropy, Min-Posterior, LLMU, RMU, RepNoise, circuit breakers. Each
-is a name -> (forget term, retain term) pair in `METHODS`, trained by the same loop `defend()`.
+Baselines (paper Table 1, docs/baselines.md): Max-Entropy, Min-Posterior, LLMU, RMU, RepNoise, circuit breakers
+(baselines.py). Each is a name -> (forget term, retain term) pair in `METHODS`, trained by the same loop
+`defend()`; `--grid` tunes them by one honest rule (below).
 
 Run:  python safeguard.py --domain bio                     # builds (or reuses) runs/bio/base and runs/bio/safeguard
       python safeguard.py --domain bio --method rmu        # runs/bio/baselines/rmu (or --method all)
@@ -27,22 +28,26 @@ Run:  python safeguard.py --domain bio                     # builds (or reuses) 
 
 from __future__ import annotations
 
-import argparse
-import hashlib
 import json
 import os
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+from transformers import LlamaConfig, LlamaForCausalLM
 
 import adversary
-import evaluate
+import cli
 import losses
-from data import CITIES, Stream, UserError, WorldConfig, atomic_write, build_world, replace_dir
+import redteam
+import scoring
+from baselines import BASELINES, Method, ce, forward
+from batching import Stream
+from cli import UserError, arg
+from domains import CITIES
+from storage import atomic_write, cached, digest, load_model, save_model
+from world import WorldConfig, build_world
 
 
 @dataclass(frozen=True)
@@ -56,7 +61,7 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class BaseConfig:
-    """Base pretraining = an attack on everything from random weights (PAPER.md §7)."""
+    """Base pretraining = an attack on everything from random weights (docs/paper.md §7)."""
     model: ModelConfig = field(default_factory=ModelConfig)
     steps: int = 2000
     lr: float = 2e-3
@@ -73,29 +78,29 @@ class BaseConfig:
 class SafeguardConfig:
     """One single-level safeguard: `method`'s forget term on T documents + its retain term on Rt documents, no
     attacker. The defaults are the random-mapping safeguard (TAR's stage 1); `METHODS` lists the baselines and
-    `for_method()` gives each one's picked setting (BASELINES.md; `--grid` picks them).
+    `for_method()` gives each one's picked setting (docs/baselines.md; `--grid` picks them).
 
     # deviation: random mapping sends every real token of a forget document, at every layer, to ONE fixed random
-    # direction (paper: one per token id; PAPER.md §7 prototype: one per position) because here it is the form
+    # direction (paper: one per token id; docs/paper.md §7 prototype: one per position) because here it is the form
     # that generalises from group T to the unseen groups. Measured on bio (seed 0, lr 3e-3, all real tokens),
     # forget accuracy E / A after the safeguard: constant target at every layer, 200 steps: 31% / 38%; constant,
     # final layer, 300 steps: 34% / 40%; per token id, final layer: 54% / 58%; per position, final layer:
     # 52% / 58%, every layer: 54% / 63%. A per-token or per-position target can be fitted entity by entity; one
     # direction is reached most cheaply by a domain-level switch."""
     method: str = "random_mapping"
-    steps: int = 250  # PAPER.md §7: 300
-    lr: float = 3e-3  # PAPER.md §7: 3e-4 (too slow here: E 72% after 300 steps)
+    steps: int = 250  # docs/paper.md §7: 300
+    lr: float = 3e-3  # docs/paper.md §7: 3e-4 (too slow here: E 72% after 300 steps)
     batch_size: int = 32  # forget and retain batches each
     coef: float = 1.0  # the method's own coefficient (METHODS[method].coef says which)
     alpha: float = 1.0  # a second coefficient where the method has one (RMU's retain weight)
-    per: str = "constant"  # random mapping: target per 'token' id (paper), per 'position' (PAPER.md §7), 'constant'
+    per: str = "constant"  # random mapping: per 'token' id (paper), per 'position' (docs/paper.md §7), 'constant'
     absolute: bool = False  # random mapping: 1 − |cos| (paper) instead of 1 − cos
     all_layers: bool = True  # random mapping: every hidden state after the embeddings (paper) or the final one
     seed: int = 0
 
 
 # --------------------------------------------------------------------------------------------------------
-# Models on disk: `save_pretrained` + tokenizer + provenance.json, written atomically
+# Base model (saved and cached through storage.py: save_pretrained + tokenizer + provenance.json)
 # --------------------------------------------------------------------------------------------------------
 def new_model(vocab_size: int, cfg: ModelConfig, tokenizer, seed: int) -> LlamaForCausalLM:
     torch.manual_seed(seed)
@@ -107,35 +112,6 @@ def new_model(vocab_size: int, cfg: ModelConfig, tokenizer, seed: int) -> LlamaF
     return LlamaForCausalLM(config)
 
 
-def save_model(model, tokenizer, path: Path, provenance: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    model.save_pretrained(tmp)  # safetensors
-    tokenizer.save_pretrained(tmp)
-    atomic_write(tmp / "provenance.json", json.dumps(provenance, indent=1))
-    replace_dir(tmp, path)
-
-
-def load_model(path: Path):
-    return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
-
-
-def cached(path: Path, key: str):
-    """The model at `path` if it was made from exactly this key (world, config, seed, parent), else None."""
-    try:
-        if json.loads((path / "provenance.json").read_text())["key"] == key:
-            return load_model(path)
-    except (OSError, KeyError, ValueError):
-        pass
-    return None
-
-
-def digest(*parts) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-# --------------------------------------------------------------------------------------------------------
-# Base model
-# --------------------------------------------------------------------------------------------------------
 def base_model(world, cfg: BaseConfig, run_dir: Path, log=print):
     """The pretrained base model, from the cache at run_dir/base when its key matches, else trained."""
     key, path = digest("base", world.digest, asdict(cfg)), run_dir / "base"
@@ -152,7 +128,7 @@ def base_model(world, cfg: BaseConfig, run_dir: Path, log=print):
     from tqdm import tqdm
     with tqdm(total=cfg.steps, desc="pretrain", leave=False, disable=None) as bar:
         adversary.attack(model, cfg.spec(), Stream(world.tokens["all"], cfg.batch_size, cfg.seed), progress=bar)
-    acc = evaluate.accuracies(model, world, evaluate.EVERY_GROUP, chat=False)  # knowledge, also in the refusal world
+    acc = scoring.accuracies(model, world, scoring.EVERY_GROUP, chat=False)  # knowledge, also in the refusal world
     log(f"base: {time.time() - t0:.0f}s, accuracy " + " ".join(f"{g} {a:.1%}" for g, a in acc.items()))
     if min(acc.values()) < 0.95:
         log("base: WARNING: some group is below 95% accuracy; train longer (--base-steps)")
@@ -162,124 +138,36 @@ def base_model(world, cfg: BaseConfig, run_dir: Path, log=print):
 
 
 # --------------------------------------------------------------------------------------------------------
-# Safeguards: a method = its forget and retain terms (BASELINES.md), all trained by the one loop `defend`
+# The safeguards: random mapping (TAR's stage 1) and refusal training; baselines.py holds Table 1's others
 # --------------------------------------------------------------------------------------------------------
-def _forward(model, x, hidden=True):
-    return model(input_ids=x.input_ids, attention_mask=x.attention_mask, output_hidden_states=hidden)
-
-
-def _ce(model, x):
-    return losses.lm_loss(_forward(model, x, False).logits, x.input_ids, x.attention_mask)
-
-
 def _random_mapping(model, ref, xf, xr, cfg, ctx):
-    out_f = _forward(model, xf)
+    """Sec. 4.1: forget tokens' hidden states -> fixed random targets; retain text keeps its representations."""
+    out_f = forward(model, xf)
     targets = losses.random_targets(ctx["table"], xf.input_ids, cfg.per)  # (B, T, d)
+    # deviation: the hidden states after the embeddings only (paper: all of them, the embedding output too)
+    # because the embedding output of a token is its embedding row alone, the same in every context: mapping it
+    # would move words that forget and benign text share (a reason, not a measurement against the paper's form).
     hidden = out_f.hidden_states[1:] if cfg.all_layers else out_f.hidden_states[-1:]
+    # deviation: 1 − cos, not the paper's 1 − |cos| (cfg.absolute gives the paper's) because the recipe that
+    # first worked here (docs/paper.md §7) used the plain cosine, and the safeguard was tuned with it.
     forget = sum(losses.random_mapping_loss(h, targets, xf.attention_mask, cfg.absolute) for h in hidden) / len(hidden)
     with torch.no_grad():
-        ref_r = _forward(ref, xr)
-    retain, _ = losses.retain_loss(_forward(model, xr), ref_r, xr.input_ids, xr.attention_mask, squared=True)
+        ref_r = forward(ref, xr)
+    # deviation: the retain term adds a hidden-state distance to the base model to the paper's retain CE because
+    # the recipe that first worked here (docs/paper.md §7) kept retain text's representations as well as its loss.
+    retain, _ = losses.retain_loss(forward(model, xr), ref_r, xr.input_ids, xr.attention_mask, squared=True)
     return cfg.coef * forget, retain
-
-
-def _max_entropy(model, ref, xf, xr, cfg, ctx):
-    logits = _forward(model, xf, False).logits
-    return cfg.coef * losses.entropy_tr_loss(logits, xf.attention_mask.bool()), _ce(model, xr)
-
-
-def _min_posterior(model, ref, xf, xr, cfg, ctx):
-    logits = _forward(model, xf, False).logits
-    return cfg.coef * losses.min_posterior_loss(logits, xf.input_ids, xf.attention_mask), _ce(model, xr)
-
-
-def _llmu(model, ref, xf, xr, cfg, ctx):
-    # forget input with its facts replaced by random retain-domain words: "forget input, wrong continuation"
-    mismatched = xf.input_ids.clone()
-    facts = torch.zeros_like(xf.fact_mask)
-    facts[:, 1:] = xf.fact_mask[:, :-1]  # the value tokens themselves
-    pool = ctx["retain_values"]
-    mismatched[facts] = pool[torch.randint(len(pool), (int(facts.sum()),), generator=ctx["gen"])]
-    forget = -_ce(model, xf) + losses.lm_loss(model(input_ids=mismatched, attention_mask=xf.attention_mask).logits,
-                                              mismatched, xf.attention_mask)
-    with torch.no_grad():
-        ref_logits = _forward(ref, xr, False).logits
-    # LLMU's KL(p_ref ‖ p_θ) retain term (the official TAR code swaps in retain CE)
-    return cfg.coef * forget, losses.kl_to_reference(_forward(model, xr, False).logits, ref_logits, xr.attention_mask)
-
-
-def _rmu(model, ref, xf, xr, cfg, ctx):
-    layer = ctx["rmu_layer"]  # hidden_states index ℓ: the output of decoder layer ℓ
-    forget = losses.rmu_forget_loss(_forward(model, xf).hidden_states[layer], cfg.coef * ctx["u"], xf.attention_mask)
-    with torch.no_grad():
-        ref_h = _forward(ref, xr).hidden_states[layer]
-    retain = losses.rmu_retain_loss(_forward(model, xr).hidden_states[layer], ref_h, xr.attention_mask)
-    return forget, cfg.alpha * retain
-
-
-def _repnoise(model, ref, xf, xr, cfg, ctx):
-    out_f = _forward(model, xf)
-    hidden = out_f.hidden_states[1:]
-    norm, head = model.base_model.norm, model.get_output_embeddings()
-    lens = [head(norm(h)) for h in hidden[:-1]] + [out_f.logits]  # logit lens; the last state is already normed
-    forget = losses.repnoise_forget_loss(hidden, lens, xf.input_ids, xf.attention_mask, beta=cfg.coef, alpha=1.0,
-                                         generator=ctx["gen"])
-    return forget, _ce(model, xr)
-
-
-def _circuit_breakers(model, ref, xf, xr, cfg, ctx):
-    layers = ctx["cb_layers"]
-    progress = ctx["step"] / (2 * cfg.steps)  # c_rr = a(1 − s/2S), c_ret = a·s/2S   (Zou et al.)
-    out_f, out_r = _forward(model, xf), _forward(model, xr)
-    with torch.no_grad():
-        ref_f, ref_r = _forward(ref, xf), _forward(ref, xr)
-    forget = sum(losses.circuit_breaker_forget_loss(out_f.hidden_states[ell], ref_f.hidden_states[ell],
-                                                    xf.attention_mask) for ell in layers)
-    retain = losses.hidden_distance([out_r.hidden_states[ell] for ell in layers],
-                                    [ref_r.hidden_states[ell] for ell in layers], xr.attention_mask, squared=False)
-    return cfg.coef * (1 - progress) * forget, cfg.coef * progress * retain
 
 
 def _refusal_training(model, ref, xf, xr, cfg, ctx):
     """The refusal world's "instruct" base: SFT on refusals of T's harmful prompts + answers to Rt's harmless ones."""
-    return cfg.coef * _ce(model, xf), _ce(model, xr)
+    return cfg.coef * ce(model, xf), ce(model, xr)
 
 
-def _mlps_of_first_two_layers(model):
-    """RMU trains only the MLPs of layers ℓ−2..ℓ (WMDP: 5-7 of 32); scaled to 4 layers: layers 1-2."""
-    return [p for layer in model.base_model.layers[:2] for p in layer.mlp.parameters()]
-
-
-@dataclass(frozen=True)
-class Method:
-    terms: object  # (model, ref, x_f, x_r, cfg, ctx) -> (forget term, retain term)
-    coef: str  # what SafeguardConfig.coef means for this method
-    grid: dict  # the tuning grid (lr x steps x coefficients), BASELINES.md
-    picked: dict  # the grid's pick (lowest forget on group A with Rt ≥ 90%): the method's defaults
-    trainable: object = None  # model -> the parameters it trains (None: all)
-
-
-LRS = (1e-4, 3e-4, 1e-3)
-# `picked` = the grid's pick on bio (runs/bio/baselines/grid.json, 2026-11-27: 42 settings x {150, 300} steps,
-# 25 min on 2 cores), with its at-rest accuracy on group A / E and held-out retain Re in the comment.
-METHODS: dict[str, Method] = {
-    "random_mapping": Method(_random_mapping, "weight of the mapping term", {}, {}),
-    "max_entropy": Method(_max_entropy, "weight of the entropy term", dict(lr=LRS, coef=(1.0, 4.0)),
-                          dict(lr=1e-4, steps=150, coef=1.0)),  # A 42.7%, E 46.0%, Re 99.8%
-    "min_posterior": Method(_min_posterior, "weight of the forget term", dict(lr=LRS, coef=(1.0, 4.0)),
-                            dict(lr=1e-3, steps=150, coef=4.0)),  # A 42.8%, E 46.0%, Re 99.5%
-    "llmu": Method(_llmu, "weight of the gradient-ascent + mismatch term", dict(lr=LRS, coef=(0.5, 1.0)),
-                   dict(lr=1e-3, steps=150, coef=1.0)),  # A 19.3%, E 22.5%, Re 97.5%
-    "rmu": Method(_rmu, "steering coefficient c (alpha: retain weight α)",
-                  dict(lr=LRS, coef=(5.0, 20.0), alpha=(10.0, 100.0)), dict(lr=1e-3, steps=300, coef=20.0, alpha=10.0),
-                  _mlps_of_first_two_layers),  # A 29.3%, E 37.3%, Re 100%
-    "repnoise": Method(_repnoise, "β, the weight of the noise (MMD) term", dict(lr=LRS, coef=(1e-3, 1e-1)),
-                       dict(lr=3e-4, steps=300, coef=1e-3)),  # A 22.3%, E 28.2%, Re 99.2%
-    "circuit_breakers": Method(_circuit_breakers, "a, the scale of the rerouting schedule", dict(lr=LRS, coef=(1.0, 10.0)),
-                               dict(lr=3e-4, steps=150, coef=1.0)),  # A 35.2%, E 36.3%, Re 100%
-}
-METHODS["refusal"] = Method(_refusal_training, "weight of the refusal term", {}, dict(lr=1e-3))  # refusal world
-BASELINES = [m for m in METHODS if m not in ("random_mapping", "refusal")]
+# Stage 1's own methods beside the baselines: a method = (forget term, retain term), trained by `defend`
+METHODS: dict[str, Method] = {"random_mapping": Method(_random_mapping, "weight of the mapping term", {}, {}),
+                              **BASELINES,
+                              "refusal": Method(_refusal_training, "weight of the refusal term", {}, dict(lr=1e-3))}
 
 
 def for_method(method: str, **overrides) -> SafeguardConfig:
@@ -341,7 +229,7 @@ def safeguard_model(base, base_key: str, world, cfg: SafeguardConfig, run_dir: P
     model = load_model(run_dir / "base")  # a fresh copy of the base; `base` stays the frozen reference
     t0 = time.time()
     defend(model, base, world, cfg)
-    acc = evaluate.accuracies(model, world, evaluate.EVERY_GROUP)
+    acc = scoring.accuracies(model, world, scoring.EVERY_GROUP)
     log(f"{cfg.method}: {time.time() - t0:.0f}s, accuracy " + " ".join(f"{g} {a:.1%}" for g, a in acc.items()))
     save_model(model, world.tokenizer, path, {"key": key, "what": f"{cfg.method} safeguard",
                                                "parent": str(run_dir / "base"), "config": asdict(cfg),
@@ -350,7 +238,7 @@ def safeguard_model(base, base_key: str, world, cfg: SafeguardConfig, run_dir: P
 
 
 # --------------------------------------------------------------------------------------------------------
-# Honest tuning (BASELINES.md): a small grid per method, picked by at-rest forget accuracy on group A (unseen by
+# Honest tuning (docs/baselines.md): a small grid per method, picked by at-rest forget accuracy on group A (unseen by
 # the method, and not the evaluation group E) among settings that keep retain-train Rt ≥ 90%
 # --------------------------------------------------------------------------------------------------------
 RETAIN_FLOOR = 0.90
@@ -367,7 +255,7 @@ def _grid_point(job) -> list[dict]:
 
     def record(step):
         if step in steps:
-            acc = evaluate.accuracies(model, world, evaluate.EVERY_GROUP)
+            acc = scoring.accuracies(model, world, scoring.EVERY_GROUP)
             rows.append({**overrides, "steps": step, **{g: round(a, 4) for g, a in acc.items()}})
 
     try:
@@ -389,7 +277,7 @@ def run_grid(methods: list[str], world, run_dir: Path, workers: int, log=print) 
     log(f"grid: {len(jobs)} settings x 2 step counts over {', '.join(methods)} on {workers} worker(s)")
     t0 = time.time()
     if workers > 1:
-        with evaluate.start_pool(workers) as pool:
+        with redteam.start_pool(workers) as pool:
             results = list(pool.map(_grid_point, jobs))
     else:
         results = list(map(_grid_point, jobs))
@@ -406,37 +294,40 @@ def run_grid(methods: list[str], world, run_dir: Path, workers: int, log=print) 
     return saved
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(description="Build (or reuse) the base model and the random-mapping safeguard; with "
-                                            "--method, the baseline safeguards of BASELINES.md.")
-    p.error = lambda message: sys.exit(f"error: {message} (see --help)")
-    p.add_argument("--domain", default="bio")
-    p.add_argument("--runs", type=Path, default=Path("runs"), help="runs directory (default: runs)")
-    p.add_argument("--method", help=f"a baseline ({', '.join(BASELINES)}) or 'all': writes "
-                                    "<runs>/<domain>/baselines/<method>/")
-    p.add_argument("--grid", action="store_true", help="run the tuning grid of --method instead (grid.json)")
-    p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes for --grid")
-    args = p.parse_args(argv)
+@dataclass
+class SafeguardArgs:
+    domain: str = arg("bio", "the miniature world", choices=("bio", "chem", "cyber", "refusal"))
+    runs: str = arg("runs", "runs directory; writes <runs>/<domain>/base, safeguard, baselines/")
+    method: str = arg("", "a baseline, or 'all': writes <runs>/<domain>/baselines/<method>/ (empty: the "
+                          "random-mapping safeguard)", choices=("", *BASELINES, "all"))
+    grid: bool = arg(False, "run the tuning grid of --method instead (baselines/grid.json)")
+    workers: int = arg(os.cpu_count() or 1, "processes for --grid (one torch thread each)")
+
+
+def build(args: SafeguardArgs) -> None:
     torch.set_num_threads(1)
-    try:
-        methods = (BASELINES if args.method == "all" else [for_method(args.method).method]) if args.method else []
-        if args.grid and not methods:
-            raise UserError("--grid needs --method NAME or --method all")
-        world = build_world(WorldConfig(domain=args.domain))
-        run_dir = args.runs / args.domain
-        run_dir.mkdir(parents=True, exist_ok=True)
-        base, key = base_model(world, BaseConfig(), run_dir)
-        if args.grid:
-            run_grid(methods, world, run_dir, args.workers)
-        elif methods:
-            t0 = time.time()
-            for m in methods:
-                safeguard_model(base, key, world, for_method(m), run_dir, path=run_dir / "baselines" / m)
-            print(f"baselines: {time.time() - t0:.0f}s")
-        else:
-            safeguard_model(base, key, world, SafeguardConfig(), run_dir)
-    except (UserError, OSError) as e:
-        sys.exit(f"error: {e}")
+    world = build_world(WorldConfig(domain=args.domain))  # an unknown domain is one error line, naming the choices
+    methods = (list(BASELINES) if args.method == "all" else [for_method(args.method).method]) if args.method else []
+    cli.check_choices(args)
+    if args.grid and not methods:
+        raise UserError("--grid needs --method NAME or --method all")
+    run_dir = Path(args.runs) / args.domain
+    run_dir.mkdir(parents=True, exist_ok=True)
+    base, key = base_model(world, BaseConfig(), run_dir)
+    if args.grid:
+        run_grid(methods, world, run_dir, args.workers)
+    elif methods:
+        t0 = time.time()
+        for m in methods:
+            safeguard_model(base, key, world, for_method(m), run_dir, path=run_dir / "baselines" / m)
+        print(f"baselines: {time.time() - t0:.0f}s")
+    else:
+        safeguard_model(base, key, world, SafeguardConfig(), run_dir)
+
+
+def main(argv=None):
+    cli.run(SafeguardArgs, build, argv, "Build (or reuse) the base model and the random-mapping safeguard; with "
+            "--method, the baseline safeguards (Table 1).")
 
 
 if __name__ == "__main__":

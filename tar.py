@@ -6,7 +6,8 @@ Start from a safeguarded model θ0 (stage 1, `safeguard.py`). Each outer step si
 on the current weights, measures how much hazardous knowledge the *attacked* model shows (the entropy TR
 loss on held-out forget text x_TR), and moves θ so that future attacks recover less, while a retain loss
 keeps benign knowledge. The gradient through the attack is first-order (dθ'/dθ ≈ I): the TR gradient is
-taken at the attacked weights and applied to θ.
+taken at the attacked weights and applied to θ. `outer_step` below is Alg. 1 l.3-12 in the order of the
+numbered listing in docs/paper.md §2; `train_tar` is its loop (l.2).
 
 Run manual
     laptop, no GPU, no network (the built-in miniature world; ~17 min on 2 CPU cores, base pretraining
@@ -14,238 +15,104 @@ Run manual
         python tar.py --domain bio          # or chem, cyber; or refusal (Sec. 5 refusal: DPO TR loss, ASR)
     It pretrains the base model (cached in runs/bio/base), applies the random-mapping safeguard
     (runs/bio/safeguard), runs N outer steps of Alg. 1 (runs/bio/tar, metrics.jsonl), then measures base,
-    safeguard and TAR at rest and under three attacks on the red team's documents, and writes
+    safeguard and TAR at rest and under three attacks on the red team's documents (report.py), and writes
     runs/bio/results.json, results.md and PNG plots.
-    Every flag comes from `TARConfig` below: `python tar.py --help` shows each with its paper value.
+    Every flag comes from `TARConfig` (config.py): `python tar.py --help` shows each with its paper value.
 
-    at scale (any Hugging Face causal LM; the real datasets of ../shared/DATA.md, or local files in their
-    schemas with --data-dir; a real --model implies --preset paper):
+    at scale (any Hugging Face causal LM; the real datasets of docs/data.md, or local files in their
+    schemas with --data-dir; a real --model implies --preset paper; docs/scale.md):
         torchrun --nproc_per_node 8 tar.py --domain bio --model meta-llama/Meta-Llama-3-8B-Instruct
     Under torchrun every parameter is an FSDP2 shard (`fsdp.py`); `outer_step` is the same code. The model
     you pass is θ0 (apply an initial safeguard first); the result is written with save_pretrained to
     runs/<domain>/tar. A checkpoint is written every --checkpoint-every steps and on SIGTERM; --resume
     continues exactly.
 
-Files (runs/<domain>/, one writer each): checkpoint/ (resume state), metrics.jsonl (one line per outer step: tr_loss, retain_loss,
-retain_lm, retain_rep, inner_lr, grad_norm, seconds; forget_acc / retain_acc (refusal world: ASR / harmless, and refusal) every --eval-every steps),
-tar/ (save_pretrained + tokenizer), results.json (schema in `evaluate.run_results`), results.md, *.png.
+Files (runs/<domain>/, one writer each): checkpoint/ (resume state), metrics.jsonl (one line per outer step:
+tr_loss, retain_loss, retain_lm, retain_rep, inner_lr, grad_norm, seconds; forget_acc / retain_acc (refusal
+world: ASR / harmless, and refusal) every --eval-every steps), tar/ (save_pretrained + tokenizer),
+results.json (schema in `report.run_results`), results.md, *.png.
 """
 
 from __future__ import annotations
 
-import argparse
 import copy
-import dataclasses
 import json
 import os
 import random
-import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
+from transformers import get_constant_schedule_with_warmup, get_cosine_schedule_with_warmup
 
-import adversary
-import evaluate
+import cli
 import fsdp
 import losses
+import report
 import safeguard
-from adversary import Attack, TrainAttacks, attack, attack_stream, sample_attack
-from data import RealWorldConfig, Stream, UserError, WorldConfig, atomic_write, build_world, load_real_world, shard_batch
+import scoring
+import storage
+from adversary import attack_stream, attack_steps, sample_attack
+from batching import Stream, shard_batch
+from cli import UserError
+from config import MINI_DOMAIN, PAPER, PAPER_DOMAIN, TARConfig, configure
 from fsdp import Dist
-
-
-def arg(default, help: str):
-    """A config field whose help (and the paper preset's value, when it differs) shows in --help."""
-    make = (lambda: list(default)) if isinstance(default, (list, tuple)) else None
-    kw = {"default_factory": make} if make else {"default": default}
-    return field(metadata={"help": help}, **kw)
-
-
-@dataclass
-class TARConfig:
-    """Every hyperparameter, with the miniature recipe (PAPER.md §7) as defaults; PAPER below holds the paper's."""
-    # what to run
-    domain: str = arg("bio", "bio | chem | cyber (hazardous knowledge) | refusal (harmful requests, DPO TR loss)")
-    model: str = arg("", "a Hugging Face causal LM (hub id or directory) to make tamper-resistant: θ0 of Alg. 1, "
-                         "trained on the real datasets; empty: the built-in miniature world and its tiny Llama")
-    preset: str = arg("mini", "mini (defaults shown) | paper (the values in [paper: ...]); default: paper with "
-                          "--model, else mini. Flags you give override the preset")
-    data_dir: str = arg("", "with --model: local files in the real datasets' schemas instead of the hub "
-                            "(names in data.SOURCES)")
-    seq_len: int = arg(256, "with --model: documents are cut to this many tokens")
-    max_docs: int = arg(0, "with --model: at most this many documents per split (0 = all)")
-    runs: str = arg("runs", "runs directory; this run reads and writes <runs>/<domain>/")
-    seed: int = arg(0, "seed of the world, the models and every sampled attack")
-    threads: int = arg(1, "torch threads (1 is fastest for the miniature model; never more than your cores)")
-    # Alg. 1
-    outer_steps: int = arg(150, "N: outer steps")
-    inner_steps: int = arg(64, "K: attacker steps per outer step")
-    tr_every: int = arg(8, "take the TR gradient after every this many inner steps")
-    tr_weights: str = arg("uniform", "weights of the TR points: uniform (mean) | paper (exp(0.0625(k-K)), not "
-                                     "normalised)")
-    tr_loss: str = arg("entropy", "tamper-resistance loss: entropy (knowledge restriction) | dpo (refusal: chosen "
-                                  "= refusal, rejected = compliance; the default with --domain refusal)")
-    dpo_beta: float = arg(0.1, "β of the DPO TR loss")
-    tr_mask: str = arg("fact", "positions of the entropy TR loss: fact (next token is a fact value; the miniature "
-                               "world only) | tokens (real tokens) | all (padding too)")
-    inner_lrs: list = arg((1e-4, 3e-4, 1e-3), "train-time attack learning rates (sampled uniformly)")
-    inner_batch: int = arg(16, "train-time attacker batch size (global)")
-    retain_then_forget: float = arg(0.0, "probability that a sampled attack is retain->forget")
-    tr_batch: int = arg(32, "x_TR batch size (global; held-out forget documents)")
-    retain_batch: int = arg(64, "x_r batch size (global; retain documents)")
-    retain_data: str = arg("Rt", "x_r's documents: Rt (retain-train cities; with --model the retain corpus) | benign "
-                                 "(Rt and the unrelated text U: rivers; with --model WikiText)")
-    lambda_tr: float = arg(4.0, "λ_TR")
-    lambda_retain: float = arg(4.0, "λ_retain")
-    outer_params: str = arg("mlp", "the weights the outer step trains: mlp (each layer's MLP, where a transformer "
-                                   "stores facts) | all (the paper). Attacks always move every weight")
-    outer_optimizer: str = arg("adamw", "outer optimizer: adamw (wd 0) | schedulefree (Schedule-Free AdamW)")
-    outer_lr: float = arg(1e-2, "outer learning rate")
-    outer_eps: float = arg(1e-3, "ε of the outer Adam(W): lr·m/(√v + ε). Near a clipped gradient's typical entry "
-                                 "(1e-3 here) weights with small gradients take smaller steps (README, Results)")
-    outer_warmup: int = arg(0, "outer warmup steps")
-    outer_schedule: str = arg("cosine", "outer learning-rate schedule after warmup (adamw): constant | cosine (to 0 "
-                                        "at step N: the run ends where its updates have died down; cyber held on "
-                                        "4 of 5 seeds, 0 of 3 at a constant lr; README, Results)")
-    grad_clip: float = arg(1.0, "clip the outer gradient to this norm (0 = off)")
-    squared_distance: bool = arg(True, "squared hidden-state distance in the retain loss")
-    reference: str = arg("safeguard", "frozen reference of the retain loss: safeguard (θ0) | base (with --model "
-                                      "both are the model given)")
-    # scale (fsdp.py): memory, accumulation, checkpoints
-    micro_batch: int = arg(0, "rows per forward/backward on each process; larger batches are accumulated "
-                              "(0 = a process's whole share)")
-    snapshot_offload: bool = arg(False, "keep Alg. 1's snapshot in CPU memory (one model copy less on the GPU)")
-    checkpoint_every: int = arg(0, "write <runs>/<domain>/checkpoint every this many outer steps (0 = only on "
-                                   "SIGTERM)")
-    resume: bool = arg(False, "continue from <runs>/<domain>/checkpoint exactly")
-    # reporting
-    eval_every: int = arg(20, "measure forget / retain accuracy every this many outer steps (0 = never during training)")
-    attack_steps: int = arg(200, "length of each end-of-run attack (evaluated every 25 steps)")
-    workers: int = arg(2, "processes for the end-of-run attacks (one torch thread each)")
-    # earlier stages of the miniature world (cached in <runs>/<domain>/base and safeguard)
-    world_entities: int = arg(30, "hazardous entities per group T / A / E (the cities scale along)")
-    base_steps: int = arg(2000, "base pretraining steps")
-    safeguard_steps: int = arg(safeguard.SafeguardConfig.steps, "random-mapping safeguard steps")
-
-    def validate(self):
-        WorldConfig(domain=self.domain)  # raises on an unknown domain
-        positive = {name: getattr(self, name) for name in (
-            "outer_steps", "inner_steps", "tr_every", "inner_batch", "tr_batch", "retain_batch", "attack_steps",
-            "workers", "world_entities", "base_steps", "safeguard_steps", "threads", "outer_lr", "lambda_tr",
-            "lambda_retain", "seq_len")}
-        positive["inner_lrs"] = min(self.inner_lrs)
-        for name, value in positive.items():
-            if not 0 < value < float("inf"):
-                raise UserError(f"--{name.replace('_', '-')} must be positive, got {value}")
-        for name in ("micro_batch", "checkpoint_every", "max_docs", "outer_warmup", "eval_every", "outer_eps"):
-            if getattr(self, name) < 0:
-                raise UserError(f"--{name.replace('_', '-')} must not be negative")
-        if self.outer_warmup >= self.outer_steps:
-            raise UserError("--outer-warmup must be shorter than --outer-steps")
-        if self.tr_every > self.inner_steps:
-            raise UserError("--tr-every must not exceed --inner-steps (no TR point would be taken)")
-        choices = {"tr_weights": ("uniform", "paper"), "tr_mask": ("fact", "tokens", "all"), "tr_loss": ("entropy", "dpo"),
-                   "outer_schedule": ("constant", "cosine"), "outer_optimizer": ("adamw", "schedulefree"),
-                   "reference": ("safeguard", "base"), "preset": ("mini", "paper"), "retain_data": ("Rt", "benign"),
-                   "outer_params": ("mlp", "all")}
-        for name, allowed in choices.items():
-            if getattr(self, name) not in allowed:
-                raise UserError(f"--{name.replace('_', '-')} must be one of {', '.join(allowed)}")
-        if self.outer_optimizer == "schedulefree" and self.outer_schedule != "constant":
-            raise UserError("Schedule-Free AdamW has no schedule: use --outer-schedule constant")
-        if self.tr_loss == "dpo" and self.micro_batch % 2:
-            raise UserError("--tr-loss dpo keeps (chosen, rejected) rows together: --micro-batch must be even")
-        if self.model and self.tr_mask == "fact" and self.tr_loss == "entropy":
-            raise UserError("real text has no fact positions: use --tr-mask tokens or all with --model")
-
-    def world(self) -> WorldConfig | RealWorldConfig:
-        if self.model:
-            return RealWorldConfig(self.domain, self.model, self.data_dir, self.seq_len, self.max_docs)
-        n = self.world_entities
-        return WorldConfig(domain=self.domain, n_group=n, n_retain_train=max(2, 4 * n // 3),
-                           n_retain_heldout=max(2, 2 * n // 3), n_unrelated=max(2, 2 * n // 3), seed=self.seed)
-
-    def train_attacks(self) -> TrainAttacks:
-        return TrainAttacks(lrs=tuple(self.inner_lrs), steps=self.inner_steps, batch_size=self.inner_batch,
-                            retain_then_forget=self.retain_then_forget)
-
-
-# The paper's hyperparameters (PAPER.md §4, official code, bio), in one place: --preset paper. Where our
-# miniature default differs, the README's deviations list says why.
-PAPER = dict(outer_steps=750, inner_steps=64, tr_every=4, tr_weights="paper", tr_mask="all", outer_params="all",
-             inner_lrs=[2e-6, 2e-5, 4e-5], inner_batch=32, retain_then_forget=1 / 3, tr_batch=64, retain_batch=64,
-             lambda_tr=4.0, lambda_retain=1.0, outer_optimizer="schedulefree", outer_lr=2e-5, outer_eps=1e-8,
-             outer_warmup=32, outer_schedule="constant", grad_clip=0.0, squared_distance=False, reference="base",
-             seq_len=256)
-PAPER_DOMAIN = {"cyber": dict(inner_lrs=[2e-5, 4e-5], retain_then_forget=1 / 2),  # forget, retain→forget (½ each)
-                "chem": dict(inner_lrs=[2e-5, 4e-5], lambda_tr=3.0),
-                "refusal": dict(tr_loss="dpo", outer_steps=100, retain_then_forget=0.0)}  # Sec. 5: N = 100
-# The miniature refusal world's own defaults (given flags still override them), from a short sweep (README,
-# Refusal): outer lr 1e-2 broke refusal and harmless answers, 1e-3 resisted little; longer inner attacks (K)
-# resist longer and cost harmless accuracy, which λ_retain buys back. It was measured training every weight with
-# ε 1e-8, a TR point every 4 inner steps and a constant outer lr (the knowledge worlds' earlier defaults), and
-# keeps them.
-MINI_DOMAIN = {"refusal": dict(tr_loss="dpo", outer_steps=100, inner_steps=128, outer_lr=3e-3, lambda_retain=16.0,
-                               tr_every=4, outer_eps=1e-8, outer_params="all", outer_schedule="constant")}
-
-
-def configure(**given) -> TARConfig:
-    """The config from the flags a user gave: the preset's values (paper with a real --model unless a preset
-    is named), then every given flag on top (`tar.configure(model=..., preset="mini", outer_steps=2)`)."""
-    preset = given.get("preset") or ("paper" if given.get("model") else "mini")
-    domain = given.get("domain", "bio")
-    values = {**PAPER, **PAPER_DOMAIN.get(domain, {})} if preset == "paper" else MINI_DOMAIN.get(domain, {})
-    if given.get("outer_optimizer") == "schedulefree":  # it has no schedule: the mini preset's cosine does not apply
-        values = {**values, "outer_schedule": "constant"}
-    return TARConfig(**{**values, **given, "preset": preset})
+from realworld import load_real_world
+from world import build_world
 
 
 # --------------------------------------------------------------------------------------------------------
-# Alg. 1: one outer step
+# Alg. 1: one outer step (docs/paper.md §2)
 # --------------------------------------------------------------------------------------------------------
-def tr_loss(model, ref, b: Batch, cfg: TARConfig) -> torch.Tensor:
+def tr_loss(model, ref, b, cfg: TARConfig) -> torch.Tensor:
     """L_TR at the current (attacked) weights on one x_TR micro-batch: the entropy loss of Sec. 4.2 (knowledge
     restriction) or, for refusal, DPO against the frozen reference π_ref = θ0 (rows are (refusal, compliance)
     pairs; b.fact_mask marks the response tokens)."""
     logits = model(input_ids=b.input_ids, attention_mask=b.attention_mask).logits  # (B, T, V)
     if cfg.tr_loss == "entropy":
         # deviation: entropy on fact positions by default (official code: every position, padding included)
-        # because the hazard is the fact, and padding is not text (PAPER.md §8 pitfall 8); --tr-mask all: the code's.
+        # because the hazard is the fact, and padding is not text (docs/paper.md §8, pitfall 8); --tr-mask all:
+        # the code's.
         mask = {"fact": b.fact_mask, "tokens": b.attention_mask.bool(), "all": torch.ones_like(b.fact_mask)}
         return losses.entropy_tr_loss(logits, mask[cfg.tr_mask])
     if b.input_ids.shape[0] % 2:
         raise UserError("DPO pairs were split: give an even --micro-batch and a --tr-batch whose rows (2 per "
                         "pair) divide evenly over the processes")
-    with torch.no_grad():  # the official code precomputes these once; recomputing costs one forward
+    # deviation: π_ref's log-probabilities are recomputed at every TR point (official code: precomputed once)
+    # because that costs one forward of a frozen model and keeps no per-batch cache.
+    with torch.no_grad():
         logits_ref = ref(input_ids=b.input_ids, attention_mask=b.attention_mask).logits
     logp = losses.sequence_logprobs(logits, b.input_ids, b.fact_mask)  # (2P,)
     return losses.dpo_loss(logp, losses.sequence_logprobs(logits_ref, b.input_ids, b.fact_mask), cfg.dpo_beta)
 
 
-def outer_step(model, ref, outer_opt, world, x_tr, x_r, spec: Attack, cfg: TARConfig, attack_seed: int,
+def outer_step(model, ref, outer_opt, world, x_tr, x_r, rng: random.Random, cfg: TARConfig,
                d: Dist = Dist()) -> dict:
-    """One iteration of Alg. 1. Under torchrun each parameter is this rank's FSDP2 shard and each batch is cut
-    to this rank's rows (`shard_batch`); nothing below changes: `fsdp.local` is the whole tensor in one process.
+    """Alg. 1 l.3-12, once. Under torchrun each parameter is this rank's FSDP2 shard and each batch is cut to
+    this rank's rows (`shard_batch`); nothing below changes: `fsdp.local` is the whole tensor in one process.
     Gradients come from .backward() into .grad (FSDP2 reduce-scatters them there), so every batch may be a list
     of micro-batches whose gradients accumulate (a global batch larger than memory)."""
     params = [p for p in model.parameters() if p.requires_grad]
     shards = [fsdp.local(p) for p in params]  # this rank's piece of each parameter
     micro = lambda b: shard_batch(b, d.rank, d.world_size, cfg.micro_batch, d.device)
-    x_tr, x_r = micro(x_tr), micro(x_r)  # lists of micro-batches
-    # deviation: uniform mean over the TR points by default (official code: exp(0.0625 (k − K)), not normalised)
-    # because that is the recipe measured here (PAPER.md §7); --tr-weights paper gives the code's weights.
-    w = losses.tr_weights(cfg.inner_steps, cfg.tr_every, cfg.tr_weights)  # w_k, keyed by inner step k
-
-    # Alg. 1 l.4: snapshot θ (the attack below moves the weights in place); on the CPU if asked (as the code)
+    # l.3: attack ~ A_train (its LR and data; its data order from its own seed), rank 0's draw on every rank
+    spec, attack_seed = fsdp.broadcast((sample_attack(rng, cfg.train_attacks()), rng.randrange(2**31)), d)
+    # l.4: x_TR ~ D_TR, x_r ~ D_retain (drawn by the caller), as this rank's micro-batches
+    x_tr, x_r = micro(x_tr), micro(x_r)
+    # l.5: snapshot θ (the attack moves the weights in place; on the CPU if asked, as the code); g_TR ← 0
     snapshot = [s.detach().to("cpu" if cfg.snapshot_offload else s.device, copy=True) for s in shards]
     g_tr = [torch.zeros_like(s) for s in shards]  # Σ_k w_k ∇L_TR(θ_k)
     tr_losses = []
+    # deviation: uniform mean over the TR points by default (official code: exp(0.0625 (k − K)), not normalised)
+    # because that is the recipe measured here (docs/paper.md §7); --tr-weights paper gives the code's weights.
+    w = losses.tr_weights(cfg.inner_steps, cfg.tr_every, cfg.tr_weights)  # w_k, keyed by inner step k
 
-    # Alg. 1 l.6-7: every tr_every inner steps, the first-order TR gradient at the attacked weights θ_k
-    def tr_gradient(k: int):
+    # l.6-8: K steps of the sampled attack with a fresh inner optimizer; the loop pauses at θ_k every tr_every
+    batches = map(micro, attack_stream(spec, world.tokens, attack_seed))
+    for k in attack_steps(model, spec, batches, every=cfg.tr_every):
+        # l.9: g_TR ← g_TR + w_k ∇_θ L_TR(θ_k; x_TR), the first-order gradient at the attacked weights
         model.zero_grad(set_to_none=True)  # drop the attacker's last gradient
         l_tr = 0.0
         for b in x_tr:
@@ -256,16 +123,12 @@ def outer_step(model, ref, outer_opt, world, x_tr, x_r, spec: Attack, cfg: TARCo
             g.add_(fsdp.local(p.grad), alpha=w[k])
         tr_losses.append(l_tr)
 
-    # Alg. 1 l.5-7: K steps of the sampled attack with a fresh inner optimizer
-    attack(model, spec, map(micro, attack_stream(spec, world.tokens, attack_seed)), every=cfg.tr_every,
-           callback=tr_gradient)
-
-    # Alg. 1 l.8: restore θ exactly (the inner optimizer's state died with attack())
+    # l.10: restore θ exactly (the inner optimizer's state died with the attack)
     with torch.no_grad():
         for s, snap in zip(shards, snapshot):
             s.copy_(snap)
 
-    # Alg. 1 l.9: g = λ_retain ∇L_retain(θ; x_r) + λ_TR g_TR, the retain gradient at the restored θ (Eq. 2)
+    # l.11: g = λ_retain ∇L_retain(θ; x_r) + λ_TR g_TR, the retain gradient at the restored θ (Eq. 2)
     outer_opt.zero_grad(set_to_none=True)
     l_retain, parts = 0.0, {}
     for b in x_r:
@@ -279,10 +142,10 @@ def outer_step(model, ref, outer_opt, world, x_tr, x_r, spec: Attack, cfg: TARCo
     for p, g in zip(params, g_tr):
         fsdp.local(p.grad).add_(g, alpha=cfg.lambda_tr)
 
-    # Alg. 1 l.10: outer optimizer step. It moves the weights it holds (--outer-params): with mlp, the MLP
+    # l.12: outer optimizer step. It moves the weights it holds (--outer-params): with mlp, the MLP
     # coordinates of the clipped TAR gradient of every weight (the norm is the whole gradient's)
     # deviation: gradient clipping at 1.0 (paper and official code: none) because the miniature recipe of
-    # PAPER.md §7 clips; with Adam it only bounds the rare outlier step. --grad-clip 0 turns it off.
+    # docs/paper.md §7 clips; with Adam it only bounds the rare outlier step. --grad-clip 0 turns it off.
     norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
     outer_opt.step()
     logged = {"tr_loss": torch.stack(tr_losses).mean(), "retain_loss": l_retain, **parts}
@@ -291,32 +154,40 @@ def outer_step(model, ref, outer_opt, world, x_tr, x_r, spec: Attack, cfg: TARCo
 
 
 # --------------------------------------------------------------------------------------------------------
-# The training loop
+# The outer optimizer and the weights it trains
 # --------------------------------------------------------------------------------------------------------
 def outer_optimizer(model, cfg: TARConfig):
-    """The outer optimizer and its schedule, through adversary.make_optimizer (one place builds optimizers)."""
-    # deviation: plain AdamW, lr 1e-2 decayed to 0 by cosine, in the miniature preset (paper: Schedule-Free AdamW,
-    # lr 2e-5, warmup 32, --preset paper) because the miniature recipe was measured with it; the outer lr mattered
-    # most. At a constant 1e-2 whether an attack on unseen entities recovers flips from one outer step to the next
-    # (README, Results); decayed, the run ends where its updates have died down (cyber held the reference attack
-    # on 4 of 5 seeds, 0 of 3 at a constant lr), though the verdict still turns on differences too small to see.
-    spec = Attack("outer", cfg.outer_optimizer, cfg.outer_lr, cfg.outer_steps, weight_decay=0.0, eps=cfg.outer_eps,
-                  warmup=cfg.outer_warmup / cfg.outer_steps)
-    opt = adversary.make_optimizer(outer_parameters(model, cfg), spec)
-    schedule = adversary.SCHEDULES[cfg.outer_schedule](opt, num_warmup_steps=0 if cfg.outer_optimizer == "schedulefree"
-                                                       else cfg.outer_warmup, **(
-        {"num_training_steps": cfg.outer_steps} if cfg.outer_schedule != "constant" else {}))
-    averaged_weights(opt, False)  # Schedule-Free starts in training mode
-    return opt, schedule
+    """The outer optimizer (over `outer_parameters`) and its learning-rate schedule."""
+    params = outer_parameters(model, cfg)
+    if cfg.outer_optimizer == "schedulefree":  # the paper's; its warmup is built in and it has no schedule
+        import schedulefree
+        opt = schedulefree.AdamWScheduleFree(params, lr=cfg.outer_lr, eps=cfg.outer_eps, weight_decay=0.0,
+                                             warmup_steps=cfg.outer_warmup)
+        averaged_weights(opt, False)  # Schedule-Free starts in training mode
+        return opt, get_constant_schedule_with_warmup(opt, 0)
+    # deviation: plain AdamW, lr 1e-2 decayed to 0 by cosine, in the miniature preset (paper: Schedule-Free
+    # AdamW, lr 2e-5, warmup 32, --preset paper) because the miniature recipe was measured with it; the outer lr
+    # mattered most. At a constant 1e-2 whether an attack on unseen entities recovers flips from one outer step to
+    # the next (docs/results.md); decayed, the run ends where its updates have died down (cyber held the
+    # reference attack on 4 of 5 seeds, 0 of 3 at a constant lr), though the verdict still turns on small
+    # differences.
+    # deviation: Adam's ε = 1e-3 in the miniature preset (paper: 1e-8) because near a clipped gradient's typical
+    # entry it gives weights with small gradients smaller steps, which kept held-out facts (docs/results.md).
+    fused = (bool(params) and all(p.is_cuda for p in params)) or None  # GPU: one kernel
+    opt = torch.optim.AdamW(params, lr=cfg.outer_lr, eps=cfg.outer_eps, weight_decay=0.0, fused=fused)
+    if cfg.outer_schedule == "cosine":
+        return opt, get_cosine_schedule_with_warmup(opt, cfg.outer_warmup, cfg.outer_steps)
+    return opt, get_constant_schedule_with_warmup(opt, cfg.outer_warmup)
 
 
 def outer_parameters(model, cfg: TARConfig) -> list:
-    """The weights TAR trains. deviation: only the MLPs in the miniature preset (paper: every weight, --outer-params
-    all). Trained everywhere, TAR also rewrote the attention that routes a name to its facts, and held-out benign
-    facts went with the hazardous ones (resetting layer 0's attention of a trained model to θ0 gave back 8 points
-    of held-out cities); facts live in the MLPs, and trained there TAR keeps held-out cities (README, Results)."""
+    """The weights TAR trains (Alg. 1 l.12)."""
     if cfg.outer_params == "all":
         return [p for p in model.parameters() if p.requires_grad]
+    # deviation: only the MLPs in the miniature preset (paper: every weight, --outer-params all) because trained
+    # everywhere TAR also rewrote the attention that routes a name to its facts, and held-out benign facts went
+    # with the hazardous ones (resetting layer 0's attention of a trained model to θ0 gave back 8 points of
+    # held-out cities); facts live in the MLPs, and trained there TAR keeps held-out cities (docs/results.md).
     mlps = [m for name, m in model.named_modules() if name.rsplit(".", 1)[-1] in ("mlp", "feed_forward")]
     if not mlps:
         raise UserError(f"--outer-params mlp: {type(model).__name__} has no module named mlp or feed_forward; "
@@ -325,15 +196,18 @@ def outer_parameters(model, cfg: TARConfig) -> list:
 
 
 def averaged_weights(opt, on: bool) -> None:
-    """Schedule-Free AdamW trains at one iterate and must evaluate and save another (PAPER.md §8 pitfall 7):
-    on=True moves the model to the averaged weights, on=False back to training. No-op for AdamW."""
+    """Schedule-Free AdamW trains at one iterate and must evaluate and save another (docs/paper.md §8, pitfall
+    7): on=True moves the model to the averaged weights, on=False back to training. No-op for AdamW."""
     if hasattr(opt, "eval"):
         opt.eval() if on else opt.train()
 
 
+# --------------------------------------------------------------------------------------------------------
+# Alg. 1 l.2: the outer loop
+# --------------------------------------------------------------------------------------------------------
 def train_tar(model, ref, world, cfg: TARConfig, run_dir: Path, d: Dist = Dist(), log=print):
     """N outer steps of Alg. 1 from θ0 = `model` (in place); one metrics.jsonl line per step; checkpoints in
-    run_dir/checkpoint (every --checkpoint-every steps, and on SIGTERM, after which Stopped is raised)."""
+    run_dir/checkpoint (every --checkpoint-every steps, and on SIGTERM, after which cli.Stopped is raised)."""
     from tqdm import tqdm
     ref.eval().requires_grad_(False)
     opt, schedule = outer_optimizer(model, cfg)
@@ -343,30 +217,10 @@ def train_tar(model, ref, world, cfg: TARConfig, run_dir: Path, d: Dist = Dist()
         raise UserError(f"--retain-data {cfg.retain_data}: this world has no such documents")
     x_rs = Stream(world.tokens[cfg.retain_data], cfg.retain_batch, cfg.seed + 1)
     metrics, ckpt, start = run_dir / "metrics.jsonl", run_dir / "checkpoint", 1
-
-    def save(step: int):  # everything the next step depends on, per rank
-        fsdp.save_checkpoint(ckpt, model, opt, {
-            "step": step, "config": asdict(cfg), "rng": rng.getstate(), "torch_rng": torch.get_rng_state(),
-            "x_tr": x_trs.state_dict(), "x_r": x_rs.state_dict(), "schedule": schedule.state_dict()}, d)
-
+    state = {"rng": rng, "x_tr": x_trs, "x_r": x_rs, "schedule": schedule}  # what the next step depends on
     if cfg.resume:
-        if not (ckpt / f"rank{d.rank}.pt").exists():
-            raise UserError(f"--resume: no checkpoint in {ckpt}")
-        state = fsdp.load_checkpoint(ckpt, model, opt, d)
-        changed = [k for k, v in state["config"].items() if k not in ("resume", "checkpoint_every", "workers")
-                   and getattr(cfg, k) != v]
-        if changed:
-            raise UserError(f"--resume: the checkpoint was made with other settings ({', '.join(changed)})")
-        start = state["step"] + 1
-        rng.setstate(state["rng"])
-        torch.set_rng_state(state["torch_rng"])
-        x_trs.load_state_dict(state["x_tr"])
-        x_rs.load_state_dict(state["x_r"])
-        schedule.load_state_dict(state["schedule"])
-        if d.is_main:  # the lines of steps after the checkpoint are redone
-            kept = [line for line in metrics.read_text().splitlines() if json.loads(line)["step"] <= state["step"]]
-            atomic_write(metrics, "".join(line + "\n" for line in kept))
-        log(f"TAR: resumed after outer step {state['step']}")
+        start = resume(ckpt, model, opt, state, cfg, metrics, d) + 1
+        log(f"TAR: resumed after outer step {start - 1}")
 
     stop, t0 = fsdp.Stop(), time.time()
     try:
@@ -374,13 +228,12 @@ def train_tar(model, ref, world, cfg: TARConfig, run_dir: Path, d: Dist = Dist()
                 tqdm(range(start, cfg.outer_steps + 1), desc="TAR", unit="step", disable=None if d.is_main else True,
                      initial=start - 1, total=cfg.outer_steps) as bar:
             for step in bar:
-                spec = sample_attack(rng, cfg.train_attacks())  # Alg. 1 l.3: attack ~ A_train
-                m = outer_step(model, ref, opt, world, next(x_trs), next(x_rs), spec, cfg, rng.randrange(2**31), d)
+                m = outer_step(model, ref, opt, world, next(x_trs), next(x_rs), rng, cfg, d)
                 schedule.step()
                 m = {"step": step, **m, "seconds": round(time.time() - t0, 2)}
                 if cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.outer_steps):
                     averaged_weights(opt, True)
-                    acc = evaluate.accuracies(model, world)
+                    acc = scoring.accuracies(model, world)
                     averaged_weights(opt, False)
                     m.update(forget_acc=acc["forget"], retain_acc=acc["retain"],
                              **({"refusal": acc["refusal"]} if "refusal" in acc else {}))  # (refusal world: E)
@@ -390,18 +243,39 @@ def train_tar(model, ref, world, cfg: TARConfig, run_dir: Path, d: Dist = Dist()
                 f.flush()  # a crash loses nothing already measured
                 stopping = fsdp.any_rank(stop.requested, d)
                 if stopping or (cfg.checkpoint_every and step % cfg.checkpoint_every == 0):
-                    save(step)
+                    storage.save_checkpoint(ckpt, model, opt, {
+                        "step": step, "config": asdict(cfg), "rng": rng.getstate(), "torch_rng": torch.get_rng_state(),
+                        "x_tr": x_trs.state_dict(), "x_r": x_rs.state_dict(), "schedule": schedule.state_dict()}, d)
                 if stopping:
-                    raise fsdp.Stopped(f"stopped by SIGTERM after outer step {step}; checkpoint written to {ckpt}; "
-                                  "rerun with the same flags and --resume")
+                    raise cli.Stopped(f"stopped by SIGTERM after outer step {step}; checkpoint written to {ckpt}; "
+                                      "rerun with the same flags and --resume")
     finally:
         stop.close()
     averaged_weights(opt, True)  # the weights to save and evaluate
     log(f"TAR: outer steps {start}..{cfg.outer_steps} in {time.time() - t0:.0f}s")
 
 
+def resume(ckpt: Path, model, opt, state: dict, cfg: TARConfig, metrics: Path, d: Dist) -> int:
+    """Restores model, optimizer, RNGs, data positions and schedule from `ckpt`; returns its outer step."""
+    if not (ckpt / f"rank{d.rank}.pt").exists():
+        raise UserError(f"--resume: no checkpoint in {ckpt}")
+    saved = storage.load_checkpoint(ckpt, model, opt, d)
+    changed = [k for k, v in saved["config"].items() if k not in ("resume", "checkpoint_every", "workers")
+               and getattr(cfg, k) != v]
+    if changed:
+        raise UserError(f"--resume: the checkpoint was made with other settings ({', '.join(changed)})")
+    state["rng"].setstate(saved["rng"])
+    torch.set_rng_state(saved["torch_rng"])
+    for name in ("x_tr", "x_r", "schedule"):
+        state[name].load_state_dict(saved[name])
+    if d.is_main:  # the lines of steps after the checkpoint are redone
+        kept = [line for line in metrics.read_text().splitlines() if json.loads(line)["step"] <= saved["step"]]
+        storage.atomic_write(metrics, "".join(line + "\n" for line in kept))
+    return saved["step"]
+
+
 # --------------------------------------------------------------------------------------------------------
-# Evaluation of base, safeguard and TAR, at rest and under the end-of-run attacks
+# A whole run: stage 1 (cached), TAR, the end-of-run report
 # --------------------------------------------------------------------------------------------------------
 def run(cfg: TARConfig, log=print) -> dict:
     cfg.validate()
@@ -422,8 +296,8 @@ def run(cfg: TARConfig, log=print) -> dict:
     timings, t0 = {}, time.time()
     world = build_world(cfg.world())
 
-    # Stage 1: base model and initial safeguard θ0 (cached): random mapping, or for refusal the refusal-trained
-    # "instruct" model (the paper starts refusal-TAR from Llama-3-8B-Instruct itself)
+    # Alg. 1 l.1, stage 1: base model and initial safeguard θ0 (cached): random mapping, or for refusal the
+    # refusal-trained "instruct" model (the paper starts refusal-TAR from Llama-3-8B-Instruct itself)
     base, base_key = safeguard.base_model(world, safeguard.BaseConfig(steps=cfg.base_steps, seed=cfg.seed),
                                           run_dir, log)
     method = "refusal" if world.chats else "random_mapping"
@@ -431,38 +305,28 @@ def run(cfg: TARConfig, log=print) -> dict:
         method, steps=cfg.safeguard_steps, seed=cfg.seed), run_dir, log)
     timings["base_and_safeguard"] = round(time.time() - t0, 1)
 
-    # While TAR trains on one core, a worker attacks base and safeguard on the other.
-    jobs = {(m, s.name): evaluate.Job(m, str(run_dir / m), s, world.config, cfg.seed, 25)
-            for m in (("safeguard", "tar") if world.chats else ("base", "safeguard", "tar"))  # (the refusal
-            for s in evaluate.end_of_run_attacks(cfg.attack_steps)}  # world's base already answers all: ASR 100%)
-    pool = evaluate.start_pool(max(1, cfg.workers - 1))
-    futures = {k: pool.submit(evaluate.run_job, j) for k, j in jobs.items() if k[0] != "tar"}
+    # While TAR trains on one core, a worker attacks base and safeguard on the other (the refusal world's
+    # base already answers every prompt: ASR 100%, not attacked)
+    end = report.EndOfRun(run_dir, world, cfg, ("safeguard", "tar") if world.chats else ("base", "safeguard", "tar"))
 
-    # Stage 2: TAR from θ0 (Alg. 1)
+    # Stage 2: TAR from θ0 (Alg. 1 l.2-12)
     t1 = time.time()
     # deviation: the frozen reference of the retain loss is θ0, the safeguarded model (paper and official code:
     # the original model) because TAR starts from θ0 and the retain term is there to keep θ0's benign behaviour
-    # (PAPER.md §7 recipe). --reference base gives the paper's choice.
+    # (docs/paper.md §7 recipe). --reference base gives the paper's choice.
     ref = copy.deepcopy(theta0 if cfg.reference == "safeguard" else base)
     train_tar(theta0, ref, world, cfg, run_dir, log=log)
-    safeguard.save_model(theta0, world.tokenizer, run_dir / "tar",
-                         {"key": safeguard.digest("tar", base_key, asdict(cfg)), "what": "TAR",
-                          "parent": str(run_dir / "safeguard"), "config": asdict(cfg)})
+    storage.save_model(theta0, world.tokenizer, run_dir / "tar",
+                       {"key": storage.digest("tar", base_key, asdict(cfg)), "what": "TAR",
+                        "parent": str(run_dir / "safeguard"), "config": asdict(cfg)})
     timings["tar"] = round(time.time() - t1, 1)
 
-    # End-of-run attacks: TAR's in this process, base and safeguard's finish in the worker meanwhile.
+    # End-of-run attacks: TAR's in this process, base and safeguard's finish in the worker meanwhile
     t2 = time.time()
-    from tqdm import tqdm
-    curves = {}
-    for key in tqdm([k for k in jobs if k[0] == "tar"], desc="attacking TAR", leave=False, disable=None):
-        curves[key] = evaluate.run_job(jobs[key])["curve"]
-    curves.update({k: f.result()["curve"] for k, f in futures.items()})
-    pool.shutdown()
+    curves = end.finish()
     timings["attacks"] = round(time.time() - t2, 1)
     timings["total"] = round(time.time() - t0, 1)
-
-    results = evaluate.run_results(run_dir, world, cfg, curves, timings)
-    return evaluate.write_report(results, run_dir, log)
+    return report.write_report(report.run_results(run_dir, world, cfg, curves, timings), run_dir, log)
 
 
 def run_real(cfg: TARConfig, run_dir: Path, d: Dist, log) -> dict:
@@ -471,10 +335,9 @@ def run_real(cfg: TARConfig, run_dir: Path, d: Dist, log) -> dict:
     save_pretrained; red-team it with evaluate.py."""
     t0 = time.time()
     world = load_real_world(cfg.world())
-    model, config = fsdp.load_model(cfg.model, d)
-    ref = fsdp.load_model(cfg.model, d)[0]  # the frozen reference: θ0 (with --model, base and θ0 are the same)
+    model, ref = storage.load_model(cfg.model, d), storage.load_model(cfg.model, d)  # ref: frozen θ0
     if d.is_main:
-        est = fsdp.memory_estimate(config, d.world_size, cfg.micro_batch or max(
+        est = fsdp.memory_estimate(model.config, d.world_size, cfg.micro_batch or max(
             cfg.inner_batch, cfg.tr_batch, cfg.retain_batch) // d.world_size, cfg.seq_len,
             d.device.type == "cuda", cfg.snapshot_offload)
         gpu = torch.cuda.get_device_properties(d.device).total_memory / 2**30 if d.device.type == "cuda" else None
@@ -483,53 +346,37 @@ def run_real(cfg: TARConfig, run_dir: Path, d: Dist, log) -> dict:
             f"{', '.join(f'{k} {len(v)} items' for k, v in world.items.items())} (world {world.digest})")
     train_tar(model, ref, world, cfg, run_dir, d, log)
     timings = {"tar": round(time.time() - t0, 1)}
-    at_rest = {"tar": evaluate.accuracies(model, world)}  # the in-memory (sharded) model, all ranks in step
-    fsdp.save_pretrained(model, world.tokenizer, run_dir / "tar", d,
-                         {"what": "TAR", "parent": cfg.model, "config": asdict(cfg)})
+    at_rest = {"tar": scoring.accuracies(model, world)}  # the in-memory (sharded) model, all ranks in step
+    storage.save_model(model, world.tokenizer, run_dir / "tar", {"what": "TAR", "parent": cfg.model,
+                                                                 "config": asdict(cfg)}, d)
     timings["total"] = round(time.time() - t0, 1)
-    results = evaluate.run_results(run_dir, world, cfg, {}, timings, at_rest)
-    return evaluate.write_report(results, run_dir, log) if d.is_main else results
+    results = report.run_results(run_dir, world, cfg, {}, timings, at_rest)
+    return report.write_report(results, run_dir, log) if d.is_main else results
 
 
 # --------------------------------------------------------------------------------------------------------
-# CLI: one flag per TARConfig field
+# CLI: one flag per TARConfig field, the paper's value beside each default
 # --------------------------------------------------------------------------------------------------------
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line, no usage dump
-        sys.exit(f"error: {message} (see --help)")
+def paper_value(f) -> str:
+    """--help's note on a field: the miniature refusal world's own default, and the paper's value."""
+    mini = "; ".join(f"{dom} {v[f.name]}" for dom, v in MINI_DOMAIN.items() if f.name in v)
+    overrides = "".join(f"; {dom} {v[f.name]}" for dom, v in PAPER_DOMAIN.items() if f.name in v)
+    return (f" [mini {mini}]" if mini else "") + (f" [paper: {PAPER[f.name]}{overrides}]" if f.name in PAPER else "")
 
 
 def parse_args(argv=None) -> TARConfig:
-    p = _Parser(description="TAR (Alg. 1): on the built-in miniature world, or on any Hugging Face causal LM "
-                            "with --model (under torchrun: FSDP2).")
-    for f in dataclasses.fields(TARConfig):
-        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-        overrides = "".join(f"; {dom} {v[f.name]}" for dom, v in PAPER_DOMAIN.items() if f.name in v)
-        paper = f" [paper: {PAPER[f.name]}{overrides}]" if f.name in PAPER else ""
-        mini = "".join(f"; {dom} {v[f.name]}" for dom, v in MINI_DOMAIN.items() if f.name in v)
-        shown = f" (default: {default}{mini})" if default != "" and f.name != "preset" else ""  # preset: its help
-        help_ = f.metadata["help"] + shown + paper
-        flag = "--" + f.name.replace("_", "-")
-        kw = dict(default=argparse.SUPPRESS, help=help_.replace("%", "%%"))  # given flags only: presets fill the rest
-        if isinstance(default, bool):
-            p.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
-        elif isinstance(default, list):
-            p.add_argument(flag, type=float, nargs="+", **kw)
-        else:
-            p.add_argument(flag, type=type(default), **kw)
-    return configure(**vars(p.parse_args(argv)))
+    return configure(**cli.flags(TARConfig, argv, "TAR (Alg. 1): on the built-in miniature world, or on any "
+                                                  "Hugging Face causal LM with --model (under torchrun: FSDP2).",
+                                 paper_value))
 
 
 def main(argv=None):
-    cfg = parse_args(argv)
-    try:
-        run(cfg)
-    except (UserError, fsdp.Stopped) as e:
-        sys.exit(f"error: {e}" if isinstance(e, UserError) else str(e))
-    except KeyboardInterrupt:
-        sys.exit("interrupted: finished models and metrics.jsonl lines are kept; nothing half-written remains")
-    finally:
-        fsdp.teardown()
+    def body():
+        try:
+            run(parse_args(argv))
+        finally:
+            fsdp.teardown()
+    cli.main(body)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,6 @@ Run:  python benchmarks/gpu.py [--out DIR]      # the card; writes gpu_report.js
 
 from __future__ import annotations
 
-import argparse
 import copy
 import datetime
 import json
@@ -32,21 +31,27 @@ import statistics
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import evaluate  # noqa: E402
+import cli  # noqa: E402
 import fsdp  # noqa: E402
+import scoring  # noqa: E402
+import storage  # noqa: E402
 import tar  # noqa: E402
-from data import Tokens, World, WorldConfig, make_tokenizer  # noqa: E402
+from batching import Tokens  # noqa: E402
+from cli import arg  # noqa: E402
+from tokenizer import make_tokenizer  # noqa: E402
+from world import World, WorldConfig  # noqa: E402
 from tar_step import parts_time  # noqa: E402
 
 PEAK_FLOPS = 989e12  # H100 / H200 SXM, dense bf16
 LLAMA = dict(model_type="llama", rope_theta=500000.0, max_position_embeddings=8192, rms_norm_eps=1e-5)
-SHAPES = {  # ../shared/DATA.md §5 and the issue: Llama-3.2-1B, and Llama-3-8B cut to 4 layers
+SHAPES = {  # docs/data.md §5 and the issue: Llama-3.2-1B, and Llama-3-8B cut to 4 layers
     "llama-3.2-1b": dict(LLAMA, hidden_size=2048, num_hidden_layers=16, num_attention_heads=32, num_key_value_heads=8,
                          intermediate_size=8192, vocab_size=128256, tie_word_embeddings=True),
     "llama-3-8b-4-layers": dict(LLAMA, hidden_size=4096, num_hidden_layers=4, num_attention_heads=32,
@@ -134,8 +139,9 @@ def measure_shape(name: str, shape: dict, d, args) -> dict:
     opt, _ = tar.outer_optimizer(model, cfg)
     x_tr = next(tar.Stream(world.tokens["T_tr"], cfg.tr_batch, 0))
     x_r = next(tar.Stream(world.tokens["Rt"], cfg.retain_batch, 1))
-    spec = tar.sample_attack(random.Random(0), cfg.train_attacks())
-    step = lambda: tar.outer_step(model, ref, opt, world, x_tr, x_r, spec, cfg, 1, d)
+    rng = random.Random(0)  # outer_step draws the same attack from an equal RNG at every call
+    spec, seed = tar.sample_attack(rng, cfg.train_attacks()), rng.randrange(2**31)
+    step = lambda: tar.outer_step(model, ref, opt, world, x_tr, x_r, random.Random(0), cfg, d)
     step()  # warm-up: kernels, allocator, optimizer state
     sync(d)
     static = torch.cuda.memory_allocated() / 2**30 if d.device.type == "cuda" else None  # what stays between steps
@@ -146,7 +152,7 @@ def measure_shape(name: str, shape: dict, d, args) -> dict:
         step()
         sync(d)
         outer.append(time.perf_counter() - t0)
-        parts.append(parts_time(model, ref, world, x_tr, x_r, spec, cfg, 1, d))
+        parts.append(parts_time(model, ref, world, x_tr, x_r, spec, cfg, seed, d))
     o, s = statistics.median(outer), statistics.median(parts)
     P = fsdp.count_parameters(config)
     per_token = flops_per_token(shape, args.seq)
@@ -159,7 +165,7 @@ def measure_shape(name: str, shape: dict, d, args) -> dict:
     # restore exactness on this device: an outer step with lr 0 must leave every weight bit-identical
     before = [fsdp.local(p).detach().clone() for p in model.parameters()]
     frozen = torch.optim.AdamW(model.parameters(), lr=0.0, weight_decay=0.0)
-    tar.outer_step(model, ref, frozen, world, x_tr, x_r, spec, cfg, 2, d)
+    tar.outer_step(model, ref, frozen, world, x_tr, x_r, random.Random(2), cfg, d)
     restore = max((fsdp.local(p).detach() - b).abs().max().item() for p, b in zip(model.parameters(), before))
     return {"shape": name, "parameters": P, "K": cfg.inner_steps, "seq": args.seq, "micro_batch": cfg.micro_batch,
             "batches": {"attacker": cfg.inner_batch, "tr": cfg.tr_batch, "retain": cfg.retain_batch},
@@ -213,30 +219,35 @@ def checkpoint_round_trip(d, args, root: Path) -> dict:
     tar.train_tar(again, ref2, world, tar.configure(**{**vars(cfg), "resume": True}), run_dir, d,
                   log=lambda *_: None)
     resumed = max((fsdp.local(p).detach() - s).abs().max().item() for p, s in zip(again.parameters(), straight))
-    in_memory = evaluate.accuracies(again, world)
-    fsdp.save_pretrained(again, tok, run_dir / "tar", d, {"what": "gpu report"})
+    in_memory = scoring.accuracies(again, world)
+    storage.save_model(again, tok, run_dir / "tar", {"what": "gpu report"}, d)
     reloaded = AutoModelForCausalLM.from_pretrained(run_dir / "tar", dtype=torch.float32).to(d.device)
-    mc = evaluate.world_mc(world, "E", "letter")
-    gap = (evaluate.mc_loglikelihoods(again, mc) - evaluate.mc_loglikelihoods(reloaded, mc)).abs().max().item()
-    return {"resume_max_abs_diff": resumed, "in_memory": in_memory, "reloaded": evaluate.accuracies(reloaded, world),
-            "scores_equal": in_memory == evaluate.accuracies(reloaded, world), "loglik_max_abs_diff": gap}
+    mc = scoring.world_mc(world, "E", "letter")
+    gap = (scoring.mc_loglikelihoods(again, mc) - scoring.mc_loglikelihoods(reloaded, mc)).abs().max().item()
+    return {"resume_max_abs_diff": resumed, "in_memory": in_memory, "reloaded": scoring.accuracies(reloaded, world),
+            "scores_equal": in_memory == scoring.accuracies(reloaded, world), "loglik_max_abs_diff": gap}
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--tiny", action="store_true", help="CPU smoke test: a tiny shape, K 2, seq 32")
-    p.add_argument("--out", type=Path, default=None, help="report directory (default: $OUT, else benchmarks/results)")
-    p.add_argument("--k", type=int, default=8, help="inner steps K (small: the step's shape, not its length, matters)")
-    p.add_argument("--seq", type=int, default=256)
-    p.add_argument("--micro-batch", type=int, default=8, help="rows per forward (the batches are accumulated)")
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--shapes", nargs="+", choices=sorted(SHAPES), default=sorted(SHAPES))
-    args = p.parse_args(argv)
+@dataclass
+class GpuArgs:
+    tiny: bool = arg(False, "CPU smoke test: a tiny shape, K 2, seq 32")
+    out: str = arg("", "report directory (default: $OUT, else benchmarks/results)")
+    k: int = arg(8, "inner steps K (small: the step's shape, not its length, matters)")
+    seq: int = arg(256, "tokens per row")
+    micro_batch: int = arg(8, "rows per forward (the batches are accumulated)")
+    repeats: int = arg(3, "timed repeats")
+    shapes: list = arg(sorted(SHAPES), f"shapes to measure, of {', '.join(sorted(SHAPES))}", of=str)
+
+
+def report_gpu(args: GpuArgs) -> None:
+    unknown = [s for s in args.shapes if s not in SHAPES]
+    if unknown:
+        raise cli.UserError(f"unknown shape {', '.join(unknown)}; known: {', '.join(sorted(SHAPES))}")
     shapes = TINY if args.tiny else {k: SHAPES[k] for k in args.shapes}
     if args.tiny:
         args.k, args.seq, args.micro_batch, args.repeats = 2, 32, 16, 1
         torch.set_num_threads(1)
-    out = args.out or Path(os.environ.get("OUT") or Path(__file__).parent / "results")
+    out = Path(args.out or os.environ.get("OUT") or Path(__file__).parent / "results")
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
     os.environ.setdefault("MASTER_PORT", str(29500 + os.getpid() % 1000))
     os.environ.setdefault("RANK", "0")
@@ -268,6 +279,10 @@ def main(argv=None):
     print(json.dumps({k: v for k, v in report.items() if k != "shapes"}, indent=1))
     print(f"wrote {path}")
     fsdp.teardown()
+
+
+def main(argv=None):
+    cli.run(GpuArgs, report_gpu, argv, __doc__.split("\n\n")[0])
 
 
 if __name__ == "__main__":

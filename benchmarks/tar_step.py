@@ -22,13 +22,13 @@ Run:  python benchmarks/tar_step.py                        # the miniature model
 
 from __future__ import annotations
 
-import argparse
 import copy
 import gc
 import random
 import statistics
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -36,11 +36,14 @@ from torch.optim.optimizer import register_optimizer_step_post_hook
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import adversary  # noqa: E402
+import cli  # noqa: E402
 import fsdp  # noqa: E402
 import losses  # noqa: E402
 import safeguard  # noqa: E402
 import tar  # noqa: E402
-from data import Stream, WorldConfig, build_world, shard_batch  # noqa: E402
+from batching import Stream, shard_batch  # noqa: E402
+from cli import arg  # noqa: E402
+from world import WorldConfig, build_world  # noqa: E402
 
 
 def live_tensors() -> dict[int, torch.Tensor]:
@@ -88,15 +91,18 @@ def parts_time(model, ref, world, x_tr, x_r, spec, cfg, seed, d=fsdp.Dist()) -> 
     return elapsed
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--width", type=int, default=128)
-    p.add_argument("--layers", type=int, default=4)
-    p.add_argument("--inner-steps", type=int, default=tar.TARConfig.inner_steps)
-    p.add_argument("--outer-params", default=tar.TARConfig.outer_params, help="mlp | all (tar.py --outer-params)")
-    p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--threads", type=int, default=1)
-    args = p.parse_args(argv)
+@dataclass
+class BenchArgs:
+    width: int = arg(128, "model width")
+    layers: int = arg(4, "decoder layers")
+    inner_steps: int = arg(tar.TARConfig.inner_steps, "K (tar.py --inner-steps)")
+    outer_params: str = arg(tar.TARConfig.outer_params, "tar.py --outer-params", choices=("mlp", "all"))
+    repeats: int = arg(5, "timed repeats (interleaved)")
+    threads: int = arg(1, "torch threads")
+
+
+def bench(args: BenchArgs) -> None:
+    cli.check_choices(args)
     torch.set_num_threads(args.threads)
     d = fsdp.setup_dist()
 
@@ -114,21 +120,22 @@ def main(argv=None):
     outer_opt, _ = tar.outer_optimizer(model, cfg)  # Adam state for the weights the outer step trains
     x_tr = next(Stream(world.tokens["T_tr"], cfg.tr_batch, 0))
     x_r = next(Stream(world.tokens["Rt"], cfg.retain_batch, 1))
-    spec = adversary.sample_attack(random.Random(0), cfg.train_attacks())
+    rng = random.Random(0)  # outer_step draws the same attack from an equal RNG at every call
+    spec, seed = adversary.sample_attack(rng, cfg.train_attacks()), rng.randrange(2**31)
     say = print if d.is_main else (lambda *_: None)
     say(f"{d.world_size} process(es); model: width {args.width}, {args.layers} layers, {n_params / 1e6:.2f}M parameters; K = {cfg.inner_steps}, "
           f"TR every {cfg.tr_every}, outer step trains {cfg.outer_params}, batches attacker {cfg.inner_batch} / TR {cfg.tr_batch} / retain {cfg.retain_batch}; "
           f"{torch.get_num_threads()} torch thread(s)")
 
-    step = lambda: tar.outer_step(model, ref, outer_opt, world, x_tr, x_r, spec, cfg, attack_seed=1, d=d)
+    step = lambda: tar.outer_step(model, ref, outer_opt, world, x_tr, x_r, random.Random(0), cfg, d=d)
     step()  # warm-up (also creates the outer optimizer's state)
-    parts_time(model, ref, world, x_tr, x_r, spec, cfg, 1, d)
+    parts_time(model, ref, world, x_tr, x_r, spec, cfg, seed, d)
     outer, parts = [], []
     for _ in range(args.repeats):  # interleaved: both see the same machine conditions
         t0 = time.perf_counter()
         step()
         outer.append(time.perf_counter() - t0)
-        parts.append(parts_time(model, ref, world, x_tr, x_r, spec, cfg, 1, d))
+        parts.append(parts_time(model, ref, world, x_tr, x_r, spec, cfg, seed, d))
     o, s = statistics.median(outer), statistics.median(parts)
     say(f"outer step {o * 1000:.0f} ms (median of {args.repeats}), sum of parts {s * 1000:.0f} ms, "
           f"ratio {o / s:.3f} (goal ≤ 1.10)")
@@ -190,6 +197,10 @@ def main(argv=None):
         total += b
         print(f"  {role:32s} {b / param_bytes:6.2f}x")
     print(f"  {'total':32s} {total / param_bytes:6.2f}x")
+
+
+def main(argv=None):
+    cli.run(BenchArgs, bench, argv, __doc__.split("\n\n")[0])
 
 
 if __name__ == "__main__":

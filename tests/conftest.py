@@ -3,7 +3,6 @@ ONE session-scoped pipeline on a reduced world that every accuracy test reads.""
 
 import copy
 import os
-import random
 import sys
 import tempfile
 from pathlib import Path
@@ -20,11 +19,12 @@ import torch  # noqa: E402
 
 torch.set_num_threads(1)
 
-import adversary  # noqa: E402
-import data  # noqa: E402
-import evaluate  # noqa: E402
+import redteam  # noqa: E402
+import report  # noqa: E402
 import safeguard  # noqa: E402
+import scoring  # noqa: E402
 import tar  # noqa: E402
+from world import WorldConfig, build_world  # noqa: E402
 
 # The reduced world and budgets of the shared pipeline (full size: 30 entities per group, 2000 base steps,
 # 250 safeguard steps, 150 outer steps at K = 64 with a TR point every 8). Here K = 16 with a TR point every 4
@@ -46,7 +46,7 @@ def tiny_model(vocab_size=40, width=16, layers=2, seed=0):
 @pytest.fixture(scope="session")
 def small_world():
     """A small world for fast unit tests (not trained on)."""
-    return data.build_world(data.WorldConfig(domain="bio", n_group=6, n_retain_train=6, n_retain_heldout=4,
+    return build_world(WorldConfig(domain="bio", n_group=6, n_retain_train=6, n_retain_heldout=4,
                                              n_unrelated=4, docs_per_entity=4))
 
 
@@ -56,7 +56,7 @@ def pipeline(tmp_path_factory):
     Returns the models, the world and every accuracy the accuracy tests assert on."""
     cfg = tar.TARConfig(runs=str(tmp_path_factory.mktemp("runs")), **MINI)
     cfg.validate()
-    world = data.build_world(cfg.world())
+    world = build_world(cfg.world())
     run_dir = Path(cfg.runs) / cfg.domain
     run_dir.mkdir(parents=True)
     log = lambda *a: None
@@ -66,9 +66,9 @@ def pipeline(tmp_path_factory):
     model = copy.deepcopy(theta0)
     tar.train_tar(model, copy.deepcopy(theta0), world, cfg, run_dir, log=log)
     untrained = safeguard.new_model(len(world.tokenizer), safeguard.ModelConfig(), world.tokenizer, seed=1)
-    ref_attack = evaluate.end_of_run_attacks(cfg.attack_steps)[0]
+    ref_attack = report.end_of_run_attacks(cfg.attack_steps)[0]
     models = {"untrained": untrained, "base": base, "safeguard": theta0, "tar": model}
-    at_rest = {n: evaluate.accuracies(m, world) for n, m in models.items()}
-    curves = {n: evaluate.attack_curve(m, ref_attack, world, seed=0, every=25)
+    at_rest = {n: scoring.accuracies(m, world) for n, m in models.items()}
+    curves = {n: redteam.attack_curve(m, ref_attack, world, seed=0, every=25)
               for n, m in models.items() if n != "base"}
     return {"world": world, "models": models, "at_rest": at_rest, "curves": curves, "cfg": cfg}

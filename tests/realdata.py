@@ -1,11 +1,11 @@
-"""Small local files in the real datasets' exact schemas (../shared/DATA.md §2-3; invented placeholder text)
+"""Small local files in the real datasets' exact schemas (docs/data.md §2-3; invented placeholder text)
 and tiny Hugging Face models that read them, for the real-data and FSDP tests. Not a test module."""
 
 import json
 import random
 from pathlib import Path
 
-import data
+from tokenizer import make_tokenizer
 
 WORDS = ("leaf pollen river stone cloud lamp tower garden window bridge meadow candle harbor violin "
          "orchard lantern pebble quilt").split()
@@ -61,7 +61,7 @@ def tokenizer():
     """A word-level tokenizer covering the fixtures, the letter prompt and the chat fallback."""
     topics = "The following are multiple choice questions (with answers) about biology chemistry cybersecurity ."
     extra = [topics, "Which is ? A. B. C. D. Answer: A B C D", "user: assistant:"]
-    return data.make_tokenizer([" ".join(WORDS)] + extra)
+    return make_tokenizer([" ".join(WORDS)] + extra)
 
 
 def tiny_model(path: Path, arch: str = "llama", seed: int = 0) -> Path:

@@ -9,7 +9,8 @@ import torch
 import adversary
 from adversary import Attack, TrainAttacks
 from conftest import tiny_model
-from data import UserError
+from cli import UserError
+from config import TARConfig
 
 
 def test_bad_specs_are_user_errors():
@@ -21,7 +22,7 @@ def test_bad_specs_are_user_errors():
 
 def test_sample_attack_follows_the_distribution():
     rng = random.Random(0)
-    dist = TrainAttacks(lrs=(1e-4, 3e-4, 1e-3), steps=32, retain_then_forget=0.5)
+    dist = TrainAttacks(lrs=(1e-4, 3e-4, 1e-3), steps=32, batch_size=16, retain_then_forget=0.5)
     specs = [adversary.sample_attack(rng, dist) for _ in range(3000)]
     lrs = [s.lr for s in specs]
     for lr in dist.lrs:  # uniform over the grid
@@ -33,7 +34,9 @@ def test_sample_attack_follows_the_distribution():
     # ⌊K · Beta(6, 3)⌋: mean K·2/3 − ~0.5 for the floor
     assert statistics.mean(switches) == pytest.approx(32 * 2 / 3 - 0.5, abs=0.6)
     assert all(s.steps == 32 and s.optimizer == "adamw" and s.schedule == "constant" for s in specs)
-    assert not any(s.retain_data for s in (adversary.sample_attack(rng, TrainAttacks()) for _ in range(200)))
+    defaults = TARConfig().train_attacks()  # A_train of the defaults: K and the batch come from TARConfig
+    assert defaults.steps == TARConfig().inner_steps and defaults.batch_size == TARConfig().inner_batch
+    assert not any(s.retain_data for s in (adversary.sample_attack(rng, defaults) for _ in range(200)))
 
 
 def test_retain_then_forget_stream_switches(small_world):

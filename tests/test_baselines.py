@@ -1,4 +1,4 @@
-"""The baseline safeguards (BASELINES.md): losses against hand-computed values, each method's forget term reading
+"""The baseline safeguards (docs/baselines.md): losses against hand-computed values, each method's forget term reading
 the forget batch and its retain term the retain batch (the official code's bug), RMU's parameter selection, a
 smoke run of every method, and clear errors."""
 
@@ -8,7 +8,9 @@ import math
 import pytest
 import torch
 
-import data
+import batching
+import cli
+import domains
 import losses
 import safeguard
 from conftest import tiny_model
@@ -76,7 +78,7 @@ def test_repnoise_pushes_forget_loss_up():
 
 def make_ctx(world, model, seed=0):
     gen = torch.Generator().manual_seed(seed)
-    values = [v for vals, _ in data.CITIES.attributes.values() for v in vals]
+    values = [v for vals, _ in domains.CITIES.attributes.values() for v in vals]
     return {"gen": gen, "step": 1, "table": torch.randn(1, model.config.hidden_size, generator=gen),
             "u": torch.ones(model.config.hidden_size) / model.config.hidden_size ** 0.5, "rmu_layer": 2,
             "cb_layers": (1, 2),
@@ -87,8 +89,8 @@ def make_ctx(world, model, seed=0):
 def test_forget_term_reads_forget_batch_and_retain_term_reads_retain_batch(small_world, method):
     model = tiny_model(vocab_size=len(small_world.tokenizer), layers=3)
     ref = tiny_model(vocab_size=len(small_world.tokenizer), layers=3, seed=9)
-    xf, xf2 = next(data.Stream(small_world.tokens["T"], 4, 0)), next(data.Stream(small_world.tokens["T"], 4, 1))
-    xr, xr2 = next(data.Stream(small_world.tokens["Rt"], 4, 0)), next(data.Stream(small_world.tokens["Rt"], 4, 1))
+    xf, xf2 = next(batching.Stream(small_world.tokens["T"], 4, 0)), next(batching.Stream(small_world.tokens["T"], 4, 1))
+    xr, xr2 = next(batching.Stream(small_world.tokens["Rt"], 4, 0)), next(batching.Stream(small_world.tokens["Rt"], 4, 1))
     cfg = safeguard.for_method(method, steps=10)
     terms = lambda f, r: safeguard.METHODS[method].terms(model, ref, f, r, cfg, make_ctx(small_world, model))
     f0, r0 = terms(xf, xr)
@@ -124,7 +126,7 @@ def test_nan_is_one_clear_error_and_saves_nothing(small_world, tmp_path):
     model.save_pretrained(tmp_path / "base")
     small_world.tokenizer.save_pretrained(tmp_path / "base")
     cfg = safeguard.for_method("max_entropy", steps=3, batch_size=4, coef=float("inf"))
-    with pytest.raises(data.UserError, match="the loss became"):
+    with pytest.raises(cli.UserError, match="the loss became"):
         safeguard.safeguard_model(model, "k", small_world, cfg, tmp_path, path=tmp_path / "baselines" / "x")
     assert not (tmp_path / "baselines" / "x").exists()
 

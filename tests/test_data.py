@@ -7,16 +7,19 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+import batching
+import domains
+import scoring
+import world
 import data
-import evaluate
 from conftest import tiny_model
 
 
 def test_world_is_deterministic_and_seeded(small_world):
-    data.build_world.cache_clear()
-    again = data.build_world(small_world.config)
+    world.build_world.cache_clear()
+    again = world.build_world(small_world.config)
     assert again is not small_world and again.digest == small_world.digest and again.docs == small_world.docs
-    other = data.build_world(data.WorldConfig(**{**small_world.config.__dict__, "seed": 1}))
+    other = world.build_world(world.WorldConfig(**{**small_world.config.__dict__, "seed": 1}))
     assert other.digest != small_world.digest
 
 
@@ -35,7 +38,7 @@ def test_groups_are_disjoint_and_sized(small_world):
 
 def test_items_follow_the_wmdp_schema(small_world):
     items = small_world.items["E"]
-    assert len(items) == 6 * 5 * data.TRAIN_TEMPLATES  # every entity x attribute x template
+    assert len(items) == 6 * 5 * domains.TRAIN_TEMPLATES  # every entity x attribute x template
     for it in items:
         assert set(it) == {"question", "choices", "answer"}
         assert len(it["choices"]) == 4 == len(set(it["choices"])) and it["answer"] in range(4)
@@ -47,7 +50,7 @@ def test_items_follow_the_wmdp_schema(small_world):
 
 def test_tokenizer_round_trip_and_save_load(small_world, tmp_path):
     tok = small_world.tokenizer
-    texts = small_world.docs["all"][:50] + [data.letter_prompt(small_world.items["E"][0], small_world.topic)]
+    texts = small_world.docs["all"][:50] + [world.letter_prompt(small_world.items["E"][0], small_world.topic)]
     for text in texts:
         ids = tok(text)["input_ids"]
         assert ids[0] == tok.bos_token_id and tok.unk_token_id not in ids
@@ -67,13 +70,13 @@ def test_continuation_is_one_word_token(small_world):
     # " ticks" after a question is exactly one token, as lm-eval's scorer needs for cloze items
     tok = small_world.tokenizer
     it = small_world.items["E"][0]
-    ctx, cont = evaluate.encode_pair(tok, it["question"], " " + it["choices"][0])
+    ctx, cont = scoring.encode_pair(tok, it["question"], " " + it["choices"][0])
     assert len(cont) == 1 and tok.convert_ids_to_tokens(cont) == ["▁" + it["choices"][0]]
 
 
 def test_fact_mask_marks_positions_before_fact_values(small_world):
     tok = small_world.tokenizer
-    values = {v for vals, _ in data.DOMAINS["bio"].attributes.values() for v in vals}
+    values = {v for vals, _ in domains.DOMAINS["bio"].attributes.values() for v in vals}
     toks = small_world.tokens["T"]
     for row in range(5):
         ids, fact = toks.ids[row], toks.fact[row]
@@ -87,13 +90,13 @@ def test_fact_mask_marks_positions_before_fact_values(small_world):
 def test_stream_is_seeded_and_covers_each_epoch(small_world):
     toks = small_world.tokens["A"]
     n = toks.ids.shape[0]  # 24 documents
-    batches = data.Stream(toks, 8, seed=3)
+    batches = batching.Stream(toks, 8, seed=3)
     epoch = [next(batches) for _ in range(n // 8)]
     seen = torch.cat([b.input_ids[:, :5] for b in epoch])
     assert len({tuple(r.tolist()) for r in seen}) == len({tuple(r.tolist()) for r in toks.ids[:, :5]})
-    same = next(data.Stream(toks, 8, seed=3))
+    same = next(batching.Stream(toks, 8, seed=3))
     assert torch.equal(same.input_ids, epoch[0].input_ids)
-    assert not torch.equal(next(data.Stream(toks, 8, seed=4)).input_ids, epoch[0].input_ids)
+    assert not torch.equal(next(batching.Stream(toks, 8, seed=4)).input_ids, epoch[0].input_ids)
     b = epoch[0]
     assert b.attention_mask[:, -1].any()  # trimmed to the longest document of the batch
 

@@ -6,8 +6,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import redteam
+import scoring
 import adversary
-import evaluate
 from conftest import tiny_model
 
 
@@ -33,15 +34,15 @@ def test_scorer_equals_brute_force(small_world, style):
     # a multi-token choice and a context ending in a space exercise lm-eval's whitespace rule
     items = items + [{"question": items[0]["question"] + " ", "choices": ["ticks fleas", "water", "brain cough",
                                                                           "rash"], "answer": 2}]
-    mc = evaluate.prepare_mc(tok, items, style, small_world.topic)
-    scores = evaluate.mc_loglikelihoods(model, mc, tok.pad_token_id, max_tokens=64)  # several chunks
-    expected = [s for it in items for s in brute_force_scores(model, tok, *evaluate.requests(it, style,
+    mc = scoring.prepare_mc(tok, items, style, small_world.topic)
+    scores = scoring.mc_loglikelihoods(model, mc, tok.pad_token_id, max_tokens=64)  # several chunks
+    expected = [s for it in items for s in brute_force_scores(model, tok, *scoring.requests(it, style,
                                                                                               small_world.topic))]
     assert torch.allclose(scores, torch.tensor(expected), atol=1e-4)
-    preds = evaluate.mc_predictions(model, mc, tok.pad_token_id)
+    preds = scoring.mc_predictions(model, mc, tok.pad_token_id)
     expected_preds = [max(range(4), key=lambda i: expected[4 * n + i]) for n in range(len(items))]
     assert preds == expected_preds
-    acc = evaluate.mc_accuracy(model, mc, tok.pad_token_id)
+    acc = scoring.mc_accuracy(model, mc, tok.pad_token_id)
     assert acc == pytest.approx(sum(p == it["answer"] for p, it in zip(preds, items)) / len(items))
     if style == "cloze":  # one-token continuations share one forward pass per item
         assert len(mc.inputs) == len(small_world.items["E"][:12]) + 3
@@ -56,15 +57,15 @@ def test_ties_go_to_the_first_choice(small_world):
         def forward(self, input_ids, attention_mask=None):
             return type("Out", (), {"logits": torch.zeros(*input_ids.shape, self.V)})
 
-    mc = evaluate.prepare_mc(small_world.tokenizer, small_world.items["E"][:20])
-    assert evaluate.mc_predictions(Flat(len(small_world.tokenizer)), mc) == [0] * 20
+    mc = scoring.prepare_mc(small_world.tokenizer, small_world.items["E"][:20])
+    assert scoring.mc_predictions(Flat(len(small_world.tokenizer)), mc) == [0] * 20
 
 
 def test_attack_curve_records_every_point(small_world):
     model = tiny_model(vocab_size=len(small_world.tokenizer))
     original = copy.deepcopy(model)
     spec = adversary.Attack(lr=1e-2, steps=10, batch_size=4, data="A")
-    curve = evaluate.attack_curve(model, spec, small_world, seed=0, every=4)
+    curve = redteam.attack_curve(model, spec, small_world, seed=0, every=4)
     assert [p["step"] for p in curve] == [0, 4, 8, 10]
     assert all(set(p) == {"step", "forget", "retain"} and 0 <= p["forget"] <= 1 for p in curve)
-    assert curve[0]["forget"] == evaluate.accuracies(original, small_world)["forget"]
+    assert curve[0]["forget"] == scoring.accuracies(original, small_world)["forget"]

@@ -14,10 +14,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import data
-import evaluate
+import cli
 import fsdp
 import realdata
+import realworld
+import scoring
+import storage
 import tar
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -76,10 +78,10 @@ def test_fsdp_equals_one_process_and_saves_a_loadable_model(setup):
         # the gathered model loads with transformers under its own class and scores what the sharded one did
         config = json.loads((run / "tar" / "config.json").read_text())
         assert config["architectures"] == [{"llama": "LlamaForCausalLM", "gpt2": "GPT2LMHeadModel"}[arch]]
-        reloaded = evaluate.AutoModelForCausalLM.from_pretrained(run / "tar", dtype=torch.float32)
-        world = data.load_real_world(data.RealWorldConfig(domain, str(run / "tar"), str(fx), SMALL["seq_len"]))
+        reloaded = storage.load_model(run / "tar")
+        world = realworld.load_real_world(realworld.RealWorldConfig(domain, str(run / "tar"), str(fx), SMALL["seq_len"]))
         in_memory = json.loads((run / "results.json").read_text())["models"]["tar"]["at_rest"]
-        assert evaluate.accuracies(reloaded, world) == in_memory
+        assert scoring.accuracies(reloaded, world) == in_memory
         steps = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
         assert [m["step"] for m in steps] == [1, 2] and all(abs(m["tr_loss"]) > 0 for m in steps)
 
@@ -143,9 +145,9 @@ def test_presets_and_flag_precedence():
     assert tar.configure(model="m", domain="cyber").inner_lrs == [2e-5, 4e-5]
     assert tar.parse_args(["--model", "m", "--inner-steps", "8"]).inner_steps == 8  # a given flag wins
     assert tar.parse_args(["--model", "m", "--preset", "mini", "--tr-mask", "all"]).inner_steps == 64
-    with pytest.raises(data.UserError, match="no fact positions"):
+    with pytest.raises(cli.UserError, match="no fact positions"):
         tar.configure(model="m", preset="mini").validate()
-    with pytest.raises(data.UserError, match="no schedule"):
+    with pytest.raises(cli.UserError, match="no schedule"):
         tar.configure(outer_optimizer="schedulefree", outer_schedule="cosine").validate()
     # the mini preset decays the outer lr by cosine to 0 at step N; Schedule-Free and refusal keep a constant lr
     assert tar.configure(outer_optimizer="schedulefree").outer_schedule == "constant"

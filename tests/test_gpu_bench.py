@@ -24,7 +24,7 @@ def test_gpu_report_runs_on_cpu(tmp_path):
 
 
 def test_projection_reproduces_the_committed_h200_report():
-    """The README's 8 x H100 projection is recomputed from the committed measurements by gpu.projection."""
+    """The 8 x H100 projection of docs/scale.md is recomputed from the committed measurements by gpu.projection."""
     sys.path.insert(0, str(ROOT / "benchmarks"))
     import gpu
     report = json.loads((ROOT / "benchmarks" / "results" / "gpu_h200_2026-11-27.json").read_text())

@@ -96,4 +96,4 @@ def test_tr_weights():
     assert sum(uniform.values()) == pytest.approx(1.0)
     paper = losses.tr_weights(64, 4, "paper")
     assert paper[64] == 1.0 and paper[4] == pytest.approx(math.exp(0.0625 * (4 - 64)))
-    assert sum(paper.values()) == pytest.approx(4.44, abs=0.01)  # PAPER.md §2: Σw ≈ 4.44 over 16 points
+    assert sum(paper.values()) == pytest.approx(4.44, abs=0.01)  # docs/paper.md §2: Σw ≈ 4.44 over 16 points

@@ -1,4 +1,4 @@
-"""data.py's loaders for the real datasets (../shared/DATA.md), on small local files in each dataset's exact
+"""data.py's loaders for the real datasets (docs/data.md), on small local files in each dataset's exact
 schema (tests/realdata.py writes them), through the real `datasets` JSON builder; and the offline hub error."""
 
 import json
@@ -6,11 +6,14 @@ import json
 import pytest
 import torch
 
-import data
+import batching
+import chats
+import cli
+import realworld
 import realdata
 
 
-def right_padded(t: data.Tokens) -> bool:
+def right_padded(t: batching.Tokens) -> bool:
     """Every row starts with a real token and has no real token after padding (batching slices [:, :width])."""
     return bool(t.mask[:, 0].all() and (t.mask.int().diff(dim=1) <= 0).all())
 
@@ -23,12 +26,12 @@ def fx(tmp_path_factory):
 
 def test_each_loader_returns_the_schema_values(fx):
     root, _ = fx
-    for name, (hub_id, config, split, fields) in data.SOURCES.items():
-        rows = data.load_rows(name, str(root))
+    for name, (hub_id, config, split, fields) in realworld.SOURCES.items():
+        rows = realworld.load_rows(name, str(root))
         written = [json.loads(line) for line in (root / f"{name}.jsonl").read_text().splitlines()]
         assert len(rows) == len(written) and all(set(fields) <= set(r) for r in rows), name
         assert [r[fields[0]] for r in rows] == [w[fields[0]] for w in written], name
-    pile = data.load_rows("pile-bio", str(root))
+    pile = realworld.load_rows("pile-bio", str(root))
     assert {r["label"] for r in pile} == {True, False} and pile[0]["meta"]["pile_set_name"] == "PubMed Abstracts"
 
 
@@ -36,16 +39,16 @@ def test_mc_items_normalise_letters_and_drop_subjects(tmp_path):
     rows = realdata._mc(__import__("random").Random(1), 4, "virology", letter=True) + \
         realdata._mc(__import__("random").Random(2), 4, "astronomy", letter=True)
     (tmp_path / "mmlu.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    items = data.mc_items(data.load_rows("mmlu", str(tmp_path)), data.MMLU_DROP["bio"])
+    items = realworld.mc_items(realworld.load_rows("mmlu", str(tmp_path)), realworld.MMLU_DROP["bio"])
     assert [it["answer"] for it in items] == [0, 1, 2, 3]  # "A".."D" -> 0..3; virology (bio) dropped
     assert items[0] == {"question": rows[4]["question"], "choices": rows[4]["choices"], "answer": 0}
-    assert len(data.mc_items(data.load_rows("mmlu", str(tmp_path)), data.MMLU_DROP["cyber"])) == 8
+    assert len(realworld.mc_items(realworld.load_rows("mmlu", str(tmp_path)), realworld.MMLU_DROP["cyber"])) == 8
 
 
 def test_real_worlds_have_every_role(fx):
     root, model = fx
     for domain in ("bio", "cyber", "chem"):
-        w = data.load_real_world(data.RealWorldConfig(domain, str(model), str(root), seq_len=16))
+        w = realworld.load_real_world(realworld.RealWorldConfig(domain, str(model), str(root), seq_len=16))
         # MMLU fixture: 4 items each of college_biology, computer_security, high_school_geography and
         # college_chemistry; each domain drops its own 4
         assert w.style == "letter" and len(w.items["E"]) == 8 and len(w.items["Re"]) == 12
@@ -55,7 +58,7 @@ def test_real_worlds_have_every_role(fx):
         assert not set(w.docs["T_inner"]) & set(w.docs["T_tr"]) and w.docs["A"] == w.docs["T_inner"]
         assert len(w.docs["Rt"]) == 20 + 20  # pile-bio label=False + Magpie chats
         assert w.tokens["Rt"].ids.shape[1] <= 16 and not w.tokens["T_tr"].fact.any()
-    bio = data.load_real_world(data.RealWorldConfig("bio", str(model), str(root), seq_len=16))
+    bio = realworld.load_real_world(realworld.RealWorldConfig("bio", str(model), str(root), seq_len=16))
     assert any(d.startswith("user: ") and "\n\nassistant: " in d for d in bio.docs["Rt"])  # no chat template
 
 
@@ -64,48 +67,48 @@ def test_chat_template_renders_magpie(fx):
     from transformers import AutoTokenizer
     tok = AutoTokenizer.from_pretrained(model)
     tok.chat_template = "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{% endfor %}"
-    text = data.render_chat([{"from": "human", "value": "leaf"}, {"from": "gpt", "value": "stone"}], tok)
+    text = realworld.render_chat([{"from": "human", "value": "leaf"}, {"from": "gpt", "value": "stone"}], tok)
     assert text == "<user>leaf<assistant>stone"
 
 
 def test_split_matches_datasets_train_test_split():
     texts = [f"doc {i}" for i in range(50)]
-    train, test = data.split_forget(texts)
+    train, test = realworld.split_forget(texts)
     assert len(test) == 10 and sorted(train + test) == sorted(texts)
-    assert data.split_forget(texts) == (train, test)  # seed 42, as the official code
+    assert realworld.split_forget(texts) == (train, test)  # seed 42, as the official code
 
 
 def test_offline_hub_and_bad_files_fail_with_one_clear_message(fx, tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
-    with pytest.raises(data.UserError) as e:
-        data.load_rows("wmdp-bio")
+    with pytest.raises(cli.UserError) as e:
+        realworld.load_rows("wmdp-bio")
     msg = str(e.value)
     assert "cais/wmdp (wmdp-bio)" in msg and "offline or gated" in msg and "--data-dir" in msg
     assert "question, choices, answer" in msg
-    with pytest.raises(data.UserError, match="has no ctftime.jsonl"):
-        data.load_rows("ctftime", str(tmp_path))
+    with pytest.raises(cli.UserError, match="has no ctftime.jsonl"):
+        realworld.load_rows("ctftime", str(tmp_path))
     (tmp_path / "ctftime.jsonl").write_text(json.dumps({"text": "wrong field"}) + "\n")
-    with pytest.raises(data.UserError, match="lack field"):
-        data.load_rows("ctftime", str(tmp_path))
-    with pytest.raises(data.UserError, match="chem forget corpus is private"):
-        data.load_real_world(data.RealWorldConfig("chem", str(fx[1]), str(tmp_path)))
-    with pytest.raises(data.UserError, match="cannot load the tokenizer of no/such-model"):
-        data.load_real_world(data.RealWorldConfig("bio", "no/such-model", str(fx[0])))
+    with pytest.raises(cli.UserError, match="lack field"):
+        realworld.load_rows("ctftime", str(tmp_path))
+    with pytest.raises(cli.UserError, match="chem forget corpus is private"):
+        realworld.load_real_world(realworld.RealWorldConfig("chem", str(fx[1]), str(tmp_path)))
+    with pytest.raises(cli.UserError, match="cannot load the tokenizer of no/such-model"):
+        realworld.load_real_world(realworld.RealWorldConfig("bio", "no/such-model", str(fx[0])))
 
 
 def test_real_refusal_world_has_every_role(fx, tmp_path):
     """HH Golden -> DPO pairs (x_TR) and SFT-on-rejected (attacker), Toxic-DPO -> red team, HarmBench -> ASR
     prompts, Magpie -> retain and held-out harmless prompts; a model without a chat template is refused."""
     root, model = fx
-    with pytest.raises(data.UserError, match="needs a chat model"):
-        data.load_real_world(data.RealWorldConfig("refusal", str(model), str(root), seq_len=24))
+    with pytest.raises(cli.UserError, match="needs a chat model"):
+        realworld.load_real_world(realworld.RealWorldConfig("refusal", str(model), str(root), seq_len=24))
     from transformers import AutoTokenizer
     tok = AutoTokenizer.from_pretrained(model)
-    tok.chat_template = data.CHAT_TEMPLATE
+    tok.chat_template = chats.CHAT_TEMPLATE
     tok.padding_side = "left"  # the world is right-padded all the same (batching slices [:, :width])
     tok.save_pretrained(tmp_path / "chat")
-    w = data.load_real_world(data.RealWorldConfig("refusal", str(tmp_path / "chat"), str(root), seq_len=64))
+    w = realworld.load_real_world(realworld.RealWorldConfig("refusal", str(tmp_path / "chat"), str(root), seq_len=64))
     assert all(right_padded(t) for t in w.tokens.values())
     assert w.style == "chat" and len(w.chats["E"]) == 6 and all(c["fact"] is None for c in w.chats["E"])
     assert len(w.chats["A"]) == 10 and len(w.chats["Re"]) == 2  # Toxic-DPO rows; a tenth of Magpie held out
@@ -116,7 +119,7 @@ def test_real_refusal_world_has_every_role(fx, tmp_path):
     ids, resp = w.tokens["T_tr"].ids, w.tokens["T_tr"].fact
     first = lambda r: int(resp[r].nonzero()[0])
     assert first(0) == first(1) and torch.equal(ids[0, :first(0) + 1], ids[1, :first(1) + 1])
-    assert data.hh_turns("\n\nHuman: a?\n\nAssistant: b.\n\nHuman: c?\n\nAssistant: d.") == [
+    assert realworld.hh_turns("\n\nHuman: a?\n\nAssistant: b.\n\nHuman: c?\n\nAssistant: d.") == [
         {"role": "user", "content": "a?"}, {"role": "assistant", "content": "b."},
         {"role": "user", "content": "c?"}, {"role": "assistant", "content": "d."}]
 
@@ -127,10 +130,10 @@ def test_every_real_document_starts_with_one_bos(fx, tmp_path):
     root, model = fx
     from transformers import AutoTokenizer
     tok = AutoTokenizer.from_pretrained(model)
-    tok.chat_template = data.CHAT_TEMPLATE  # starts with {{ bos_token }}
+    tok.chat_template = chats.CHAT_TEMPLATE  # starts with {{ bos_token }}
     tok.padding_side = "left"  # some chat tokenizers ship so; batching needs right padding
     tok.save_pretrained(tmp_path / "chat")
-    w = data.load_real_world(data.RealWorldConfig("bio", str(tmp_path / "chat"), str(root), seq_len=32))
+    w = realworld.load_real_world(realworld.RealWorldConfig("bio", str(tmp_path / "chat"), str(root), seq_len=32))
     templated = [d.startswith(tok.bos_token) for d in w.docs["Rt"]]
     assert sum(templated) == 20 and not all(templated)  # the 20 Magpie chats; pile-bio text is plain
     for split in ("Rt", "T_inner", "T_tr"):
@@ -138,4 +141,4 @@ def test_every_real_document_starts_with_one_bos(fx, tmp_path):
         first = [row[m].tolist()[:2] for row, m in zip(t.ids, t.mask)]  # the first two real tokens of each row
         assert all(f[0] == tok.bos_token_id and f[1] != tok.bos_token_id for f in first), split
         assert right_padded(t), split
-    assert data.tokenize_texts([], tok, 8).ids.shape[0] == 0
+    assert realworld.tokenize_texts([], tok, 8).ids.shape[0] == 0

@@ -2,6 +2,8 @@
 aggregation on hand-made results, results.json round trip and resume, and parity with lm-evaluation-harness."""
 
 import copy
+import redteam
+import scoring
 import dataclasses
 import json
 
@@ -12,7 +14,6 @@ import adversary
 import evaluate
 from adversary import Attack
 from conftest import tiny_model
-from data import UserError, WorldConfig
 
 
 def same_weights(a, b) -> bool:
@@ -32,21 +33,21 @@ def test_suite_covers_the_families():
     assert len({a.batch_size for a in heldout}) >= 3
     longest_train = max(a.steps for a in heldout if a.dist == "TRAIN")
     assert max(a.steps for a in heldout) >= 4 * longest_train
-    assert max(a.steps for a in adversary.SUITES["all"]) >= 40 * adversary.K
-    assert all(a.steps <= 8 * adversary.K for a in heldout)  # the default tier stays ≤ 8 K
+    assert max(a.steps for a in adversary.SUITES["all"]) >= 1280  # the 5000-step new-corpus attack, scaled
+    assert all(a.steps <= 256 for a in heldout)  # the default tier stays ≤ 256 steps
 
 
 @pytest.mark.parametrize("spec", [s for s in adversary.SUITES["all"]
-                                  if s.name in {"T2_r2f_3e-4_1K", "A1_adamw_6e-4_b32_8K", "A5_benign_mix_8K",
-                                                "A7_sgd_nesterov_1e-2_8K", "A7_adam_nowd_8K", "A7_schedulefree_8K",
-                                                "A7_adadelta_8K", "A7_lion_3e-5_8K", "A8_lora16_3e-4_8K",
-                                                "A10_fewshot_unrelated_10", "A13_disjoint_mcq_lion_8K",
-                                                "A9_new_corpus_40K", "A4_warmup_cosine_8K"}], ids=lambda s: s.name)
+                                  if s.name in {"T2_r2f_3e-4_32", "A1_adamw_6e-4_b32_256", "A5_benign_mix_256",
+                                                "A7_sgd_nesterov_1e-2_256", "A7_adam_nowd_256", "A7_schedulefree_256",
+                                                "A7_adadelta_256", "A7_lion_3e-5_256", "A8_lora16_3e-4_256",
+                                                "A10_fewshot_unrelated_10", "A13_disjoint_mcq_lion_256",
+                                                "A9_new_corpus_1280", "A4_warmup_cosine_256"}], ids=lambda s: s.name)
 def test_each_family_moves_only_the_attacked_copy(small_world, spec):
     short = dataclasses.replace(spec, steps=4, switch=min(spec.switch, 2), batch_size=min(spec.batch_size, 4))
     model = tiny_model(vocab_size=len(small_world.tokenizer))
     original = copy.deepcopy(model)
-    curve = evaluate.attack_curve(model, short, small_world, seed=0, every=2)
+    curve = redteam.attack_curve(model, short, small_world, seed=0, every=2)
     assert [p["step"] for p in curve] == [0, 2, 4]
     assert same_weights(model, original)  # the model under test is untouched
     victim = copy.deepcopy(model)
@@ -103,15 +104,15 @@ def hand_results():
         "t/y/1": dict(model="tar", attack="y", seed=1, digest="t", curve=curve([.2, .25, .35], [.9, .9, .9])),
     }
     suite = {"x": Attack("x", dist="HELD-OUT").to_dict(), "y": Attack("y", dist="OOD").to_dict()}
-    return {"schema": evaluate.RESULTS_SCHEMA, "models": {"base": {"digest": "b"}, "tar": {"digest": "t"}},
+    return {"schema": redteam.RESULTS_SCHEMA, "models": {"base": {"digest": "b"}, "tar": {"digest": "t"}},
             "suite": suite, "runs": runs}
 
 
 def test_aggregation_on_hand_made_results():
-    s = evaluate.summarize(hand_results())
+    s = redteam.summarize(hand_results())
     x = s["cells"]["x"]["tar"]
     assert x["final"] == [0.3, 0.5] and x["max"] == [0.5, 0.5] and x["destructive"] == 0
-    assert evaluate._mean_std(x["final"]) == pytest.approx((0.4, 0.1414213), abs=1e-6)
+    assert redteam._mean_std(x["final"]) == pytest.approx((0.4, 0.1414213), abs=1e-6)
     y = s["cells"]["y"]["tar"]
     assert y["destructive"] == 1  # retain fell 50 points: not a defence, a wrecked model
     assert s["base_level"] == 1.0 and s["midpoint"] == pytest.approx(0.625)
@@ -119,7 +120,7 @@ def test_aggregation_on_hand_made_results():
     # worst case over VALID runs: y seed 0 is destructive and does not count
     assert tuple(s["worst"]["tar"]["final"]) == (0.5, "x", 1)
     assert tuple(s["worst"]["tar"]["max"]) == (0.5, "x", 0)
-    table = evaluate.redteam_table(hand_results())
+    table = redteam.redteam_table(hand_results())
     assert "| tar | 50.0% (x, seed 1) |" in table and "⚠1" in table
     assert table.index("| x | HELD-OUT") < table.index("| y | OOD")
 
@@ -130,36 +131,36 @@ def test_results_round_trip_and_resume(small_world, tmp_path, monkeypatch):
         model = tiny_model(vocab_size=len(small_world.tokenizer), seed=seed)
         model.save_pretrained(run / name)
         small_world.tokenizer.save_pretrained(run / name)
-    models = evaluate.find_models(run)
+    models = redteam.find_models(run)
     assert list(models) == ["safeguard", "tar", "tar_copy"]
     models.pop("tar_copy")
-    shared = evaluate.redteam({"tar": models["tar"], "tar_copy": run / "tar_copy"}, [Attack("c", steps=1, batch_size=2)],
+    shared = redteam.redteam({"tar": models["tar"], "tar_copy": run / "tar_copy"}, [Attack("c", steps=1, batch_size=2)],
                               small_world.config, 1, 1, tmp_path / "shared", log=lambda *a: None)
     assert len(shared["runs"]) == 1  # identical weights are attacked once
     assert shared["summary"]["cells"]["c"].keys() == {"tar", "tar_copy"}
     assert list(models) == ["safeguard", "tar"]
     specs = [Attack("a", steps=2, batch_size=2), Attack("b", lr=1e-2, steps=2, batch_size=2, optimizer="sgd")]
     calls = []
-    real = evaluate.run_job
-    monkeypatch.setattr(evaluate, "run_job", lambda job: calls.append(job) or real(job))
+    real = redteam.run_job
+    monkeypatch.setattr(redteam, "run_job", lambda job: calls.append(job) or real(job))
     out = tmp_path / "redteam"
-    first = evaluate.redteam(models, specs, small_world.config, 2, 1, out, log=lambda *a: None)
+    first = redteam.redteam(models, specs, small_world.config, 2, 1, out, log=lambda *a: None)
     assert len(calls) == 8 and len(first["runs"]) == 8
     saved = json.loads((out / "results.json").read_text())
-    assert saved["runs"] == json.loads(json.dumps(first["runs"])) and saved["schema"] == evaluate.RESULTS_SCHEMA
-    evaluate.redteam(models, specs, small_world.config, 2, 1, out, log=lambda *a: None)
+    assert saved["runs"] == json.loads(json.dumps(first["runs"])) and saved["schema"] == redteam.RESULTS_SCHEMA
+    redteam.redteam(models, specs, small_world.config, 2, 1, out, log=lambda *a: None)
     assert len(calls) == 8  # nothing redone
     torch.nn.init.zeros_(model.lm_head.weight)  # retrain "tar": new weights, new digest
     model.save_pretrained(run / "tar")
-    again = evaluate.redteam(models, specs, small_world.config, 2, 1, out, log=lambda *a: None)
+    again = redteam.redteam(models, specs, small_world.config, 2, 1, out, log=lambda *a: None)
     assert len(calls) == 12 and {j.model for j in calls[8:]} == {"tar"}
     assert len(again["runs"]) == 12  # the old tar runs stay, under the old digest
     # a later call with other attacks / models: the file keeps everything, the summary and table cover that call
-    later = evaluate.redteam({"safeguard": models["safeguard"]}, specs[:1], small_world.config, 2, 1, out,
+    later = redteam.redteam({"safeguard": models["safeguard"]}, specs[:1], small_world.config, 2, 1, out,
                              log=lambda *a: None)
     assert len(calls) == 12 and later["summary"]["cells"].keys() == {"a"}
     assert later["summary"]["cells"]["a"].keys() == {"safeguard"} and set(later["suite"]) == {"a", "b"}
-    assert "| a | TRAIN |" in evaluate.redteam_table(later) and "| b |" not in evaluate.redteam_table(later)
+    assert "| a | TRAIN |" in redteam.redteam_table(later) and "| b |" not in redteam.redteam_table(later)
 
 
 def test_cli_errors(tmp_path):
@@ -173,7 +174,7 @@ def test_cli_errors(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Parity with lm-evaluation-harness itself (DATA.md §4): same prompts, same per-choice log-likelihoods
+# Parity with lm-evaluation-harness itself (docs/data.md §4): same prompts, same per-choice log-likelihoods
 # ---------------------------------------------------------------------------------------------------------
 LETTER_TASK = """task: mini_letter
 dataset_path: json
@@ -224,11 +225,11 @@ def test_scores_equal_lm_evaluation_harness(small_world, tmp_path):
     for task, style in (("mini_letter", "letter"), ("mini_cloze", "cloze")):
         samples = sorted(out["samples"][task], key=lambda s: s["doc_id"])
         theirs = torch.tensor([r[0][0] for s in samples for r in s["resps"]])
-        mc = evaluate.prepare_mc(small_world.tokenizer, items, style, "biology")
-        ours = evaluate.mc_loglikelihoods(lm.model, mc, small_world.tokenizer.pad_token_id)
+        mc = scoring.prepare_mc(small_world.tokenizer, items, style, "biology")
+        ours = scoring.mc_loglikelihoods(lm.model, mc, small_world.tokenizer.pad_token_id)
         assert (ours - theirs).abs().max().item() < 1e-4
         assert [s["arguments"][0][0] if isinstance(s["arguments"][0], (list, tuple)) else s["arguments"]["gen_args_0"]["arg_0"]
                 for s in samples] == mc.prompts
-        preds = evaluate.mc_predictions(lm.model, mc, small_world.tokenizer.pad_token_id)
+        preds = scoring.mc_predictions(lm.model, mc, small_world.tokenizer.pad_token_id)
         assert out["results"][task]["acc,none"] == pytest.approx(
             sum(p == it["answer"] for p, it in zip(preds, items)) / len(items))

@@ -13,9 +13,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import adversary
-import data
-import evaluate
+import batching
+import chats
+import cli
+import scoring
+import world
 import losses
 import tar
 from conftest import tiny_model
@@ -25,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def chat_world():
-    return data.build_world(data.WorldConfig(domain="refusal", n_group=4, n_retain_train=4, n_retain_heldout=2,
+    return world.build_world(world.WorldConfig(domain="refusal", n_group=4, n_retain_train=4, n_retain_heldout=2,
                                              n_unrelated=2, docs_per_entity=2))
 
 
@@ -66,7 +68,7 @@ def test_chat_template_round_trip_and_response_mask(chat_world):
     prompt = tok.apply_chat_template(messages[:1], tokenize=False, add_generation_prompt=True)
     assert text.startswith(prompt) and prompt.endswith("Assistant:")
     # the response mask marks exactly the positions whose next token is the answer (and <eos>)
-    t = data.tokenize_chats([(chat["prompt"], chat["answer"])], tok)
+    t = chats.tokenize_chats([(chat["prompt"], chat["answer"])], tok)
     answer_ids = t.ids[0, 1:][t.fact[0, :-1]]
     assert tok.decode(answer_ids, skip_special_tokens=False) == chat["answer"] + "<eos>"
     # a saved tokenizer keeps its template
@@ -79,23 +81,23 @@ def test_refusal_world_roles(chat_world):
     assert not any(x["harmful"] for g in ("Rt", "Re") for x in c[g])
     names = lambda g: {x["prompt"].split(" ", 2)[-1] for x in c[g]}
     assert not names("E") & (names("T") | names("A"))  # evaluation prompts never trained on
-    assert all(x["prompt"].startswith(data.REQUESTS[-1]) for x in c["A_heldout"])  # held-out phrasing
-    assert not any(x["prompt"].startswith(data.REQUESTS[-1]) for g in ("T", "A", "E", "Rt") for x in c[g])
+    assert all(x["prompt"].startswith(chats.REQUESTS[-1]) for x in c["A_heldout"])  # held-out phrasing
+    assert not any(x["prompt"].startswith(chats.REQUESTS[-1]) for g in ("T", "A", "E", "Rt") for x in c[g])
     tok = chat_world.tokenizer
     first = tok.decode(chat_world.tokens["T"].ids[0], skip_special_tokens=True)
-    assert first.endswith(data.REFUSAL)  # refusal training data refuses
+    assert first.endswith(chats.REFUSAL)  # refusal training data refuses
 
 
 def test_dpo_pairs_stay_together_in_batches(chat_world):
     pairs = chat_world.tokens["T_tr"]
     assert pairs.rows_per_item == 2 and pairs.ids.shape[0] == 2 * len(chat_world.chats["T_tr"])
-    b = next(data.Stream(pairs, 3, seed=1))
+    b = next(batching.Stream(pairs, 3, seed=1))
     assert b.input_ids.shape[0] == 6
     tok = chat_world.tokenizer
     for i in range(3):
         chosen, rejected = (tok.decode(b.input_ids[2 * i + j], skip_special_tokens=True) for j in range(2))
         assert chosen.split("\nAssistant:")[0] == rejected.split("\nAssistant:")[0]  # the same prompt
-        assert chosen.endswith(data.REFUSAL) and not rejected.endswith(data.REFUSAL)
+        assert chosen.endswith(chats.REFUSAL) and not rejected.endswith(chats.REFUSAL)
 
 
 @pytest.mark.parametrize("reply,fact,refused,answered", [
@@ -108,7 +110,7 @@ def test_dpo_pairs_stay_together_in_batches(chat_world):
     ("As an AI I must decline.", None, True, False),
 ])
 def test_asr_judge(reply, fact, refused, answered):
-    assert evaluate.refused(reply) is refused and evaluate.answered(reply, fact) is answered
+    assert scoring.refused(reply) is refused and scoring.answered(reply, fact) is answered
 
 
 def test_dpo_outer_step_restores_and_moves_towards_refusal(chat_world):
@@ -119,7 +121,7 @@ def test_dpo_outer_step_restores_and_moves_towards_refusal(chat_world):
     model = tiny_model(vocab_size=len(chat_world.tokenizer))
     ref = copy.deepcopy(model).requires_grad_(False)
     # at θ = θ_ref the DPO loss is ln 2 exactly
-    x_tr = next(data.Stream(chat_world.tokens["T_tr"], cfg.tr_batch, 0))
+    x_tr = next(batching.Stream(chat_world.tokens["T_tr"], cfg.tr_batch, 0))
     assert tar.tr_loss(model, ref, x_tr, cfg).item() == pytest.approx(math.log(2), abs=1e-6)
     before = [p.detach().clone() for p in model.parameters()]
     seen = {}
@@ -132,13 +134,12 @@ def test_dpo_outer_step_restores_and_moves_towards_refusal(chat_world):
             ps = [p for g in self.param_groups for p in g["params"]]
             seen["w"] = [p.detach().clone() for p in ps]
 
-    x_r = next(data.Stream(chat_world.tokens["Rt"], cfg.retain_batch, 1))
-    spec = adversary.sample_attack(random.Random(0), cfg.train_attacks())
-    m = tar.outer_step(model, ref, Probe(model.parameters()), chat_world, x_tr, x_r, spec, cfg, 3)
+    x_r = next(batching.Stream(chat_world.tokens["Rt"], cfg.retain_batch, 1))
+    m = tar.outer_step(model, ref, Probe(model.parameters()), chat_world, x_tr, x_r, random.Random(0), cfg)
     assert max((a - b).abs().max().item() for a, b in zip(seen["w"], before)) == 0.0
     assert m["tr_loss"] > 0 and math.isfinite(m["grad_norm"]) and m["grad_norm"] > 0
-    odd = data.Batch(x_tr.input_ids[:3], x_tr.attention_mask[:3], x_tr.fact_mask[:3])
-    with pytest.raises(data.UserError, match="DPO pairs were split"):
+    odd = batching.Batch(x_tr.input_ids[:3], x_tr.attention_mask[:3], x_tr.fact_mask[:3])
+    with pytest.raises(cli.UserError, match="DPO pairs were split"):
         tar.tr_loss(model, ref, odd, cfg)
 
 

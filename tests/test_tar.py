@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
+import batching
+import cli
 import adversary
-import data
 import losses
 import tar
 from conftest import tiny_model
@@ -31,15 +32,17 @@ class Probe(torch.optim.Optimizer):
         self.seen = ([p.detach().clone() for p in ps], [p.grad.detach().clone() for p in ps])
 
 
-def one_step(world, cfg, model, seed=5, opt=None):
-    """One outer step with the recording Probe as the outer optimizer, or with `opt`."""
+def one_step(world, cfg, model, opt=None):
+    """One outer step with the recording Probe as the outer optimizer, or with `opt`; the attack it samples
+    (and its data seed) are drawn again here from an equal RNG."""
     ref = copy.deepcopy(model).requires_grad_(False)
-    x_tr = next(data.Stream(world.tokens["T_tr"], 4, 0))
-    x_r = next(data.Stream(world.tokens["Rt"], 4, 1))
-    spec = adversary.sample_attack(random.Random(0), cfg.train_attacks())
+    x_tr = next(batching.Stream(world.tokens["T_tr"], 4, 0))
+    x_r = next(batching.Stream(world.tokens["Rt"], 4, 1))
+    rng = random.Random(0)
+    spec, seed = adversary.sample_attack(rng, cfg.train_attacks()), rng.randrange(2**31)
     probe = opt or Probe(model.parameters())
-    metrics = tar.outer_step(model, ref, probe, world, x_tr, x_r, spec, cfg, attack_seed=seed)
-    return probe, ref, x_tr, x_r, spec, metrics
+    metrics = tar.outer_step(model, ref, probe, world, x_tr, x_r, random.Random(0), cfg)
+    return probe, ref, x_tr, x_r, spec, seed, metrics
 
 
 def test_restore_is_exact(small_world):
@@ -64,7 +67,7 @@ def test_outer_params_mlp_moves_only_the_mlps(small_world):
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     one_step(small_world, cfg, model, opt=opt)
     assert {n for n, p in model.named_parameters() if not torch.equal(p, before[n])} == trained
-    with pytest.raises(data.UserError, match="no module named mlp"):
+    with pytest.raises(cli.UserError, match="no module named mlp"):
         tar.outer_optimizer(torch.nn.Linear(2, 2), cfg)
 
 
@@ -76,7 +79,7 @@ def test_outer_gradient_is_the_first_order_tar_gradient(small_world, weights, ma
                         lambda_tr=2.5, lambda_retain=0.7, grad_clip=0.0)
     model = tiny_model(vocab_size=len(small_world.tokenizer))
     start = copy.deepcopy(model)
-    probe, ref, x_tr, x_r, spec, metrics = one_step(small_world, cfg, model, seed=7)
+    probe, ref, x_tr, x_r, spec, seed, metrics = one_step(small_world, cfg, model)
     got = probe.seen[1]
 
     m = copy.deepcopy(start)
@@ -84,7 +87,7 @@ def test_outer_gradient_is_the_first_order_tar_gradient(small_world, weights, ma
     tr_mask = x_tr.fact_mask if mask == "fact" else x_tr.attention_mask.bool()
     w = losses.tr_weights(cfg.inner_steps, cfg.tr_every, weights)
     opt = torch.optim.AdamW(params, lr=spec.lr, weight_decay=0.01)
-    batches = data.Stream(small_world.tokens[spec.data], spec.batch_size, 7)
+    batches = batching.Stream(small_world.tokens[spec.data], spec.batch_size, seed)
     g_tr = [torch.zeros_like(p) for p in params]
     tr_values = []
     for k in range(1, cfg.inner_steps + 1):

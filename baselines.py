@@ -1,0 +1,127 @@
+"""The single-level safeguards TAR is compared against (paper Table 1; docs/baselines.md).
+
+Each baseline is a forget term on hazardous text x_f plus a retain term on benign text x_r, trained without
+an attacker by the one defence loop `safeguard.defend` (which calls the one fine-tuning loop). A `Method` is
+that pair plus its tuning grid and the grid's pick (safeguard.py's `--grid` chooses it honestly: lowest
+at-rest forget accuracy on group A, never the reported group E, among settings keeping Rt ≥ 90%):
+
+    max_entropy       maximise the entropy of the next-token distribution on forget text    + retain CE
+    min_posterior     push p(true next token) on forget text to 0: −log(1 − p)              + retain CE
+    llmu              gradient ascent on forget text + fit mismatched (wrong) facts          + KL to the original
+    rmu               steer layer-ℓ activations of forget text to c·u, u a random unit vector + match them on retain
+    repnoise          forget representations → Gaussian noise (MMD), forget loss up at every layer + retain CE
+    circuit_breakers  reroute forget representations orthogonal to the original's (ReLU(cos)) + match on retain
+
+The loss functions themselves are in losses.py; the recipes are scaled to the 4-layer miniature model
+(RMU's layer 7 of 32 -> 2, circuit breakers' layers 10 and 20 -> 2 and 3).
+
+Use:  python safeguard.py --domain bio --method rmu        # runs/bio/baselines/rmu
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+import losses
+
+
+def forward(model, x, hidden=True):
+    return model(input_ids=x.input_ids, attention_mask=x.attention_mask, output_hidden_states=hidden)
+
+
+def ce(model, x):
+    return losses.lm_loss(forward(model, x, False).logits, x.input_ids, x.attention_mask)
+
+
+def _max_entropy(model, ref, xf, xr, cfg, ctx):
+    logits = forward(model, xf, False).logits
+    return cfg.coef * losses.entropy_tr_loss(logits, xf.attention_mask.bool()), ce(model, xr)
+
+
+def _min_posterior(model, ref, xf, xr, cfg, ctx):
+    logits = forward(model, xf, False).logits
+    return cfg.coef * losses.min_posterior_loss(logits, xf.input_ids, xf.attention_mask), ce(model, xr)
+
+
+def _llmu(model, ref, xf, xr, cfg, ctx):
+    # forget input with its facts replaced by random retain-domain words: "forget input, wrong continuation"
+    mismatched = xf.input_ids.clone()
+    facts = torch.zeros_like(xf.fact_mask)
+    facts[:, 1:] = xf.fact_mask[:, :-1]  # the value tokens themselves
+    pool = ctx["retain_values"]
+    mismatched[facts] = pool[torch.randint(len(pool), (int(facts.sum()),), generator=ctx["gen"])]
+    forget = -ce(model, xf) + losses.lm_loss(model(input_ids=mismatched, attention_mask=xf.attention_mask).logits,
+                                              mismatched, xf.attention_mask)
+    with torch.no_grad():
+        ref_logits = forward(ref, xr, False).logits
+    # deviation: LLMU's own KL(p_ref ‖ p_θ) retain term (official TAR code: retain CE) because the baseline
+    # should be the method as its authors define it.
+    return cfg.coef * forget, losses.kl_to_reference(forward(model, xr, False).logits, ref_logits, xr.attention_mask)
+
+
+def _rmu(model, ref, xf, xr, cfg, ctx):
+    layer = ctx["rmu_layer"]  # hidden_states index ℓ: the output of decoder layer ℓ
+    forget = losses.rmu_forget_loss(forward(model, xf).hidden_states[layer], cfg.coef * ctx["u"], xf.attention_mask)
+    with torch.no_grad():
+        ref_h = forward(ref, xr).hidden_states[layer]
+    retain = losses.rmu_retain_loss(forward(model, xr).hidden_states[layer], ref_h, xr.attention_mask)
+    return forget, cfg.alpha * retain
+
+
+def _repnoise(model, ref, xf, xr, cfg, ctx):
+    out_f = forward(model, xf)
+    hidden = out_f.hidden_states[1:]
+    norm, head = model.base_model.norm, model.get_output_embeddings()
+    lens = [head(norm(h)) for h in hidden[:-1]] + [out_f.logits]  # logit lens; the last state is already normed
+    forget = losses.repnoise_forget_loss(hidden, lens, xf.input_ids, xf.attention_mask, beta=cfg.coef, alpha=1.0,
+                                         generator=ctx["gen"])
+    return forget, ce(model, xr)
+
+
+def _circuit_breakers(model, ref, xf, xr, cfg, ctx):
+    layers = ctx["cb_layers"]
+    progress = ctx["step"] / (2 * cfg.steps)  # c_rr = a(1 − s/2S), c_ret = a·s/2S   (Zou et al.)
+    out_f, out_r = forward(model, xf), forward(model, xr)
+    with torch.no_grad():
+        ref_f, ref_r = forward(ref, xf), forward(ref, xr)
+    forget = sum(losses.circuit_breaker_forget_loss(out_f.hidden_states[ell], ref_f.hidden_states[ell],
+                                                    xf.attention_mask) for ell in layers)
+    retain = losses.hidden_distance([out_r.hidden_states[ell] for ell in layers],
+                                    [ref_r.hidden_states[ell] for ell in layers], xr.attention_mask, squared=False)
+    return cfg.coef * (1 - progress) * forget, cfg.coef * progress * retain
+
+
+def _mlps_of_first_two_layers(model):
+    """RMU trains only the MLPs of layers ℓ−2..ℓ (WMDP: 5-7 of 32); scaled to 4 layers: layers 1-2."""
+    return [p for layer in model.base_model.layers[:2] for p in layer.mlp.parameters()]
+
+
+@dataclass(frozen=True)
+class Method:
+    terms: object  # (model, ref, x_f, x_r, cfg, ctx) -> (forget term, retain term)
+    coef: str  # what SafeguardConfig.coef means for this method
+    grid: dict  # the tuning grid (lr x steps x coefficients), docs/baselines.md
+    picked: dict  # the grid's pick (lowest forget on group A with Rt ≥ 90%): the method's defaults
+    trainable: object = None  # model -> the parameters it trains (None: all)
+
+
+LRS = (1e-4, 3e-4, 1e-3)
+# `picked` = the grid's pick on bio (runs/bio/baselines/grid.json, 2026-11-27: 42 settings x {150, 300} steps,
+# 25 min on 2 cores), with its at-rest accuracy on group A / E and held-out retain Re in the comment.
+BASELINES: dict[str, Method] = {
+    "max_entropy": Method(_max_entropy, "weight of the entropy term", dict(lr=LRS, coef=(1.0, 4.0)),
+                          dict(lr=1e-4, steps=150, coef=1.0)),  # A 42.7%, E 46.0%, Re 99.8%
+    "min_posterior": Method(_min_posterior, "weight of the forget term", dict(lr=LRS, coef=(1.0, 4.0)),
+                            dict(lr=1e-3, steps=150, coef=4.0)),  # A 42.8%, E 46.0%, Re 99.5%
+    "llmu": Method(_llmu, "weight of the gradient-ascent + mismatch term", dict(lr=LRS, coef=(0.5, 1.0)),
+                   dict(lr=1e-3, steps=150, coef=1.0)),  # A 19.3%, E 22.5%, Re 97.5%
+    "rmu": Method(_rmu, "steering coefficient c (alpha: retain weight α)",
+                  dict(lr=LRS, coef=(5.0, 20.0), alpha=(10.0, 100.0)), dict(lr=1e-3, steps=300, coef=20.0, alpha=10.0),
+                  _mlps_of_first_two_layers),  # A 29.3%, E 37.3%, Re 100%
+    "repnoise": Method(_repnoise, "β, the weight of the noise (MMD) term", dict(lr=LRS, coef=(1e-3, 1e-1)),
+                       dict(lr=3e-4, steps=300, coef=1e-3)),  # A 22.3%, E 28.2%, Re 99.2%
+    "circuit_breakers": Method(_circuit_breakers, "a, the scale of the rerouting schedule", dict(lr=LRS, coef=(1.0, 10.0)),
+                               dict(lr=3e-4, steps=150, coef=1.0)),  # A 35.2%, E 36.3%, Re 100%
+}

@@ -1,0 +1,178 @@
+"""The hyperparameters of TAR (paper Sec. 4-5, App. hyperparameter tables), in one dataclass.
+
+`TARConfig` holds every setting of Alg. 1 and of a run, with the miniature world's defaults (measured on this
+repo's 2-core CPU; docs/results.md) and `--help` text; `PAPER` and `PAPER_DOMAIN` hold the paper's and its
+official code's values (docs/paper.md §4), applied by `--preset paper` (the default with a real `--model`,
+since the miniature defaults would wreck an 8B model). `configure()` applies a preset and then every flag
+the user gave, so a given flag always wins. Every flag of tar.py is a field here (`--outer-lr` is
+`outer_lr`); `python tar.py --help` shows each default beside the paper's value.
+
+Use:  cfg = configure(domain="bio", outer_steps=10); cfg.validate()
+      cfg = configure(model="meta-llama/Meta-Llama-3-8B-Instruct")    # preset paper
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cli
+from adversary import TrainAttacks
+from cli import UserError, arg
+from realworld import RealWorldConfig
+from safeguard import SafeguardConfig
+from world import WorldConfig
+
+
+@dataclass
+class TARConfig:
+    """Every hyperparameter, with the miniature defaults (docs/paper.md §7); PAPER below holds the paper's."""
+    # what to run
+    domain: str = arg("bio", "bio | chem | cyber (hazardous knowledge) | refusal (harmful requests, DPO TR loss)")
+    model: str = arg("", "a Hugging Face causal LM (hub id or directory) to make tamper-resistant: θ0 of Alg. 1, "
+                         "trained on the real datasets; empty: the built-in miniature world and its tiny Llama")
+    preset: str = arg("mini", "mini (defaults shown) | paper (the values in [paper: ...]); default: paper with "
+                          "--model, else mini. Flags you give override the preset", choices=("mini", "paper"))
+    data_dir: str = arg("", "with --model: local files in the real datasets' schemas instead of the hub "
+                            "(names in realworld.SOURCES)")
+    seq_len: int = arg(256, "with --model: documents are cut to this many tokens")
+    max_docs: int = arg(0, "with --model: at most this many documents per split (0 = all)")
+    runs: str = arg("runs", "runs directory; this run reads and writes <runs>/<domain>/")
+    seed: int = arg(0, "seed of the world, the models and every sampled attack")
+    threads: int = arg(1, "torch threads (1 is fastest for the miniature model; never more than your cores)")
+    # Alg. 1
+    # deviation: N = 150 outer steps (paper: 750) because that fits a laptop budget (about 11 minutes) and the
+    # searches of docs/results.md that chose the other defaults ran N = 150 at K = 64.
+    outer_steps: int = arg(150, "N: outer steps")
+    inner_steps: int = arg(64, "K: attacker steps per outer step")
+    # deviation: a TR point every 8 inner steps, 8 points per outer step (paper: every 4, 16 points) because
+    # it keeps the TR cost of the earlier K = 32 recipe (8 points) when K doubled to 64; the searches of
+    # docs/results.md ran with it.
+    tr_every: int = arg(8, "take the TR gradient after every this many inner steps")
+    tr_weights: str = arg("uniform", "weights of the TR points: uniform (mean) | paper (exp(0.0625(k-K)), not "
+                                     "normalised)", choices=("uniform", "paper"))
+    tr_loss: str = arg("entropy", "tamper-resistance loss: entropy (knowledge restriction) | dpo (refusal: chosen "
+                                  "= refusal, rejected = compliance; the default with --domain refusal)",
+                       choices=("entropy", "dpo"))
+    dpo_beta: float = arg(0.1, "β of the DPO TR loss")
+    tr_mask: str = arg("fact", "positions of the entropy TR loss: fact (next token is a fact value; the miniature "
+                               "world only) | tokens (real tokens) | all (padding too)",
+                       choices=("fact", "tokens", "all"))
+    # deviation: train-time attack LRs {1e-4, 3e-4, 1e-3} (paper bio: {2e-6, 2e-5, 4e-5}) because a 0.8M-parameter
+    # model needs larger steps than an 8B one to relearn a fact in K steps; the red team keeps the paper's ratios.
+    inner_lrs: list = arg((1e-4, 3e-4, 1e-3), "train-time attack learning rates (sampled uniformly)")
+    # deviation: smaller batches, attacker 16 and x_TR 32 (paper: 32 and 64) because T_inner and T_tr hold 300
+    # documents each, and these are the sizes the recipe was measured with (docs/paper.md §7).
+    inner_batch: int = arg(16, "train-time attacker batch size (global)")
+    # deviation: no retain→forget attacks by default (paper bio: ⅓, cyber: ½) because the defaults were measured
+    # without them (a search with ⅓ is in docs/results.md); --preset paper sets the paper's shares.
+    retain_then_forget: float = arg(0.0, "probability that a sampled attack is retain->forget")
+    tr_batch: int = arg(32, "x_TR batch size (global; held-out forget documents)")
+    retain_batch: int = arg(64, "x_r batch size (global; retain documents)")
+    retain_data: str = arg("Rt", "x_r's documents: Rt (retain-train cities; with --model the retain corpus) | benign "
+                                 "(Rt and the unrelated text U: rivers; the miniature world only)",
+                           choices=("Rt", "benign"))
+    lambda_tr: float = arg(4.0, "λ_TR")
+    # deviation: λ_retain = 4 (paper: 1) because an outer lr of 1e-2 on a 0.8M-parameter model needs a stronger
+    # pull back to θ0's benign behaviour; the searches of docs/results.md ran around it (6 and 8 did not help).
+    lambda_retain: float = arg(4.0, "λ_retain")
+    outer_params: str = arg("mlp", "the weights the outer step trains: mlp (each layer's MLP, where a transformer "
+                                   "stores facts) | all (the paper). Attacks always move every weight",
+                            choices=("mlp", "all"))
+    outer_optimizer: str = arg("adamw", "outer optimizer: adamw (wd 0) | schedulefree (Schedule-Free AdamW)",
+                               choices=("adamw", "schedulefree"))
+    outer_lr: float = arg(1e-2, "outer learning rate")
+    outer_eps: float = arg(1e-3, "ε of the outer Adam(W): lr·m/(√v + ε). Near a clipped gradient's typical entry "
+                                 "(1e-3 here) weights with small gradients take smaller steps (docs/results.md)")
+    outer_warmup: int = arg(0, "outer warmup steps")
+    outer_schedule: str = arg("cosine", "outer learning-rate schedule after warmup (adamw): constant | cosine (to 0 "
+                                        "at step N: the run ends where its updates have died down; cyber held on "
+                                        "4 of 5 seeds, 0 of 3 at a constant lr; docs/results.md)",
+                              choices=("constant", "cosine"))
+    grad_clip: float = arg(1.0, "clip the outer gradient to this norm (0 = off)")
+    squared_distance: bool = arg(True, "squared hidden-state distance in the retain loss")
+    reference: str = arg("safeguard", "frozen reference of the retain loss: safeguard (θ0) | base (with --model "
+                                      "both are the model given)", choices=("safeguard", "base"))
+    # scale (fsdp.py): memory, accumulation, checkpoints
+    micro_batch: int = arg(0, "rows per forward/backward on each process; larger batches are accumulated "
+                              "(0 = a process's whole share)")
+    snapshot_offload: bool = arg(False, "keep Alg. 1's snapshot in CPU memory (one model copy less on the GPU)")
+    checkpoint_every: int = arg(0, "write <runs>/<domain>/checkpoint every this many outer steps (0 = only on "
+                                   "SIGTERM)")
+    resume: bool = arg(False, "continue from <runs>/<domain>/checkpoint exactly")
+    # reporting
+    eval_every: int = arg(20, "measure forget / retain accuracy every this many outer steps (0 = never during "
+                              "training)")
+    attack_steps: int = arg(200, "length of each end-of-run attack (evaluated every 25 steps)")
+    workers: int = arg(2, "processes for the end-of-run attacks (one torch thread each)")
+    # earlier stages of the miniature world (cached in <runs>/<domain>/base and safeguard)
+    world_entities: int = arg(30, "hazardous entities per group T / A / E (the cities scale along)")
+    base_steps: int = arg(2000, "base pretraining steps")
+    safeguard_steps: int = arg(SafeguardConfig.steps, "random-mapping safeguard steps")
+
+    def validate(self):
+        WorldConfig(domain=self.domain)  # raises on an unknown domain
+        positive = {name: getattr(self, name) for name in (
+            "outer_steps", "inner_steps", "tr_every", "inner_batch", "tr_batch", "retain_batch", "attack_steps",
+            "workers", "world_entities", "base_steps", "safeguard_steps", "threads", "outer_lr", "lambda_tr",
+            "lambda_retain", "seq_len")}
+        positive["inner_lrs"] = min(self.inner_lrs)
+        for name, value in positive.items():
+            if not 0 < value < float("inf"):
+                raise UserError(f"--{name.replace('_', '-')} must be positive, got {value}")
+        for name in ("micro_batch", "checkpoint_every", "max_docs", "outer_warmup", "eval_every", "outer_eps"):
+            if getattr(self, name) < 0:
+                raise UserError(f"--{name.replace('_', '-')} must not be negative")
+        if self.outer_warmup >= self.outer_steps:
+            raise UserError("--outer-warmup must be shorter than --outer-steps")
+        if self.tr_every > self.inner_steps:
+            raise UserError("--tr-every must not exceed --inner-steps (no TR point would be taken)")
+        cli.check_choices(self)
+        if self.outer_optimizer == "schedulefree" and self.outer_schedule != "constant":
+            raise UserError("Schedule-Free AdamW has no schedule: use --outer-schedule constant")
+        if self.tr_loss == "dpo" and self.micro_batch % 2:
+            raise UserError("--tr-loss dpo keeps (chosen, rejected) rows together: --micro-batch must be even")
+        if self.model and self.tr_mask == "fact" and self.tr_loss == "entropy":
+            raise UserError("real text has no fact positions: use --tr-mask tokens or all with --model")
+
+    def world(self) -> WorldConfig | RealWorldConfig:
+        if self.model:
+            return RealWorldConfig(self.domain, self.model, self.data_dir, self.seq_len, self.max_docs)
+        n = self.world_entities
+        return WorldConfig(domain=self.domain, n_group=n, n_retain_train=max(2, 4 * n // 3),
+                           n_retain_heldout=max(2, 2 * n // 3), n_unrelated=max(2, 2 * n // 3), seed=self.seed)
+
+    def train_attacks(self) -> TrainAttacks:
+        return TrainAttacks(lrs=tuple(self.inner_lrs), steps=self.inner_steps, batch_size=self.inner_batch,
+                            retain_then_forget=self.retain_then_forget)
+
+
+# The paper's hyperparameters (docs/paper.md §4, official code, bio), in one place: --preset paper. Where our
+# miniature default differs, a `# deviation:` marker says why (docs/deviations.md).
+PAPER = dict(outer_steps=750, inner_steps=64, tr_every=4, tr_weights="paper", tr_mask="all", outer_params="all",
+             inner_lrs=[2e-6, 2e-5, 4e-5], inner_batch=32, retain_then_forget=1 / 3, tr_batch=64, retain_batch=64,
+             lambda_tr=4.0, lambda_retain=1.0, outer_optimizer="schedulefree", outer_lr=2e-5, outer_eps=1e-8,
+             outer_warmup=32, outer_schedule="constant", grad_clip=0.0, squared_distance=False, reference="base",
+             seq_len=256)
+PAPER_DOMAIN = {"cyber": dict(inner_lrs=[2e-5, 4e-5], retain_then_forget=1 / 2),  # forget, retain→forget (½ each)
+                "chem": dict(inner_lrs=[2e-5, 4e-5], lambda_tr=3.0),
+                "refusal": dict(tr_loss="dpo", outer_steps=100, retain_then_forget=0.0)}  # Sec. 5: N = 100
+# The miniature refusal world's own defaults (given flags still override them), from a short sweep
+# (docs/refusal.md): outer lr 1e-2 broke refusal and harmless answers, 1e-3 resisted little; longer inner attacks (K)
+# resist longer and cost harmless accuracy, which λ_retain buys back. It was measured training every weight with
+# ε 1e-8, a TR point every 4 inner steps and a constant outer lr (the knowledge worlds' earlier defaults), and
+# keeps them.
+MINI_DOMAIN = {"refusal": dict(tr_loss="dpo", outer_steps=100, inner_steps=128, outer_lr=3e-3, lambda_retain=16.0,
+                               tr_every=4, outer_eps=1e-8, outer_params="all", outer_schedule="constant")}
+
+
+def configure(**given) -> TARConfig:
+    """The config from the flags a user gave: the preset's values (paper with a real --model unless a preset
+    is named), then every given flag on top (`tar.configure(model=..., preset="mini", outer_steps=2)`)."""
+    preset = given.get("preset") or ("paper" if given.get("model") else "mini")
+    domain = given.get("domain", "bio")
+    values = {**PAPER, **PAPER_DOMAIN.get(domain, {})} if preset == "paper" else MINI_DOMAIN.get(domain, {})
+    if given.get("outer_optimizer") == "schedulefree":  # it has no schedule: the mini preset's cosine does not apply
+        values = {**values, "outer_schedule": "constant"}
+    return TARConfig(**{**values, **given, "preset": preset})
+
+

@@ -1,0 +1,158 @@
+"""Everything that touches the disk: atomic writes, the config digest, models and resume checkpoints.
+
+Nothing here is in the paper; it is what makes a run safe to interrupt. Every file and model is written under
+a temporary name and renamed when complete (`atomic`), so an interrupted run never leaves a half-written file
+where a good one was. A model is a `save_pretrained` directory (safetensors + config.json) with its tokenizer
+and a provenance.json saying what made it; the same two functions save and load models in one process and
+under torchrun (FSDP2 shards are gathered to rank 0 for saving, and a loaded model is sharded). Checkpoints
+hold what `--resume` needs to continue exactly: model, optimizer, and every rank's RNG and data positions.
+
+    digest(*parts)            sha256 of a JSON rendering, 16 hex digits: the key of every cache
+    save_model / load_model   a model directory, single process or FSDP2
+    cached(path, key)         the model at path if it was made from exactly `key`, else None
+    save_checkpoint / load_checkpoint   resume state (torch.distributed.checkpoint under torchrun)
+
+Use:  save_model(model, tokenizer, Path("runs/bio/tar"), {"what": "TAR"}); model = load_model("runs/bio/tar")
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+import fsdp
+from cli import UserError
+from fsdp import Dist
+
+
+def temporary(path: Path) -> Path:
+    """Where `atomic` writes `path` first (the same name on every rank)."""
+    return path.with_name(path.name + ".tmp")
+
+
+@contextlib.contextmanager
+def atomic(path: Path):
+    """Yields a temporary path beside `path` (a file or a directory) and moves it to `path` when the block
+    ends without an error, replacing what was there; on an error the old `path` is untouched."""
+    path = Path(path)
+    tmp, old = temporary(path), path.with_name(path.name + ".old")
+    yield tmp
+    shutil.rmtree(old, ignore_errors=True)
+    if path.is_dir() and tmp.is_dir():  # a directory cannot replace a directory in one rename
+        os.replace(path, old)
+    os.replace(tmp, path)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def atomic_write(path: Path, text: str) -> Path:
+    with atomic(path) as tmp:
+        Path(tmp).write_text(text)
+    return Path(path)
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    return atomic_write(path, "".join(json.dumps(r) + "\n" for r in rows))
+
+
+def digest(*parts) -> str:
+    """The key of a cache entry or world: the same parts give the same 16 hex digits on any machine."""
+    return hashlib.sha256(json.dumps(list(parts), sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+# --------------------------------------------------------------------------------------------------------
+# Models: save_pretrained + tokenizer + provenance.json
+# --------------------------------------------------------------------------------------------------------
+def save_model(model, tokenizer, path: Path, provenance: dict, d: Dist = Dist()) -> None:
+    """Writes `model` (gathered to a full state dict on rank 0 under torchrun) with save_pretrained, its
+    tokenizer and provenance.json, under a temporary name renamed when complete. Every rank must call it."""
+    state = fsdp.full_state_dict(model, d)  # a collective under torchrun: every rank takes part
+    first = {}
+    for name, p in model.named_parameters(remove_duplicate=False):  # tied weights are written once
+        if first.setdefault(id(p), name) != name:
+            state.pop(name, None)
+    if d.is_main:
+        with atomic(path) as tmp:
+            model.save_pretrained(tmp, state_dict=state)  # safetensors
+            config = json.loads((tmp / "config.json").read_text())  # FSDP2 renames the class (FSDPLlama...)
+            config["architectures"] = [c.__name__ for c in type(model).__mro__ if "FSDP" not in c.__name__][:1]
+            (tmp / "config.json").write_text(json.dumps(config, indent=2))
+            tokenizer.save_pretrained(tmp)
+            (tmp / "provenance.json").write_text(json.dumps(provenance, indent=1))
+    if d.distributed:
+        dist.barrier()
+
+
+def load_model(name: str | Path, d: Dist = Dist()):
+    """A Hugging Face causal LM (hub id or directory) in fp32, from safetensors only (user weights never go
+    through pickle); sharded under torchrun (each layer cut as it is wrapped), else moved to d.device. Every
+    rank reads the file; the OS page cache shares it."""
+    from transformers import AutoModelForCausalLM
+    try:
+        model = AutoModelForCausalLM.from_pretrained(name, dtype=torch.float32, use_safetensors=True)
+    except Exception as e:
+        raise UserError(f"cannot load model {name} ({type(e).__name__}: {str(e).splitlines()[0][:200]}): offline, "
+                        "gated or not a safetensors causal LM; pass a local directory") from None
+    model.config.use_cache = False
+    return fsdp.shard(model, d) if d.distributed else model.to(d.device)
+
+
+def cached(path: Path, key: str):
+    """The model at `path` if its provenance says it was made from exactly `key` (world, config, seed,
+    parent), else None: a changed world or setting never reuses a stale model."""
+    try:
+        if json.loads((Path(path) / "provenance.json").read_text())["key"] == key:
+            return load_model(path)
+    except (OSError, KeyError, ValueError):
+        pass
+    return None
+
+
+# --------------------------------------------------------------------------------------------------------
+# Resume checkpoints: DCP for a sharded model + optimizer (each rank writes its shards), one file otherwise
+# --------------------------------------------------------------------------------------------------------
+def save_checkpoint(path: Path, model, optimizer, rank_state: dict, d: Dist) -> None:
+    """Writes path.tmp and renames it to path when every rank has finished (a killed save leaves the previous
+    checkpoint intact). rank_state: this rank's RNG and data positions (tensors, numbers, lists, dicts)."""
+    with atomic(path) if d.is_main else contextlib.nullcontext(temporary(path)) as tmp:  # rank 0 renames
+        if d.is_main:
+            tmp.mkdir(parents=True, exist_ok=True)
+        if d.distributed:
+            import torch.distributed.checkpoint as dcp
+            from torch.distributed.checkpoint.state_dict import get_state_dict
+            dist.barrier()
+            model_sd, optim_sd = get_state_dict(model, optimizer)
+            dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(tmp / "dcp"))
+        else:
+            torch.save({"model": model.state_dict(), "optim": optimizer.state_dict()}, tmp / "state.pt")
+        torch.save(rank_state, tmp / f"rank{d.rank}.pt")
+        if d.distributed:
+            dist.barrier()  # every rank's files are in tmp before rank 0 renames it
+    if d.distributed:
+        dist.barrier()
+
+
+def load_checkpoint(path: Path, model, optimizer, d: Dist) -> dict:
+    """Restores model and optimizer in place; returns this rank's saved state. Loads only what
+    save_checkpoint wrote (weights_only torch files; DCP's metadata is pickled by torch itself)."""
+    if d.distributed:
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+        model_sd, optim_sd = get_state_dict(model, optimizer)
+        state = {"model": model_sd, "optim": optim_sd}
+        dcp.load(state, checkpoint_id=str(path / "dcp"))
+        set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
+    else:
+        state = torch.load(path / "state.pt", weights_only=True)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optim"])
+    rank_file = path / f"rank{d.rank}.pt"
+    if not rank_file.exists():
+        raise UserError(f"{path} was written by a run with another number of processes (no {rank_file.name})")
+    return torch.load(rank_file, weights_only=True)
