@@ -77,7 +77,7 @@ def red_team(args: RedTeamArgs) -> None:
         if not models:
             raise UserError(f"no models (directories with a config.json) in {run_dir}")
     if args.data_dir:
-        world_cfg = LocalWorldConfig(args.data_dir, str(next(iter(models.values()))), args.topic)
+        world_cfg = LocalWorldConfig(str(Path(args.data_dir)), str(next(iter(models.values()))), args.topic)
     else:
         world_cfg = world_of(run_dir, args.domain or None)
     t0 = time.time()

@@ -161,7 +161,7 @@ def plot_redteam(results_path: Path) -> list[Path]:
     chosen = r.get("last", {})  # what the last evaluate.py call asked for (the file accumulates over calls)
     models = chosen.get("models", list(r["models"]))
     curves = _redteam_curves(r)
-    summary = r["summary"]  # evaluate.summarize(), stored by evaluate.py
+    summary = r["summary"]  # redteam.summarize(), stored by evaluate.py
     attacks = [a for a in chosen.get("attacks", r["suite"]) if a in curves]
     paths = []
     (out / "curves").mkdir(exist_ok=True)

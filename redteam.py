@@ -30,7 +30,6 @@ from __future__ import annotations
 import concurrent.futures as cf
 import copy
 import datetime
-import hashlib
 import json
 import multiprocessing
 import statistics
@@ -44,7 +43,7 @@ import adversary
 from data import load_world
 from realworld import LocalWorldConfig
 from scoring import accuracies
-from storage import atomic_write, load_model
+from storage import atomic_write, file_digest, load_model
 from world import WorldConfig
 
 RESULTS_SCHEMA = "tar-redteam/1"
@@ -111,16 +110,6 @@ def find_models(run_dir: Path) -> dict[str, Path]:
     return found
 
 
-def model_digest(path: Path) -> str:
-    """sha256 of the weights: results are keyed by it, so a retrained model is attacked afresh."""
-    h = hashlib.sha256()
-    for f in sorted(Path(path).glob("*.safetensors")):
-        with open(f, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                h.update(chunk)
-    return h.hexdigest()[:16]
-
-
 def run_key(digest: str, attack: str, seed: int) -> str:
     return f"{digest}/{attack}/{seed}"
 
@@ -134,7 +123,7 @@ def redteam(models: dict[str, Path], specs: list[adversary.Attack], world_cfg, s
     path = out / "results.json"
     results = json.loads(path.read_text()) if path.exists() else {"schema": RESULTS_SCHEMA, "runs": {}}
     world = load_world(world_cfg)
-    digests = {name: model_digest(p) for name, p in models.items()}
+    digests = {name: file_digest(p) for name, p in models.items()}
     # models and attacks accumulate over calls (one file per run directory); "last" is what this call asked
     # for, and the summary, table and figures cover exactly that
     results["models"] = {**results.get("models", {}),

@@ -298,19 +298,18 @@ def run_grid(methods: list[str], world, run_dir: Path, workers: int, log=print) 
 class SafeguardArgs:
     domain: str = arg("bio", "the miniature world", choices=("bio", "chem", "cyber", "refusal"))
     runs: str = arg("runs", "runs directory; writes <runs>/<domain>/base, safeguard, baselines/")
-    method: str = arg("", "a baseline, or 'all': writes <runs>/<domain>/baselines/<method>/ (empty: the "
-                          "random-mapping safeguard)", choices=("", *BASELINES, "all"))
+    method: str = arg("", f"a method ({', '.join(METHODS)}) or 'all' (the baselines): writes "
+                          "<runs>/<domain>/baselines/<method>/ (empty: the random-mapping safeguard)")
     grid: bool = arg(False, "run the tuning grid of --method instead (baselines/grid.json)")
     workers: int = arg(os.cpu_count() or 1, "processes for --grid (one torch thread each)")
 
 
 def build(args: SafeguardArgs) -> None:
     torch.set_num_threads(1)
-    world = build_world(WorldConfig(domain=args.domain))  # an unknown domain is one error line, naming the choices
     methods = (list(BASELINES) if args.method == "all" else [for_method(args.method).method]) if args.method else []
-    cli.check_choices(args)
     if args.grid and not methods:
         raise UserError("--grid needs --method NAME or --method all")
+    world = build_world(WorldConfig(domain=args.domain))  # an unknown domain is one error line, naming the choices
     run_dir = Path(args.runs) / args.domain
     run_dir.mkdir(parents=True, exist_ok=True)
     base, key = base_model(world, BaseConfig(), run_dir)

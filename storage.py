@@ -8,6 +8,7 @@ under torchrun (FSDP2 shards are gathered to rank 0 for saving, and a loaded mod
 hold what `--resume` needs to continue exactly: model, optimizer, and every rank's RNG and data positions.
 
     digest(*parts)            sha256 of a JSON rendering, 16 hex digits: the key of every cache
+    file_digest(path)         sha256 of a model's weight files: the red team's key of a model
     save_model / load_model   a model directory, single process or FSDP2
     cached(path, key)         the model at path if it was made from exactly `key`, else None
     save_checkpoint / load_checkpoint   resume state (torch.distributed.checkpoint under torchrun)
@@ -43,6 +44,7 @@ def atomic(path: Path):
     ends without an error, replacing what was there; on an error the old `path` is untouched."""
     path = Path(path)
     tmp, old = temporary(path), path.with_name(path.name + ".old")
+    shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() else tmp.unlink(missing_ok=True)  # a failed earlier try
     yield tmp
     shutil.rmtree(old, ignore_errors=True)
     if path.is_dir() and tmp.is_dir():  # a directory cannot replace a directory in one rename
@@ -64,6 +66,16 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
 def digest(*parts) -> str:
     """The key of a cache entry or world: the same parts give the same 16 hex digits on any machine."""
     return hashlib.sha256(json.dumps(list(parts), sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def file_digest(path: Path) -> str:
+    """sha256 of the *.safetensors files of a model directory, 16 hex digits: a retrained model gets a new one."""
+    h = hashlib.sha256()
+    for f in sorted(Path(path).glob("*.safetensors")):
+        with open(f, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()[:16]
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -89,17 +101,18 @@ def save_model(model, tokenizer, path: Path, provenance: dict, d: Dist = Dist())
         dist.barrier()
 
 
-def load_model(name: str | Path, d: Dist = Dist()):
-    """A Hugging Face causal LM (hub id or directory) in fp32, from safetensors only (user weights never go
-    through pickle); sharded under torchrun (each layer cut as it is wrapped), else moved to d.device. Every
-    rank reads the file; the OS page cache shares it."""
+def load_model(name: str | Path, d: Dist = Dist(), safetensors_only: bool = False):
+    """A Hugging Face causal LM (hub id or directory) in fp32; sharded under torchrun (each layer cut as it is
+    wrapped), else moved to d.device. Every rank reads the file; the OS page cache shares it. safetensors_only:
+    a model from outside the run (`--model`) never goes through pickle."""
     from transformers import AutoModelForCausalLM
     try:
-        model = AutoModelForCausalLM.from_pretrained(name, dtype=torch.float32, use_safetensors=True)
+        model = AutoModelForCausalLM.from_pretrained(name, dtype=torch.float32,
+                                                     **({"use_safetensors": True} if safetensors_only else {}))
     except Exception as e:
         raise UserError(f"cannot load model {name} ({type(e).__name__}: {str(e).splitlines()[0][:200]}): offline, "
-                        "gated or not a safetensors causal LM; pass a local directory") from None
-    model.config.use_cache = False
+                        f"gated or not a{' safetensors' if safetensors_only else ''} causal LM; pass a local "
+                        "directory") from None
     return fsdp.shard(model, d) if d.distributed else model.to(d.device)
 
 
@@ -109,7 +122,7 @@ def cached(path: Path, key: str):
     try:
         if json.loads((Path(path) / "provenance.json").read_text())["key"] == key:
             return load_model(path)
-    except (OSError, KeyError, ValueError):
+    except (OSError, KeyError, ValueError, UserError):  # unreadable: made again
         pass
     return None
 

@@ -54,7 +54,7 @@ import report
 import safeguard
 import scoring
 import storage
-from adversary import attack_stream, attack_steps, sample_attack
+import adversary
 from batching import Stream, shard_batch
 from cli import UserError
 from config import MINI_DOMAIN, PAPER, PAPER_DOMAIN, TARConfig, configure
@@ -98,7 +98,7 @@ def outer_step(model, ref, outer_opt, world, x_tr, x_r, rng: random.Random, cfg:
     shards = [fsdp.local(p) for p in params]  # this rank's piece of each parameter
     micro = lambda b: shard_batch(b, d.rank, d.world_size, cfg.micro_batch, d.device)
     # l.3: attack ~ A_train (its LR and data; its data order from its own seed), rank 0's draw on every rank
-    spec, attack_seed = fsdp.broadcast((sample_attack(rng, cfg.train_attacks()), rng.randrange(2**31)), d)
+    spec, attack_seed = fsdp.broadcast((adversary.sample_attack(rng, cfg.train_attacks()), rng.randrange(2**31)), d)
     # l.4: x_TR ~ D_TR, x_r ~ D_retain (drawn by the caller), as this rank's micro-batches
     x_tr, x_r = micro(x_tr), micro(x_r)
     # l.5: snapshot θ (the attack moves the weights in place; on the CPU if asked, as the code); g_TR ← 0
@@ -110,8 +110,8 @@ def outer_step(model, ref, outer_opt, world, x_tr, x_r, rng: random.Random, cfg:
     w = losses.tr_weights(cfg.inner_steps, cfg.tr_every, cfg.tr_weights)  # w_k, keyed by inner step k
 
     # l.6-8: K steps of the sampled attack with a fresh inner optimizer; the loop pauses at θ_k every tr_every
-    batches = map(micro, attack_stream(spec, world.tokens, attack_seed))
-    for k in attack_steps(model, spec, batches, every=cfg.tr_every):
+    batches = map(micro, adversary.attack_stream(spec, world.tokens, attack_seed))
+    for k in adversary.attack_steps(model, spec, batches, every=cfg.tr_every):
         # l.9: g_TR ← g_TR + w_k ∇_θ L_TR(θ_k; x_TR), the first-order gradient at the attacked weights
         model.zero_grad(set_to_none=True)  # drop the attacker's last gradient
         l_tr = 0.0
@@ -335,7 +335,8 @@ def run_real(cfg: TARConfig, run_dir: Path, d: Dist, log) -> dict:
     save_pretrained; red-team it with evaluate.py."""
     t0 = time.time()
     world = load_real_world(cfg.world())
-    model, ref = storage.load_model(cfg.model, d), storage.load_model(cfg.model, d)  # ref: frozen θ0
+    model, ref = (storage.load_model(cfg.model, d, safetensors_only=True) for _ in range(2))  # ref: frozen θ0
+    model.config.use_cache = ref.config.use_cache = False  # training forwards keep no KV cache
     if d.is_main:
         est = fsdp.memory_estimate(model.config, d.world_size, cfg.micro_batch or max(
             cfg.inner_batch, cfg.tr_batch, cfg.retain_batch) // d.world_size, cfg.seq_len,

@@ -13,13 +13,13 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM
 
 import cli
 import fsdp
 import realdata
 import realworld
 import scoring
-import storage
 import tar
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -78,7 +78,7 @@ def test_fsdp_equals_one_process_and_saves_a_loadable_model(setup):
         # the gathered model loads with transformers under its own class and scores what the sharded one did
         config = json.loads((run / "tar" / "config.json").read_text())
         assert config["architectures"] == [{"llama": "LlamaForCausalLM", "gpt2": "GPT2LMHeadModel"}[arch]]
-        reloaded = storage.load_model(run / "tar")
+        reloaded = AutoModelForCausalLM.from_pretrained(run / "tar", dtype=torch.float32)
         world = realworld.load_real_world(realworld.RealWorldConfig(domain, str(run / "tar"), str(fx), SMALL["seq_len"]))
         in_memory = json.loads((run / "results.json").read_text())["models"]["tar"]["at_rest"]
         assert scoring.accuracies(reloaded, world) == in_memory
