@@ -75,7 +75,7 @@ class World:
     items: dict[str, list[dict]]  # group -> MC items {question, choices, answer}
     tokens: dict[str, Tokens] = field(repr=False)
     digest: str = ""  # sha256 of everything above: a cache made from another world is never reused
-    style: str = "cloze"  # how its MC items are scored (evaluate.py): cloze here, letter for real models
+    style: str = "cloze"  # how its MC items are scored (scoring.py): cloze here, letter for real models
     topic: str = ""  # the WMDP prompt's subject ("biology")
     chats: dict[str, list[dict]] | None = None  # refusal world: group -> [{prompt, answer, fact, harmful}]
 

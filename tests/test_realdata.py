@@ -1,4 +1,4 @@
-"""data.py's loaders for the real datasets (docs/data.md), on small local files in each dataset's exact
+"""realworld.py's loaders for the real datasets (docs/data.md), on small local files in each dataset's exact
 schema (tests/realdata.py writes them), through the real `datasets` JSON builder; and the offline hub error."""
 
 import json
