@@ -38,6 +38,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import adversary  # noqa: E402
 import cli  # noqa: E402
 import fsdp  # noqa: E402
 import scoring  # noqa: E402
@@ -140,7 +141,7 @@ def measure_shape(name: str, shape: dict, d, args) -> dict:
     x_tr = next(tar.Stream(world.tokens["T_tr"], cfg.tr_batch, 0))
     x_r = next(tar.Stream(world.tokens["Rt"], cfg.retain_batch, 1))
     rng = random.Random(0)  # outer_step draws the same attack from an equal RNG at every call
-    spec, seed = tar.sample_attack(rng, cfg.train_attacks()), rng.randrange(2**31)
+    spec, seed = adversary.sample_attack(rng, cfg.train_attacks()), rng.randrange(2**31)
     step = lambda: tar.outer_step(model, ref, opt, world, x_tr, x_r, random.Random(0), cfg, d)
     step()  # warm-up: kernels, allocator, optimizer state
     sync(d)
