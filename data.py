@@ -23,7 +23,7 @@ import cli
 from cli import arg
 from realworld import LocalWorldConfig, RealWorldConfig, load_local_world, load_real_world
 from storage import atomic_write, write_jsonl
-from world import World, WorldConfig, build_world
+from world import WORLDS, World, WorldConfig, build_world
 
 
 def load_world(cfg) -> World:
@@ -48,7 +48,7 @@ def write_world(world: World, out: Path) -> list[Path]:
 @dataclass
 class WorldArgs:
     out: str = arg("", "directory to write (required)")
-    domain: str = arg("bio", "the miniature world", choices=("bio", "chem", "cyber", "refusal"))
+    domain: str = arg("bio", "the miniature world", choices=WORLDS)
     seed: int = arg(0, "seed of the world")
 
 

@@ -47,7 +47,7 @@ from batching import Stream
 from cli import UserError, arg
 from domains import CITIES
 from storage import atomic_write, cached, digest, load_model, save_model
-from world import WorldConfig, build_world
+from world import WORLDS, WorldConfig, build_world
 
 
 @dataclass(frozen=True)
@@ -296,7 +296,7 @@ def run_grid(methods: list[str], world, run_dir: Path, workers: int, log=print) 
 
 @dataclass
 class SafeguardArgs:
-    domain: str = arg("bio", "the miniature world", choices=("bio", "chem", "cyber", "refusal"))
+    domain: str = arg("bio", "the miniature world", choices=WORLDS)
     runs: str = arg("runs", "runs directory; writes <runs>/<domain>/base, safeguard, baselines/")
     method: str = arg("", f"a method ({', '.join(METHODS)}) or 'all' (the baselines): writes "
                           "<runs>/<domain>/baselines/<method>/ (empty: the random-mapping safeguard)")

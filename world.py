@@ -48,6 +48,9 @@ from storage import digest
 from tokenizer import make_tokenizer, tokenize
 
 
+WORLDS = (*DOMAINS, "refusal")  # every miniature world: the hazardous domains and the refusal world
+
+
 @dataclass(frozen=True)
 class WorldConfig:
     domain: str = "bio"
@@ -59,8 +62,8 @@ class WorldConfig:
     seed: int = 0
 
     def __post_init__(self):
-        if self.domain not in DOMAINS and self.domain != "refusal":
-            raise UserError(f"unknown domain {self.domain!r}: choose one of {', '.join(DOMAINS)}, refusal")
+        if self.domain not in WORLDS:
+            raise UserError(f"unknown domain {self.domain!r}: choose one of {', '.join(WORLDS)}")
         for name in ("n_group", "n_retain_train", "n_retain_heldout", "n_unrelated", "docs_per_entity"):
             if getattr(self, name) < 2:
                 raise UserError(f"world setting {name} must be at least 2, got {getattr(self, name)}")
