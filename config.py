@@ -17,129 +17,123 @@ from dataclasses import dataclass
 
 import cli
 from adversary import TrainAttacks
-from cli import UserError, arg
+from cli import UsageError, arg
 from realworld import RealWorldConfig
 from safeguard import SafeguardConfig
-from world import WorldConfig
+from world import WORLDS, WorldConfig, world_config
 
 
 @dataclass
 class TARConfig:
     """Every hyperparameter, with the miniature defaults (docs/paper.md §7); PAPER below holds the paper's."""
     # what to run
-    domain: str = arg("bio", "bio | chem | cyber (hazardous knowledge) | refusal (harmful requests, DPO TR loss)")
+    domain: str = arg("bio", "bio | chem | cyber (hazardous knowledge) | refusal (harmful requests, DPO TR loss)",
+                      choices=WORLDS)
     model: str = arg("", "a Hugging Face causal LM (hub id or directory) to make tamper-resistant: θ0 of Alg. 1, "
                          "trained on the real datasets; empty: the built-in miniature world and its tiny Llama")
     preset: str = arg("mini", "mini (defaults shown) | paper (the values in [paper: ...]); default: paper with "
                           "--model, else mini. Flags you give override the preset", choices=("mini", "paper"))
     data_dir: str = arg("", "with --model: local files in the real datasets' schemas instead of the hub "
                             "(names in realworld.SOURCES)")
-    seq_len: int = arg(256, "with --model: documents are cut to this many tokens")
-    max_docs: int = arg(0, "with --model: at most this many documents per split (0 = all)")
-    runs: str = arg("runs", "runs directory; this run reads and writes <runs>/<domain>/")
-    seed: int = arg(0, "seed of the world, the models and every sampled attack")
-    threads: int = arg(1, "torch threads (1 is fastest for the miniature model; never more than your cores)")
+    seq_len: int = arg(256, "with --model: documents are cut to this many tokens", above=0)
+    max_docs: int = arg(0, "with --model: at most this many documents per split (0 = all)", at_least=0)
+    runs: str = arg("runs", "runs directory; this run reads and writes <runs>/<domain>/", nonempty=True)
+    seed: int = arg(0, "seed of the world, the models and every sampled attack", at_least=0)
+    threads: int = arg(1, "torch threads (1 is fastest for the miniature model; never more than your cores)",
+                       above=0)
     # Alg. 1
     # deviation: N = 150 outer steps (paper: 750) because that fits a laptop budget (about 11 minutes) and the
     # searches of docs/results.md that chose the other defaults ran N = 150 at K = 64.
-    outer_steps: int = arg(150, "N: outer steps")
-    inner_steps: int = arg(64, "K: attacker steps per outer step")
+    outer_steps: int = arg(150, "N: outer steps", above=0)
+    inner_steps: int = arg(64, "K: attacker steps per outer step", above=0)
     # deviation: a TR point every 8 inner steps, 8 points per outer step (paper: every 4, 16 points) because
     # it keeps the TR cost of the earlier K = 32 recipe (8 points) when K doubled to 64; the searches of
     # docs/results.md ran with it.
-    tr_every: int = arg(8, "take the TR gradient after every this many inner steps")
+    tr_every: int = arg(8, "take the TR gradient after every this many inner steps", above=0)
     tr_weights: str = arg("uniform", "weights of the TR points: uniform (mean) | paper (exp(0.0625(k-K)), not "
                                      "normalised)", choices=("uniform", "paper"))
     tr_loss: str = arg("entropy", "tamper-resistance loss: entropy (knowledge restriction) | dpo (refusal: chosen "
                                   "= refusal, rejected = compliance; the default with --domain refusal)",
                        choices=("entropy", "dpo"))
-    dpo_beta: float = arg(0.1, "β of the DPO TR loss")
+    dpo_beta: float = arg(0.1, "β of the DPO TR loss", above=0)
     tr_mask: str = arg("fact", "positions of the entropy TR loss: fact (next token is a fact value; the miniature "
                                "world only) | tokens (real tokens) | all (padding too)",
                        choices=("fact", "tokens", "all"))
     # deviation: train-time attack LRs {1e-4, 3e-4, 1e-3} (paper bio: {2e-6, 2e-5, 4e-5}) because a 0.8M-parameter
     # model needs larger steps than an 8B one to relearn a fact in K steps; the red team keeps the paper's ratios.
-    inner_lrs: list = arg((1e-4, 3e-4, 1e-3), "train-time attack learning rates (sampled uniformly)")
+    inner_lrs: list = arg((1e-4, 3e-4, 1e-3), "train-time attack learning rates (sampled uniformly)", above=0)
     # deviation: smaller batches, attacker 16 and x_TR 32 (paper: 32 and 64) because T_inner and T_tr hold 300
     # documents each, and these are the sizes the recipe was measured with (docs/paper.md §7).
-    inner_batch: int = arg(16, "train-time attacker batch size (global)")
+    inner_batch: int = arg(16, "train-time attacker batch size (global)", above=0)
     # deviation: no retain→forget attacks by default (paper bio: ⅓, cyber: ½) because the defaults were measured
     # without them (a search with ⅓ is in docs/results.md); --preset paper sets the paper's shares.
-    retain_then_forget: float = arg(0.0, "probability that a sampled attack is retain->forget")
-    tr_batch: int = arg(32, "x_TR batch size (global; held-out forget documents)")
-    retain_batch: int = arg(64, "x_r batch size (global; retain documents)")
+    retain_then_forget: float = arg(0.0, "probability that a sampled attack is retain->forget", at_least=0,
+                                    at_most=1)
+    tr_batch: int = arg(32, "x_TR batch size (global; held-out forget documents)", above=0)
+    retain_batch: int = arg(64, "x_r batch size (global; retain documents)", above=0)
     retain_data: str = arg("Rt", "x_r's documents: Rt (retain-train cities; with --model the retain corpus) | benign "
                                  "(Rt and the unrelated text U: rivers; the miniature world only)",
                            choices=("Rt", "benign"))
-    lambda_tr: float = arg(4.0, "λ_TR")
+    lambda_tr: float = arg(4.0, "λ_TR", at_least=0)
     # deviation: λ_retain = 4 (paper: 1) because an outer lr of 1e-2 on a 0.8M-parameter model needs a stronger
     # pull back to θ0's benign behaviour; the searches of docs/results.md ran around it (6 and 8 did not help).
-    lambda_retain: float = arg(4.0, "λ_retain")
+    lambda_retain: float = arg(4.0, "λ_retain", at_least=0)
     outer_params: str = arg("mlp", "the weights the outer step trains: mlp (each layer's MLP, where a transformer "
                                    "stores facts) | all (the paper). Attacks always move every weight",
                             choices=("mlp", "all"))
     outer_optimizer: str = arg("adamw", "outer optimizer: adamw (wd 0) | schedulefree (Schedule-Free AdamW)",
                                choices=("adamw", "schedulefree"))
-    outer_lr: float = arg(1e-2, "outer learning rate")
+    outer_lr: float = arg(1e-2, "outer learning rate", above=0)
     outer_eps: float = arg(1e-3, "ε of the outer Adam(W): lr·m/(√v + ε). Near a clipped gradient's typical entry "
-                                 "(1e-3 here) weights with small gradients take smaller steps (docs/results.md)")
-    outer_warmup: int = arg(0, "outer warmup steps")
+                                 "(1e-3 here) weights with small gradients take smaller steps (docs/results.md)",
+                          at_least=0)
+    outer_warmup: int = arg(0, "outer warmup steps", at_least=0)
     outer_schedule: str = arg("cosine", "outer learning-rate schedule after warmup (adamw): constant | cosine (to 0 "
                                         "at step N: the run ends where its updates have died down; cyber held on "
                                         "4 of 5 seeds, 0 of 3 at a constant lr; docs/results.md)",
                               choices=("constant", "cosine"))
-    grad_clip: float = arg(1.0, "clip the outer gradient to this norm (0 = off)")
+    grad_clip: float = arg(1.0, "clip the outer gradient to this norm (0 = off)", at_least=0)
     squared_distance: bool = arg(True, "squared hidden-state distance in the retain loss")
     reference: str = arg("safeguard", "frozen reference of the retain loss: safeguard (θ0) | base (with --model "
                                       "both are the model given)", choices=("safeguard", "base"))
     # scale (fsdp.py): memory, accumulation, checkpoints
     micro_batch: int = arg(0, "rows per forward/backward on each process; larger batches are accumulated "
-                              "(0 = a process's whole share)")
+                              "(0 = a process's whole share)", at_least=0)
     snapshot_offload: bool = arg(False, "keep Alg. 1's snapshot in CPU memory (one model copy less on the GPU)")
     checkpoint_every: int = arg(0, "write <runs>/<domain>/checkpoint every this many outer steps (0 = only on "
-                                   "SIGTERM)")
+                                   "SIGTERM)", at_least=0)
     resume: bool = arg(False, "continue from <runs>/<domain>/checkpoint exactly")
     # reporting
     eval_every: int = arg(20, "measure forget / retain accuracy every this many outer steps (0 = never during "
-                              "training)")
-    attack_steps: int = arg(200, "length of each end-of-run attack (evaluated every 25 steps)")
-    workers: int = arg(2, "processes for the end-of-run attacks (one torch thread each)")
+                              "training)", at_least=0)
+    attack_steps: int = arg(200, "length of each end-of-run attack (evaluated every 25 steps)", above=0)
+    workers: int = arg(2, "processes for the end-of-run attacks (one torch thread each)", above=0)
     # earlier stages of the miniature world (cached in <runs>/<domain>/base and safeguard)
-    world_entities: int = arg(30, "hazardous entities per group T / A / E (the cities scale along)")
-    base_steps: int = arg(2000, "base pretraining steps")
-    safeguard_steps: int = arg(SafeguardConfig.steps, "random-mapping safeguard steps")
+    world_entities: int = arg(30, "hazardous entities per group T / A / E (the cities scale along)", above=0)
+    base_steps: int = arg(2000, "base pretraining steps", above=0)
+    safeguard_steps: int = arg(SafeguardConfig.steps, "random-mapping safeguard steps", above=0)
 
     def validate(self):
+        """Every flag in its domain (cli.check: finite, bounds, choices), then the checks that join two flags;
+        run before any work, so a bad value never costs a trained base."""
+        cli.check(self)
         WorldConfig(domain=self.domain)  # raises on an unknown domain
-        positive = {name: getattr(self, name) for name in (
-            "outer_steps", "inner_steps", "tr_every", "inner_batch", "tr_batch", "retain_batch", "attack_steps",
-            "workers", "world_entities", "base_steps", "safeguard_steps", "threads", "outer_lr", "lambda_tr",
-            "lambda_retain", "seq_len")}
-        positive["inner_lrs"] = min(self.inner_lrs)
-        for name, value in positive.items():
-            if not 0 < value < float("inf"):
-                raise UserError(f"--{name.replace('_', '-')} must be positive, got {value}")
-        for name in ("micro_batch", "checkpoint_every", "max_docs", "outer_warmup", "eval_every", "outer_eps"):
-            if getattr(self, name) < 0:
-                raise UserError(f"--{name.replace('_', '-')} must not be negative")
         if self.outer_warmup >= self.outer_steps:
-            raise UserError("--outer-warmup must be shorter than --outer-steps")
+            raise UsageError("--outer-warmup must be shorter than --outer-steps")
         if self.tr_every > self.inner_steps:
-            raise UserError("--tr-every must not exceed --inner-steps (no TR point would be taken)")
-        cli.check_choices(self)
+            raise UsageError("--tr-every must not exceed --inner-steps (no TR point would be taken)")
         if self.outer_optimizer == "schedulefree" and self.outer_schedule != "constant":
-            raise UserError("Schedule-Free AdamW has no schedule: use --outer-schedule constant")
-        if self.tr_loss == "dpo" and self.micro_batch % 2:
-            raise UserError("--tr-loss dpo keeps (chosen, rejected) rows together: --micro-batch must be even")
+            raise UsageError("Schedule-Free AdamW has no schedule: use --outer-schedule constant")
+        if self.tr_loss == "dpo" and (self.micro_batch % 2 or self.tr_batch % 2):
+            raise UsageError("--tr-loss dpo keeps (chosen, rejected) rows together: --micro-batch and --tr-batch "
+                             "must be even")
         if self.model and self.tr_mask == "fact" and self.tr_loss == "entropy":
-            raise UserError("real text has no fact positions: use --tr-mask tokens or all with --model")
+            raise UsageError("real text has no fact positions: use --tr-mask tokens or all with --model")
 
     def world(self) -> WorldConfig | RealWorldConfig:
         if self.model:
             return RealWorldConfig(self.domain, self.model, self.data_dir, self.seq_len, self.max_docs)
-        n = self.world_entities
-        return WorldConfig(domain=self.domain, n_group=n, n_retain_train=max(2, 4 * n // 3),
-                           n_retain_heldout=max(2, 2 * n // 3), n_unrelated=max(2, 2 * n // 3), seed=self.seed)
+        return world_config(self.domain, self.world_entities, self.seed)
 
     def train_attacks(self) -> TrainAttacks:
         return TrainAttacks(lrs=tuple(self.inner_lrs), steps=self.inner_steps, batch_size=self.inner_batch,

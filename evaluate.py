@@ -50,7 +50,6 @@ class RedTeamArgs:
 
 def red_team(args: RedTeamArgs) -> None:
     torch.set_num_threads(1)
-    cli.check_choices(args)
     if bool(args.run_dir) == bool(args.model):
         raise UserError("give a run directory or --model PATH (one of them)")
     if args.seeds <= 0 or args.workers <= 0:

@@ -220,11 +220,11 @@ LLAMA3_8B = dict(model_type="llama", hidden_size=4096, intermediate_size=14336, 
 
 @dataclass
 class EstimateArgs:
-    model: str = arg("llama3-8b", "llama3-8b (built in) or a model directory / hub id")
-    world_size: list = arg((8,), "processes (GPUs)", of=int)
-    gpu_gib: list = arg((80.0, 40.0), "card sizes to compare against (GiB)")
-    micro_batch: int = arg(4, "rows per forward on a rank")
-    seq_len: int = arg(256, "tokens per row")
+    model: str = arg("llama3-8b", "llama3-8b (built in) or a model directory / hub id", nonempty=True)
+    world_size: list = arg((8,), "processes (GPUs)", of=int, above=0)
+    gpu_gib: list = arg((80.0, 40.0), "card sizes to compare against (GiB)", above=0)
+    micro_batch: int = arg(4, "rows per forward on a rank", above=0)
+    seq_len: int = arg(256, "tokens per row", above=0)
     snapshot_offload: bool = arg(False, "also show the estimate with Alg. 1's snapshot in CPU memory")
 
 

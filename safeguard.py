@@ -232,7 +232,8 @@ def safeguard_model(base, base_key: str, world, cfg: SafeguardConfig, run_dir: P
     acc = scoring.accuracies(model, world, scoring.EVERY_GROUP)
     log(f"{cfg.method}: {time.time() - t0:.0f}s, accuracy " + " ".join(f"{g} {a:.1%}" for g, a in acc.items()))
     save_model(model, world.tokenizer, path, {"key": key, "what": f"{cfg.method} safeguard",
-                                               "parent": str(run_dir / "base"), "config": asdict(cfg),
+                                               "world": asdict(world.config), "parent": str(run_dir / "base"),
+                                               "config": asdict(cfg),
                                                "accuracy": acc})
     return model
 

@@ -7,6 +7,7 @@ and a provenance.json saying what made it; the same two functions save and load 
 under torchrun (FSDP2 shards are gathered to rank 0 for saving, and a loaded model is sharded). Checkpoints
 hold what `--resume` needs to continue exactly: model, optimizer, and every rank's RNG and data positions.
 
+    read_json / read_jsonl    a JSON / JSONL file, or one error line naming the file, the line and the fix
     digest(*parts)            sha256 of a JSON rendering, 16 hex digits: the key of every cache
     file_digest(path)         sha256 of a model's weight files: the red team's key of a model
     save_model / load_model   a model directory, single process or FSDP2
@@ -61,6 +62,48 @@ def atomic_write(path: Path, text: str) -> Path:
 
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
     return atomic_write(path, "".join(json.dumps(r) + "\n" for r in rows))
+
+
+def read_json(path: Path, fix: str = "delete it to start over"):
+    """A JSON file, or one UserError naming it, what is wrong and `fix` (what the user should do)."""
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise UserError(f"{path} does not exist") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"cannot read {path} ({e}); {fix}") from None
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path} is not valid JSON (line {e.lineno}: {e.msg}); {fix}") from None
+
+
+def read_jsonl(path: Path, fields: tuple[str, ...] = (), fix: str = "fix or delete it",
+               torn_tail: bool = False) -> list[dict]:
+    """The rows of a JSONL file (blank lines skipped), each an object with every one of `fields`, or one
+    UserError naming the file, the line and `fix`. torn_tail: a last line cut off mid-write (a killed run's
+    log) is dropped instead."""
+    try:
+        lines = Path(path).read_text().splitlines()
+    except FileNotFoundError:
+        raise UserError(f"{path} does not exist") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"cannot read {path} ({e}); {fix}") from None
+    rows = []
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            if torn_tail and n == len(lines):
+                break
+            raise UserError(f"{path} line {n} is not valid JSON ({e.msg}); {fix}") from None
+        if not isinstance(row, dict):
+            raise UserError(f"{path} line {n} is not a JSON object; {fix}")
+        missing = [f for f in fields if f not in row]
+        if missing:
+            raise UserError(f"{path} line {n} lacks {', '.join(missing)} (each row needs {', '.join(fields)}); {fix}")
+        rows.append(row)
+    return rows
 
 
 def digest(*parts) -> str:

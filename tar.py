@@ -318,7 +318,7 @@ def run(cfg: TARConfig, log=print) -> dict:
     train_tar(theta0, ref, world, cfg, run_dir, log=log)
     storage.save_model(theta0, world.tokenizer, run_dir / "tar",
                        {"key": storage.digest("tar", base_key, asdict(cfg)), "what": "TAR",
-                        "parent": str(run_dir / "safeguard"), "config": asdict(cfg)})
+                        "world": asdict(world.config), "parent": str(run_dir / "safeguard"), "config": asdict(cfg)})
     timings["tar"] = round(time.time() - t1, 1)
 
     # End-of-run attacks: TAR's in this process, base and safeguard's finish in the worker meanwhile
@@ -349,7 +349,7 @@ def run_real(cfg: TARConfig, run_dir: Path, d: Dist, log) -> dict:
     timings = {"tar": round(time.time() - t0, 1)}
     at_rest = {"tar": scoring.accuracies(model, world)}  # the in-memory (sharded) model, all ranks in step
     storage.save_model(model, world.tokenizer, run_dir / "tar", {"what": "TAR", "parent": cfg.model,
-                                                                 "config": asdict(cfg)}, d)
+                                                                 "world": asdict(cfg.world()), "config": asdict(cfg)}, d)
     timings["total"] = round(time.time() - t0, 1)
     results = report.run_results(run_dir, world, cfg, {}, timings, at_rest)
     return report.write_report(results, run_dir, log) if d.is_main else results

@@ -69,6 +69,14 @@ class WorldConfig:
                 raise UserError(f"world setting {name} must be at least 2, got {getattr(self, name)}")
 
 
+def world_config(domain: str, entities: int = 30, seed: int = 0) -> WorldConfig:
+    """The world of the scripts' shared flags (--domain, --world-entities, --seed): n hazardous entities per
+    group, the cities and rivers scaled along (30 gives the defaults above)."""
+    n = entities
+    return WorldConfig(domain=domain, n_group=n, n_retain_train=max(2, 4 * n // 3),
+                       n_retain_heldout=max(2, 2 * n // 3), n_unrelated=max(2, 2 * n // 3), seed=seed)
+
+
 @dataclass
 class World:
     config: WorldConfig

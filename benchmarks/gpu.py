@@ -233,10 +233,10 @@ def checkpoint_round_trip(d, args, root: Path) -> dict:
 class GpuArgs:
     tiny: bool = arg(False, "CPU smoke test: a tiny shape, K 2, seq 32")
     out: str = arg("", "report directory (default: $OUT, else benchmarks/results)")
-    k: int = arg(8, "inner steps K (small: the step's shape, not its length, matters)")
-    seq: int = arg(256, "tokens per row")
-    micro_batch: int = arg(8, "rows per forward (the batches are accumulated)")
-    repeats: int = arg(3, "timed repeats")
+    k: int = arg(8, "inner steps K (small: the step's shape, not its length, matters)", above=0)
+    seq: int = arg(256, "tokens per row", above=0)
+    micro_batch: int = arg(8, "rows per forward (the batches are accumulated)", above=0)
+    repeats: int = arg(3, "timed repeats", above=0)
     shapes: list = arg(sorted(SHAPES), f"shapes to measure, of {', '.join(sorted(SHAPES))}", of=str)
 
 

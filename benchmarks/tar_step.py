@@ -93,16 +93,15 @@ def parts_time(model, ref, world, x_tr, x_r, spec, cfg, seed, d=fsdp.Dist()) -> 
 
 @dataclass
 class BenchArgs:
-    width: int = arg(128, "model width")
-    layers: int = arg(4, "decoder layers")
-    inner_steps: int = arg(tar.TARConfig.inner_steps, "K (tar.py --inner-steps)")
+    width: int = arg(128, "model width", above=0)
+    layers: int = arg(4, "decoder layers", above=0)
+    inner_steps: int = arg(tar.TARConfig.inner_steps, "K (tar.py --inner-steps)", above=0)
     outer_params: str = arg(tar.TARConfig.outer_params, "tar.py --outer-params", choices=("mlp", "all"))
-    repeats: int = arg(5, "timed repeats (interleaved)")
-    threads: int = arg(1, "torch threads")
+    repeats: int = arg(5, "timed repeats (interleaved)", above=0)
+    threads: int = arg(1, "torch threads", above=0)
 
 
 def bench(args: BenchArgs) -> None:
-    cli.check_choices(args)
     torch.set_num_threads(args.threads)
     d = fsdp.setup_dist()
 
