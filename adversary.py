@@ -305,6 +305,7 @@ def attack_steps(model: torch.nn.Module, spec: Attack, batches: Iterator, *, los
                                      **({} if spec.schedule == "constant" else {"num_training_steps": spec.steps}))
     train_mode = getattr(opt, "train", lambda: None)  # Schedule-Free: evaluate at x, train at y
     eval_mode = getattr(opt, "eval", lambda: None)
+    first_bad = None  # 0-d tensor: the first step whose loss or gradient norm was not finite (0: none yet)
     model.train()
     train_mode()
     for step, batch in enumerate(itertools.islice(batches, spec.steps), start=1):
@@ -316,23 +317,56 @@ def attack_steps(model: torch.nn.Module, spec: Attack, batches: Iterator, *, los
             part = loss_fn(model, mb) / len(micro)
             part.backward()
             loss = loss + part.detach()
+        finite = torch.isfinite(loss)
         if spec.grad_clip:
-            torch.nn.utils.clip_grad_norm_(params, spec.grad_clip)
+            finite = finite & torch.isfinite(torch.nn.utils.clip_grad_norm_(params, spec.grad_clip))
+        first_bad = _first_bad(first_bad, finite, step)
         opt.step()
         sched.step()
         if history is not None:
             history.append(loss)  # a fresh 0-d tensor; no .item() here: a GPU would sync every step
         if every and step % every == 0:
+            _raise_if_diverged(first_bad, spec, params)
             eval_mode()
             yield step  # the caller works at θ_k (TAR: Alg. 1 l.9)
             train_mode()
         if progress is not None:
             progress.update(1)
+    _raise_if_diverged(first_bad, spec, params)
     eval_mode()  # the model leaves holding the weights one would evaluate (and save)
     opt.zero_grad(set_to_none=True)  # leave no attacker gradients behind in .grad
     if spec.lora_rank:
         peft_model.merge_and_unload()  # adapters folded into the weights; the module structure is restored
         model.requires_grad_(True)
+
+
+class Diverged(UserError):
+    """A training loop met a non-finite loss, gradient or weight at `step`. In a defence (base, safeguard, TAR)
+    the run stops there and saves nothing from the bad state; in the red team the attack is recorded as
+    diverged: the attacker's failure, never the defence's success."""
+
+    def __init__(self, message: str, step: int):
+        super().__init__(message)
+        self.step = step
+
+
+def _first_bad(first_bad, finite: torch.Tensor, step: int) -> torch.Tensor:
+    """Remembers the first step that was not finite, on the device (no GPU sync per step)."""
+    first_bad = torch.zeros((), dtype=torch.long, device=finite.device) if first_bad is None else first_bad
+    return torch.where((first_bad == 0) & ~finite, step, first_bad)
+
+
+def _raise_if_diverged(first_bad, spec: Attack, params) -> None:
+    """Checked where the loop pauses and at its end (one sync each): a non-finite loss or gradient norm since
+    the start, or weights that are no longer finite (the last step's update is seen by no later loss)."""
+    step = int(first_bad) if first_bad is not None else 0
+    if step:
+        raise Diverged(f"{spec.name}: the loss or gradient became non-finite at step {step} of {spec.steps} "
+                       f"(lr {spec.lr:g})", step)
+    local = [p.to_local() if hasattr(p, "to_local") else p for p in params]  # FSDP2: this rank's shards
+    if local and not bool(torch.stack([torch.isfinite(p).all() for p in local]).all()):
+        raise Diverged(f"{spec.name}: the weights became non-finite by step {spec.steps} (lr {spec.lr:g})",
+                       spec.steps)
 
 
 def attack(model: torch.nn.Module, spec: Attack, batches: Iterator, *, loss_fn: Callable = lm_batch_loss,

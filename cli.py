@@ -94,7 +94,8 @@ def flags(cls, argv, description: str, note=lambda f: "") -> dict:
         shown = f" (default: {default})" if default not in ("", [], None) else ""
         bounds = f" [{domain(meta)}]" if domain(meta) else ""
         choices = f" {{{'|'.join(meta['choices'])}}}" if meta["choices"] else ""
-        kw = dict(default=argparse.SUPPRESS, help=(meta["help"] + choices + bounds + shown + note(f)).replace("%", "%%"))
+        text = meta["help"] + choices + bounds + shown + note(f)
+        kw = dict(default=argparse.SUPPRESS, help=text.replace("%", "%%"))
         if meta["positional"]:
             p.add_argument(f.name, nargs="?", type=type(default), **kw)
         elif isinstance(default, bool):

@@ -100,14 +100,15 @@ class TARConfig:
     micro_batch: int = arg(0, "rows per forward/backward on each process; larger batches are accumulated "
                               "(0 = a process's whole share)", at_least=0)
     snapshot_offload: bool = arg(False, "keep Alg. 1's snapshot in CPU memory (one model copy less on the GPU)")
-    checkpoint_every: int = arg(0, "write <runs>/<domain>/checkpoint every this many outer steps (0 = only on "
-                                   "SIGTERM)", at_least=0)
+    checkpoint_every: int = arg(10, "write <runs>/<domain>/checkpoint every this many outer steps, and on SIGTERM "
+                                    "or Ctrl-C (0 = only then)", at_least=0)
     resume: bool = arg(False, "continue from <runs>/<domain>/checkpoint exactly")
     # reporting
     eval_every: int = arg(20, "measure forget / retain accuracy every this many outer steps (0 = never during "
                               "training)", at_least=0)
     attack_steps: int = arg(200, "length of each end-of-run attack (evaluated every 25 steps)", above=0)
-    workers: int = arg(2, "processes for the end-of-run attacks (one torch thread each)", above=0)
+    workers: int = arg(cli.WORKERS, "processes for the end-of-run attacks (one torch thread each; one core stays "
+                                    "with TAR)", above=0)
     # earlier stages of the miniature world (cached in <runs>/<domain>/base and safeguard)
     world_entities: int = arg(30, "hazardous entities per group T / A / E (the cities scale along)", above=0)
     base_steps: int = arg(2000, "base pretraining steps", above=0)
@@ -162,7 +163,7 @@ MINI_DOMAIN = {"refusal": dict(tr_loss="dpo", outer_steps=100, inner_steps=128, 
 def configure(**given) -> TARConfig:
     """The config from the flags a user gave: the preset's values (paper with a real --model unless a preset
     is named), then every given flag on top (`tar.configure(model=..., preset="mini", outer_steps=2)`)."""
-    preset = given.get("preset") or ("paper" if given.get("model") else "mini")
+    preset = given["preset"] if "preset" in given else "paper" if given.get("model") else "mini"
     domain = given.get("domain", "bio")
     values = {**PAPER, **PAPER_DOMAIN.get(domain, {})} if preset == "paper" else MINI_DOMAIN.get(domain, {})
     if given.get("outer_optimizer") == "schedulefree":  # it has no schedule: the mini preset's cosine does not apply

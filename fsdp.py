@@ -13,7 +13,7 @@ so the ranks cannot disagree.
     any_rank(flag), all_mean(x)   a stop flag / a logged scalar agreed over ranks
     full_state_dict(m)    the gathered, unsharded weights (rank 0), for save_pretrained (storage.py)
     broadcast(obj)        rank 0's sampled attack on every rank
-    Stop                  SIGTERM (a scheduler's pre-emption) -> checkpoint at the end of the step
+    Stop                  SIGTERM (a scheduler's pre-emption) or Ctrl-C -> checkpoint at the end of the step
     memory_estimate(...)  bytes per rank, from the model config alone
 
 Run:  torchrun --nproc_per_node 8 tar.py --domain bio --model meta-llama/Meta-Llama-3-8B-Instruct
@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -139,16 +140,23 @@ def broadcast(obj, d: Dist):
 
 
 class Stop:
-    """Set by SIGTERM (a scheduler's pre-emption): the loop checkpoints at the end of the step and stops."""
-    def __init__(self):
-        self.requested = False
-        self.previous = signal.signal(signal.SIGTERM, self.request)
+    """SIGTERM (a scheduler's pre-emption) or a first Ctrl-C: the loop checkpoints at the end of the step and
+    stops. `requested` names the signal. A second Ctrl-C interrupts at once (KeyboardInterrupt)."""
 
-    def request(self, *_):
-        self.requested = True
+    def __init__(self):
+        self.requested = None
+        self.previous = {s: signal.signal(s, self.request) for s in (signal.SIGTERM, signal.SIGINT)}
+
+    def request(self, signum, _frame):
+        self.requested = "Ctrl-C" if signum == signal.SIGINT else "SIGTERM"
+        if signum == signal.SIGINT:
+            signal.signal(signal.SIGINT, self.previous[signal.SIGINT])  # the next Ctrl-C is not deferred
+            print("\nCtrl-C: stopping after this step with a checkpoint (Ctrl-C again to stop at once)",
+                  file=sys.stderr, flush=True)
 
     def close(self):
-        signal.signal(signal.SIGTERM, self.previous)
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)
 
 
 # --------------------------------------------------------------------------------------------------------

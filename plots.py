@@ -18,7 +18,6 @@ Run:  python plots.py runs/bio/results.json [runs/bio/metrics.jsonl]     |    py
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,7 +28,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 import cli  # noqa: E402
 from cli import arg  # noqa: E402
-from storage import atomic  # noqa: E402
+from storage import atomic, read_json, read_jsonl  # noqa: E402
 
 COLORS = {"base": "#7f7f7f", "safeguard": "#1f77b4", "tar": "#d62728"}
 CHANCE = 0.25
@@ -48,7 +47,7 @@ def _save(fig, path: Path) -> Path:
 
 def plot_results(results_path: Path) -> list[Path]:
     results_path = Path(results_path)
-    r = json.loads(results_path.read_text())
+    r = read_json(results_path, "rerun what wrote it")
     out = results_path.parent
     models = [m for m in r["models"] if all(m in a["curves"] for a in r["attacks"])]  # the attacked ones
     chat = r["scoring"]["style"] == "chat"  # refusal world: "forget" is the ASR, "retain" harmless accuracy
@@ -101,7 +100,7 @@ def plot_results(results_path: Path) -> list[Path]:
 
 def plot_training(metrics_path: Path) -> Path:
     metrics_path = Path(metrics_path)
-    rows = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
+    rows = read_jsonl(metrics_path, ("step",), "rerun what wrote it", torn_tail=True)
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.4))
     steps = [m["step"] for m in rows]
     ax1.plot(steps, [m["tr_loss"] for m in rows], label="TR loss (entropy: −H; refusal: DPO)", lw=1)
@@ -156,7 +155,7 @@ def _draw_attack(ax, attack: str, per_model: dict, models: list[str], base_level
 def plot_redteam(results_path: Path) -> list[Path]:
     """Figures of a red-team results.json (evaluate.py), written beside it."""
     results_path = Path(results_path)
-    r = json.loads(results_path.read_text())
+    r = read_json(results_path, "rerun what wrote it")
     out = results_path.parent
     chosen = r.get("last", {})  # what the last evaluate.py call asked for (the file accumulates over calls)
     models = chosen.get("models", list(r["models"]))
@@ -218,7 +217,7 @@ class PlotArgs:
 def draw(args: PlotArgs) -> None:
     if not args.results:
         raise cli.UserError("give a results.json (and optionally a metrics.jsonl)")
-    first = json.loads(Path(args.results).read_text())
+    first = read_json(Path(args.results), "rerun what wrote it")
     written = plot_redteam(Path(args.results)) if "runs" in first else plot_results(Path(args.results))
     written += [plot_training(Path(args.metrics))] if args.metrics else []
     print("wrote " + ", ".join(map(str, written)))

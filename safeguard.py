@@ -29,7 +29,6 @@ Run:  python safeguard.py --domain bio                     # builds (or reuses) 
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -44,10 +43,10 @@ import redteam
 import scoring
 from baselines import BASELINES, Method, ce, forward
 from batching import Stream
-from cli import UserError, arg
+from cli import UsageError, UserError, arg
 from domains import CITIES
 from storage import atomic_write, cached, digest, load_model, save_model
-from world import WORLDS, WorldConfig, build_world
+from world import WORLDS, build_world, world_config
 
 
 @dataclass(frozen=True)
@@ -119,14 +118,13 @@ def base_model(world, cfg: BaseConfig, run_dir: Path, log=print):
         log(f"base: reusing {path}")
         return model, key
     if path.exists():
-        log(f"base: {path} was made from another world or config; retraining")
+        log(f"base: {path} was made from another world or config, or its files changed since; retraining")
     model = new_model(len(world.tokenizer), cfg.model, world.tokenizer, cfg.seed)
     n = sum(p.numel() for p in model.parameters())
     log(f"base: pretraining a {n / 1e6:.2f}M-parameter Llama on {world.tokens['all'].ids.shape[0]} sequences "
         f"for {cfg.steps} steps")
     t0 = time.time()
-    from tqdm import tqdm
-    with tqdm(total=cfg.steps, desc="pretrain", leave=False, disable=None) as bar:
+    with cli.progress(cfg.steps, "pretrain") as bar:
         adversary.attack(model, cfg.spec(), Stream(world.tokens["all"], cfg.batch_size, cfg.seed), progress=bar)
     acc = scoring.accuracies(model, world, scoring.EVERY_GROUP, chat=False)  # knowledge, also in the refusal world
     log(f"base: {time.time() - t0:.0f}s, accuracy " + " ".join(f"{g} {a:.1%}" for g, a in acc.items()))
@@ -199,19 +197,14 @@ def defend(model, ref, world, cfg: SafeguardConfig, every: int = 0, callback=Non
     def loss_fn(model, batches):
         ctx["step"] += 1
         forget, retain = method.terms(model, ref, *batches, cfg, ctx)
-        loss = forget + retain
-        if not torch.isfinite(loss):
-            raise UserError(f"{cfg.method}: the loss became {loss.item()} at step {ctx['step']} (lr {cfg.lr:g}, "
-                            f"coefficient {cfg.coef:g}); nothing was saved")
-        return loss
+        return forget + retain  # a non-finite value stops the loop: adversary.Diverged, nothing saved
 
     spec = adversary.Attack(name=cfg.method, lr=cfg.lr, steps=cfg.steps, batch_size=cfg.batch_size, data="T",
                             weight_decay=0.0, grad_clip=1.0 if cfg.method == "llmu" else 0.0, dist="-")
     batches = zip(Stream(world.tokens["T"], cfg.batch_size, cfg.seed),
                   Stream(world.tokens["Rt"], cfg.batch_size, cfg.seed + 1))
-    from tqdm import tqdm
     try:
-        with tqdm(total=cfg.steps, desc=cfg.method, leave=False, disable=None) as bar:
+        with cli.progress(cfg.steps, cfg.method) as bar:
             return adversary.attack(model, spec, batches, loss_fn=loss_fn, progress=bar, every=every,
                                     callback=callback)
     finally:
@@ -278,8 +271,8 @@ def run_grid(methods: list[str], world, run_dir: Path, workers: int, log=print) 
     log(f"grid: {len(jobs)} settings x 2 step counts over {', '.join(methods)} on {workers} worker(s)")
     t0 = time.time()
     if workers > 1:
-        with redteam.start_pool(workers) as pool:
-            results = list(pool.map(_grid_point, jobs))
+        with redteam.worker_pool(workers) as pool:
+            results = pool.map(_grid_point, jobs)
     else:
         results = list(map(_grid_point, jobs))
     for m in methods:
@@ -298,31 +291,40 @@ def run_grid(methods: list[str], world, run_dir: Path, workers: int, log=print) 
 @dataclass
 class SafeguardArgs:
     domain: str = arg("bio", "the miniature world", choices=WORLDS)
-    runs: str = arg("runs", "runs directory; writes <runs>/<domain>/base, safeguard, baselines/")
+    runs: str = arg("runs", "runs directory; writes <runs>/<domain>/base, safeguard, baselines/", nonempty=True)
     method: str = arg("", f"a method ({', '.join(METHODS)}) or 'all' (the baselines): writes "
                           "<runs>/<domain>/baselines/<method>/ (empty: the random-mapping safeguard)")
     grid: bool = arg(False, "run the tuning grid of --method instead (baselines/grid.json)")
-    workers: int = arg(os.cpu_count() or 1, "processes for --grid (one torch thread each)")
+    workers: int = arg(cli.WORKERS, "processes for --grid (one torch thread each)", above=0)
+    # the world and base flags of tar.py (TARConfig), with its defaults: a run made with non-default ones is
+    # reused, not silently retrained over
+    seed: int = arg(0, "seed of the world and the models", at_least=0)
+    world_entities: int = arg(30, "hazardous entities per group T / A / E (the cities scale along)", above=0)
+    base_steps: int = arg(BaseConfig.steps, "base pretraining steps", above=0)
+    safeguard_steps: int = arg(SafeguardConfig.steps, "random-mapping safeguard steps", above=0)
 
 
 def build(args: SafeguardArgs) -> None:
     torch.set_num_threads(1)
-    methods = (list(BASELINES) if args.method == "all" else [for_method(args.method).method]) if args.method else []
+    if args.method and args.method != "all" and args.method not in METHODS:
+        raise UsageError(f"unknown method {args.method!r}: choose one of {', '.join(METHODS)} or all")
+    methods = (list(BASELINES) if args.method == "all" else [args.method]) if args.method else []
     if args.grid and not methods:
-        raise UserError("--grid needs --method NAME or --method all")
-    world = build_world(WorldConfig(domain=args.domain))  # an unknown domain is one error line, naming the choices
+        raise UsageError("--grid needs --method NAME or --method all")
+    world = build_world(world_config(args.domain, args.world_entities, args.seed))
     run_dir = Path(args.runs) / args.domain
     run_dir.mkdir(parents=True, exist_ok=True)
-    base, key = base_model(world, BaseConfig(), run_dir)
+    base, key = base_model(world, BaseConfig(steps=args.base_steps, seed=args.seed), run_dir)
     if args.grid:
         run_grid(methods, world, run_dir, args.workers)
     elif methods:
         t0 = time.time()
         for m in methods:
-            safeguard_model(base, key, world, for_method(m), run_dir, path=run_dir / "baselines" / m)
+            safeguard_model(base, key, world, for_method(m, seed=args.seed), run_dir, path=run_dir / "baselines" / m)
         print(f"baselines: {time.time() - t0:.0f}s")
     else:
-        safeguard_model(base, key, world, SafeguardConfig(), run_dir)
+        safeguard_model(base, key, world, for_method("random_mapping", steps=args.safeguard_steps, seed=args.seed),
+                        run_dir)
 
 
 def main(argv=None):

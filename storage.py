@@ -124,6 +124,13 @@ def file_digest(path: Path) -> str:
 # --------------------------------------------------------------------------------------------------------
 # Models: save_pretrained + tokenizer + provenance.json
 # --------------------------------------------------------------------------------------------------------
+def _quiet() -> None:
+    """No transformers progress bars ("Loading weights", "Writing model shards"): one per model saved or loaded,
+    noise between the stages' own progress lines."""
+    from transformers.utils import logging
+    logging.disable_progress_bar()
+
+
 def save_model(model, tokenizer, path: Path, provenance: dict, d: Dist = Dist()) -> None:
     """Writes `model` (gathered to a full state dict on rank 0 under torchrun) with save_pretrained, its
     tokenizer and provenance.json, under a temporary name renamed when complete. Every rank must call it."""
@@ -132,14 +139,23 @@ def save_model(model, tokenizer, path: Path, provenance: dict, d: Dist = Dist())
     for name, p in model.named_parameters(remove_duplicate=False):  # tied weights are written once
         if first.setdefault(id(p), name) != name:
             state.pop(name, None)
+    # never write a broken model: a NaN weight would score as a "perfect defence" (every choice ties)
+    bad = d.is_main and not all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
+    if fsdp.any_rank(bad, d):
+        raise UserError(f"refusing to save {path}: some weights are not finite (NaN or inf); nothing was written")
     if d.is_main:
+        _quiet()
         with atomic(path) as tmp:
             model.save_pretrained(tmp, state_dict=state)  # safetensors
             config = json.loads((tmp / "config.json").read_text())  # FSDP2 renames the class (FSDPLlama...)
             config["architectures"] = [c.__name__ for c in type(model).__mro__ if "FSDP" not in c.__name__][:1]
             (tmp / "config.json").write_text(json.dumps(config, indent=2))
+            positions = getattr(model.config, "max_position_embeddings", None)
+            if positions and tokenizer.model_max_length > positions:  # the built-in tokenizer says "unlimited"
+                tokenizer.model_max_length = positions
             tokenizer.save_pretrained(tmp)
-            (tmp / "provenance.json").write_text(json.dumps(provenance, indent=1))
+            # the weights' digest: a cache whose files changed since (truncated, edited) is rebuilt, not trusted
+            (tmp / "provenance.json").write_text(json.dumps({**provenance, "weights": file_digest(tmp)}, indent=1))
     if d.distributed:
         dist.barrier()
 
@@ -149,13 +165,17 @@ def load_model(name: str | Path, d: Dist = Dist(), safetensors_only: bool = Fals
     wrapped), else moved to d.device. Every rank reads the file; the OS page cache shares it. safetensors_only:
     a model from outside the run (`--model`) never goes through pickle."""
     from transformers import AutoModelForCausalLM
+    _quiet()
     try:
         model = AutoModelForCausalLM.from_pretrained(name, dtype=torch.float32,
                                                      **({"use_safetensors": True} if safetensors_only else {}))
     except Exception as e:
-        raise UserError(f"cannot load model {name} ({type(e).__name__}: {str(e).splitlines()[0][:200]}): offline, "
-                        f"gated or not a{' safetensors' if safetensors_only else ''} causal LM; pass a local "
-                        "directory") from None
+        why = f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]}"
+        if Path(name).is_dir():
+            raise UserError(f"cannot load the model in {name} ({why}): its files are damaged or incomplete; "
+                            "make it again (delete the directory)") from None
+        raise UserError(f"cannot load model {name} ({why}): offline, gated or not a"
+                        f"{' safetensors' if safetensors_only else ''} causal LM; pass a local directory") from None
     return fsdp.shard(model, d) if d.distributed else model.to(d.device)
 
 
@@ -163,9 +183,10 @@ def cached(path: Path, key: str):
     """The model at `path` if its provenance says it was made from exactly `key` (world, config, seed,
     parent), else None: a changed world or setting never reuses a stale model."""
     try:
-        if json.loads((Path(path) / "provenance.json").read_text())["key"] == key:
+        saved = json.loads((Path(path) / "provenance.json").read_text())
+        if saved["key"] == key and saved["weights"] == file_digest(path):
             return load_model(path)
-    except (OSError, KeyError, ValueError, UserError):  # unreadable: made again
+    except (OSError, KeyError, ValueError, TypeError, UserError):  # unreadable or changed: made again
         pass
     return None
 
@@ -196,7 +217,18 @@ def save_checkpoint(path: Path, model, optimizer, rank_state: dict, d: Dist) -> 
 
 def load_checkpoint(path: Path, model, optimizer, d: Dist) -> dict:
     """Restores model and optimizer in place; returns this rank's saved state. Loads only what
-    save_checkpoint wrote (weights_only torch files; DCP's metadata is pickled by torch itself)."""
+    save_checkpoint wrote (weights_only torch files; DCP's metadata is pickled by torch itself). A damaged or
+    foreign checkpoint is one UserError."""
+    try:
+        return _load_checkpoint(path, model, optimizer, d)
+    except UserError:
+        raise
+    except Exception as e:  # torch.load, DCP and load_state_dict raise many classes for a damaged file
+        raise UserError(f"--resume: cannot read the checkpoint in {path} ({type(e).__name__}: "
+                        f"{(str(e).splitlines() or [''])[0][:160]}); delete it and run without --resume") from None
+
+
+def _load_checkpoint(path: Path, model, optimizer, d: Dist) -> dict:
     if d.distributed:
         import torch.distributed.checkpoint as dcp
         from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict

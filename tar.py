@@ -10,33 +10,28 @@ taken at the attacked weights and applied to θ. `outer_step` below is Alg. 1 l.
 numbered listing in docs/paper.md §2; `train_tar` is its loop (l.2).
 
 Run manual
-    laptop, no GPU, no network (the built-in miniature world; ~17 min on 2 CPU cores, base pretraining
-    included; ~12 min later, reusing the cached base and safeguard):
+    laptop, no GPU, no network (the built-in miniature world; ~20 min on 2 CPU cores with base pretraining):
         python tar.py --domain bio          # or chem, cyber; or refusal (Sec. 5 refusal: DPO TR loss, ASR)
-    It pretrains the base model (cached in runs/bio/base), applies the random-mapping safeguard
-    (runs/bio/safeguard), runs N outer steps of Alg. 1 (runs/bio/tar, metrics.jsonl), then measures base,
-    safeguard and TAR at rest and under three attacks on the red team's documents (report.py), and writes
-    runs/bio/results.json, results.md and PNG plots.
-    Every flag comes from `TARConfig` (config.py): `python tar.py --help` shows each with its paper value.
-
-    at scale (any Hugging Face causal LM; the real datasets of docs/data.md, or local files in their
-    schemas with --data-dir; a real --model implies --preset paper; docs/scale.md):
+    It pretrains the base model (cached in runs/bio/base), applies the random-mapping safeguard (runs/bio/
+    safeguard), runs N outer steps of Alg. 1 (runs/bio/tar), then measures base, safeguard and TAR at rest and
+    under three attacks on the red team's documents (report.py). `python tar.py --help`: every flag (config.py).
+    at scale (any Hugging Face causal LM, the real datasets of docs/data.md or --data-dir; docs/scale.md):
         torchrun --nproc_per_node 8 tar.py --domain bio --model meta-llama/Meta-Llama-3-8B-Instruct
-    Under torchrun every parameter is an FSDP2 shard (`fsdp.py`); `outer_step` is the same code. The model
-    you pass is θ0 (apply an initial safeguard first); the result is written with save_pretrained to
-    runs/<domain>/tar. A checkpoint is written every --checkpoint-every steps and on SIGTERM; --resume
-    continues exactly.
+    Under torchrun every parameter is an FSDP2 shard (`fsdp.py`); `outer_step` is the same code. The model you
+    pass is θ0 (apply an initial safeguard first). A checkpoint is written every --checkpoint-every (10) steps
+    and on SIGTERM or Ctrl-C; --resume continues exactly. A non-finite loss stops the run: nothing is saved.
 
 Files (runs/<domain>/, one writer each): checkpoint/ (resume state), metrics.jsonl (one line per outer step:
-tr_loss, retain_loss, retain_lm, retain_rep, inner_lr, grad_norm, seconds; forget_acc / retain_acc (refusal
-world: ASR / harmless, and refusal) every --eval-every steps), tar/ (save_pretrained + tokenizer),
-results.json (schema in `report.run_results`), results.md, *.png.
+tr_loss, retain_loss, retain_lm, retain_rep, grad_norm, inner_lr, seconds; forget_acc / retain_acc (refusal
+world: ASR / harmless, and refusal) every --eval-every steps; metrics.partial.jsonl while training), tar/
+(save_pretrained + tokenizer), results.json (schema in `report.run_results`), results.md, *.png.
 """
 
 from __future__ import annotations
 
 import copy
 import json
+import math
 import os
 import random
 import tempfile
@@ -147,10 +142,13 @@ def outer_step(model, ref, outer_opt, world, x_tr, x_r, rng: random.Random, cfg:
     # deviation: gradient clipping at 1.0 (paper and official code: none) because the miniature recipe of
     # docs/paper.md §7 clips; with Adam it only bounds the rare outlier step. --grad-clip 0 turns it off.
     norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
-    outer_opt.step()
     logged = {"tr_loss": torch.stack(tr_losses).mean(), "retain_loss": l_retain, **parts}
-    return {**{k: fsdp.all_mean(float(v), d) for k, v in logged.items()},
-            "inner_lr": spec.lr, "grad_norm": float(fsdp.full(norm))}
+    logged = {**{k: fsdp.all_mean(float(v), d) for k, v in logged.items()}, "grad_norm": float(fsdp.full(norm))}
+    bad = [k for k, v in logged.items() if not math.isfinite(v)]  # the same on every rank (means, a global norm)
+    if bad:  # stop before the weights move: the last good state is what a checkpoint holds
+        raise adversary.Diverged(f"{' and '.join(bad)} not finite (sampled attack {spec.name})", 0)
+    outer_opt.step()
+    return {**logged, "inner_lr": spec.lr}
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -205,10 +203,16 @@ def averaged_weights(opt, on: bool) -> None:
 # --------------------------------------------------------------------------------------------------------
 # Alg. 1 l.2: the outer loop
 # --------------------------------------------------------------------------------------------------------
+METRICS, PARTIAL = "metrics.jsonl", "metrics.partial.jsonl"
+NOT_TRAINING = ("runs", "resume", "checkpoint_every", "workers", "eval_every", "attack_steps")  # --resume may change
+SHOWN = {"tr_loss": "TR", "retain_loss": "retain", "forget_acc": "forget", "retain_acc": "retain_acc"}  # progress
+
+
 def train_tar(model, ref, world, cfg: TARConfig, run_dir: Path, d: Dist = Dist(), log=print):
-    """N outer steps of Alg. 1 from θ0 = `model` (in place); one metrics.jsonl line per step; checkpoints in
-    run_dir/checkpoint (every --checkpoint-every steps, and on SIGTERM, after which cli.Stopped is raised)."""
-    from tqdm import tqdm
+    """N outer steps of Alg. 1 from θ0 = `model` (in place). A line per step goes to metrics.partial.jsonl, renamed
+    metrics.jsonl when done (a failed rerun never touches the last run's log); a checkpoint every --checkpoint-every
+    steps and on SIGTERM or Ctrl-C (then cli.Stopped). A non-finite loss or gradient stops the run before the
+    weights move (adversary.Diverged, naming the outer step); the caller then saves nothing."""
     ref.eval().requires_grad_(False)
     opt, schedule = outer_optimizer(model, cfg)
     rng = random.Random(cfg.seed)  # attacks and their data orders; the same on every rank
@@ -216,19 +220,24 @@ def train_tar(model, ref, world, cfg: TARConfig, run_dir: Path, d: Dist = Dist()
     if cfg.retain_data not in world.tokens:
         raise UserError(f"--retain-data {cfg.retain_data}: this world has no such documents")
     x_rs = Stream(world.tokens[cfg.retain_data], cfg.retain_batch, cfg.seed + 1)
-    metrics, ckpt, start = run_dir / "metrics.jsonl", run_dir / "checkpoint", 1
+    ckpt, partial, start, saved_at = run_dir / "checkpoint", run_dir / PARTIAL, 1, None
     state = {"rng": rng, "x_tr": x_trs, "x_r": x_rs, "schedule": schedule}  # what the next step depends on
     if cfg.resume:
-        start = resume(ckpt, model, opt, state, cfg, metrics, d) + 1
-        log(f"TAR: resumed after outer step {start - 1}")
+        saved_at = resume(ckpt, model, opt, state, cfg, run_dir, d)
+        start = saved_at + 1
+        log(f"TAR: resumed after outer step {saved_at}")
 
     stop, t0 = fsdp.Stop(), time.time()
     try:
-        with open(metrics, "a" if cfg.resume else "w") if d.is_main else open(os.devnull, "w") as f, \
-                tqdm(range(start, cfg.outer_steps + 1), desc="TAR", unit="step", disable=None if d.is_main else True,
-                     initial=start - 1, total=cfg.outer_steps) as bar:
-            for step in bar:
-                m = outer_step(model, ref, opt, world, next(x_trs), next(x_rs), rng, cfg, d)
+        with open(partial, "a" if cfg.resume else "w") if d.is_main else open(os.devnull, "w") as f, \
+                cli.progress(cfg.outer_steps, "TAR", start - 1, leave=True, enabled=d.is_main) as bar:
+            for step in range(start, cfg.outer_steps + 1):
+                try:
+                    m = outer_step(model, ref, opt, world, next(x_trs), next(x_rs), rng, cfg, d)
+                except adversary.Diverged as e:
+                    kept = f"; the checkpoint of outer step {saved_at} is kept in {ckpt}" if saved_at else ""
+                    raise adversary.Diverged(f"TAR diverged at outer step {step}: {e}; no model or results were "
+                                             f"written{kept}. Lower --outer-lr or --inner-lrs", step) from None
                 schedule.step()
                 m = {"step": step, **m, "seconds": round(time.time() - t0, 2)}
                 if cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.outer_steps):
@@ -237,40 +246,48 @@ def train_tar(model, ref, world, cfg: TARConfig, run_dir: Path, d: Dist = Dist()
                     averaged_weights(opt, False)
                     m.update(forget_acc=acc["forget"], retain_acc=acc["retain"],
                              **({"refusal": acc["refusal"]} if "refusal" in acc else {}))  # (refusal world: E)
-                    bar.set_postfix(TR=f"{m['tr_loss']:.2f}", retain=f"{m['retain_loss']:.2f}",
-                                    forget_acc=f"{acc['forget']:.0%}", retain_acc=f"{acc['retain']:.0%}")
-                f.write(json.dumps(m) + "\n")
+                bar.set_postfix(**{SHOWN[k]: f"{v:.2f}" if "loss" in k else f"{v:.0%}"
+                                   for k, v in m.items() if k in SHOWN})
+                bar.update(1)
+                f.write(json.dumps(m, allow_nan=False) + "\n")
                 f.flush()  # a crash loses nothing already measured
-                stopping = fsdp.any_rank(stop.requested, d)
+                stopping = fsdp.any_rank(bool(stop.requested), d)
                 if stopping or (cfg.checkpoint_every and step % cfg.checkpoint_every == 0):
                     storage.save_checkpoint(ckpt, model, opt, {
                         "step": step, "config": asdict(cfg), "rng": rng.getstate(), "torch_rng": torch.get_rng_state(),
                         "x_tr": x_trs.state_dict(), "x_r": x_rs.state_dict(), "schedule": schedule.state_dict()}, d)
+                    saved_at = step
                 if stopping:
-                    raise cli.Stopped(f"stopped by SIGTERM after outer step {step}; checkpoint written to {ckpt}; "
-                                      "rerun with the same flags and --resume")
+                    raise cli.Stopped(f"stopped by {stop.requested or 'a signal on another rank'} after outer step "
+                                      f"{step}; checkpoint written to {ckpt}; rerun with the same flags and --resume")
     finally:
         stop.close()
     averaged_weights(opt, True)  # the weights to save and evaluate
+    if d.is_main:
+        os.replace(partial, run_dir / METRICS)
     log(f"TAR: outer steps {start}..{cfg.outer_steps} in {time.time() - t0:.0f}s")
 
 
-def resume(ckpt: Path, model, opt, state: dict, cfg: TARConfig, metrics: Path, d: Dist) -> int:
-    """Restores model, optimizer, RNGs, data positions and schedule from `ckpt`; returns its outer step."""
+def resume(ckpt: Path, model, opt, state: dict, cfg: TARConfig, run_dir: Path, d: Dist) -> int:
+    """Restores model, optimizer, RNGs, data positions and schedule from `ckpt`, and the metrics lines up to it;
+    returns its outer step. Refuses a checkpoint made with other training settings."""
     if not (ckpt / f"rank{d.rank}.pt").exists():
         raise UserError(f"--resume: no checkpoint in {ckpt}")
     saved = storage.load_checkpoint(ckpt, model, opt, d)
-    changed = [k for k, v in saved["config"].items() if k not in ("resume", "checkpoint_every", "workers")
-               and getattr(cfg, k) != v]
+    if missing := {"step", "config", "rng", "torch_rng", "x_tr", "x_r", "schedule"} - set(saved):
+        raise UserError(f"--resume: the checkpoint in {ckpt} lacks {', '.join(sorted(missing))}; delete it")
+    now = asdict(cfg)
+    changed = [k for k, v in saved["config"].items() if k not in NOT_TRAINING and now.get(k) != v]
     if changed:
         raise UserError(f"--resume: the checkpoint was made with other settings ({', '.join(changed)})")
     state["rng"].setstate(saved["rng"])
     torch.set_rng_state(saved["torch_rng"])
     for name in ("x_tr", "x_r", "schedule"):
         state[name].load_state_dict(saved[name])
-    if d.is_main:  # the lines of steps after the checkpoint are redone
-        kept = [line for line in metrics.read_text().splitlines() if json.loads(line)["step"] <= saved["step"]]
-        storage.atomic_write(metrics, "".join(line + "\n" for line in kept))
+    if d.is_main:  # the lines of steps after the checkpoint are redone (a finished run's log was renamed)
+        log = next((p for p in (run_dir / PARTIAL, run_dir / METRICS) if p.exists()), None)
+        rows = storage.read_jsonl(log, ("step",), "delete it to start over", torn_tail=True) if log else []
+        storage.write_jsonl(run_dir / PARTIAL, [r for r in rows if r["step"] <= saved["step"]])
     return saved["step"]
 
 
@@ -306,24 +323,25 @@ def run(cfg: TARConfig, log=print) -> dict:
     timings["base_and_safeguard"] = round(time.time() - t0, 1)
 
     # While TAR trains on one core, a worker attacks base and safeguard on the other (the refusal world's
-    # base already answers every prompt: ASR 100%, not attacked)
-    end = report.EndOfRun(run_dir, world, cfg, ("safeguard", "tar") if world.chats else ("base", "safeguard", "tar"))
+    # base already answers every prompt: ASR 100%, not attacked); an error or stop ends the worker at once
+    with report.EndOfRun(run_dir, world, cfg, ("safeguard", "tar") if world.chats else
+                         ("base", "safeguard", "tar")) as end:
+        # Stage 2: TAR from θ0 (Alg. 1 l.2-12)
+        t1 = time.time()
+        # deviation: the frozen reference of the retain loss is θ0, the safeguarded model (paper and official code:
+        # the original model) because TAR starts from θ0 and the retain term is there to keep θ0's benign
+        # behaviour (docs/paper.md §7 recipe). --reference base gives the paper's choice.
+        ref = copy.deepcopy(theta0 if cfg.reference == "safeguard" else base)
+        train_tar(theta0, ref, world, cfg, run_dir, log=log)
+        storage.save_model(theta0, world.tokenizer, run_dir / "tar",
+                           {"key": storage.digest("tar", base_key, asdict(cfg)), "what": "TAR",
+                            "world": asdict(world.config), "parent": str(run_dir / "safeguard"),
+                            "config": asdict(cfg)})
+        timings["tar"] = round(time.time() - t1, 1)
 
-    # Stage 2: TAR from θ0 (Alg. 1 l.2-12)
-    t1 = time.time()
-    # deviation: the frozen reference of the retain loss is θ0, the safeguarded model (paper and official code:
-    # the original model) because TAR starts from θ0 and the retain term is there to keep θ0's benign behaviour
-    # (docs/paper.md §7 recipe). --reference base gives the paper's choice.
-    ref = copy.deepcopy(theta0 if cfg.reference == "safeguard" else base)
-    train_tar(theta0, ref, world, cfg, run_dir, log=log)
-    storage.save_model(theta0, world.tokenizer, run_dir / "tar",
-                       {"key": storage.digest("tar", base_key, asdict(cfg)), "what": "TAR",
-                        "world": asdict(world.config), "parent": str(run_dir / "safeguard"), "config": asdict(cfg)})
-    timings["tar"] = round(time.time() - t1, 1)
-
-    # End-of-run attacks: TAR's in this process, base and safeguard's finish in the worker meanwhile
-    t2 = time.time()
-    curves = end.finish()
+        # End-of-run attacks: TAR's in this process, base and safeguard's finish in the worker meanwhile
+        t2 = time.time()
+        curves = end.finish()
     timings["attacks"] = round(time.time() - t2, 1)
     timings["total"] = round(time.time() - t0, 1)
     return report.write_report(report.run_results(run_dir, world, cfg, curves, timings), run_dir, log)
@@ -348,8 +366,8 @@ def run_real(cfg: TARConfig, run_dir: Path, d: Dist, log) -> dict:
     train_tar(model, ref, world, cfg, run_dir, d, log)
     timings = {"tar": round(time.time() - t0, 1)}
     at_rest = {"tar": scoring.accuracies(model, world)}  # the in-memory (sharded) model, all ranks in step
-    storage.save_model(model, world.tokenizer, run_dir / "tar", {"what": "TAR", "parent": cfg.model,
-                                                                 "world": asdict(cfg.world()), "config": asdict(cfg)}, d)
+    storage.save_model(model, world.tokenizer, run_dir / "tar",
+                       {"what": "TAR", "parent": cfg.model, "world": asdict(cfg.world()), "config": asdict(cfg)}, d)
     timings["total"] = round(time.time() - t0, 1)
     results = report.run_results(run_dir, world, cfg, {}, timings, at_rest)
     return report.write_report(results, run_dir, log) if d.is_main else results
@@ -372,12 +390,10 @@ def parse_args(argv=None) -> TARConfig:
 
 
 def main(argv=None):
-    def body():
-        try:
-            run(parse_args(argv))
-        finally:
-            fsdp.teardown()
-    cli.main(body)
+    try:
+        cli.main(lambda: run(parse_args(argv)))
+    finally:
+        fsdp.teardown()
 
 
 if __name__ == "__main__":

@@ -2,9 +2,11 @@
 
 Not in the paper (Llama-3 brings its own tokenizer); what lets a 0.8M-parameter model learn the world's facts
 in minutes. Every word of the world is one token, so a fact's value (" ticks") is exactly one continuation
-token, as lm-evaluation-harness's scorer expects of a one-word answer; decode(encode(s)) == s for every text
-the world can say. It is a `PreTrainedTokenizerFast`, so `save_pretrained` / `AutoTokenizer` and lm-eval
-itself load it like any other (tests/test_redteam.py checks parity with lm-eval).
+token, as lm-evaluation-harness's scorer expects of a one-word answer. Decoding keeps every word's space (a
+generated continuation decodes as " in Linnorburg"), so decode(encode(s)) == " " + s for every text the world
+can say: no <unk>, and the marker of its first word becomes a leading space. It is a `PreTrainedTokenizerFast`,
+so `save_pretrained` / `AutoTokenizer` and lm-eval itself load it like any other (tests/test_redteam.py checks
+parity with lm-eval).
 
 Use:  tok = make_tokenizer(texts); tokens = tokenize(docs, tok, fact_ids)
 """
@@ -22,7 +24,7 @@ SPECIALS = ["<pad>", "<bos>", "<eos>", "<unk>"]
 
 def _pre_tokenizer():
     # Word-level pieces: newlines alone, words carrying a leading-space marker ("▁ticks"), punctuation alone.
-    # The marker makes decode(encode(s)) == s and makes " ticks" one token, as lm-eval's scorer expects.
+    # The marker makes " ticks" one token wherever it stands, as lm-eval's scorer expects.
     return pre_tokenizers.Sequence([
         pre_tokenizers.Split("\n", behavior="isolated"),
         pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first", split=True),
@@ -37,7 +39,10 @@ def make_tokenizer(texts: list[str]) -> PreTrainedTokenizerFast:
     vocab = {tok: i for i, tok in enumerate(SPECIALS + pieces)}
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     tok.pre_tokenizer = pre
-    tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="first", split=True)
+    # Every marker decodes as its space, wherever the token stands (as Llama-3's tokenizer keeps " in"): a model's
+    # continuation decoded alone (what `pipeline` shows) keeps the space before its first word. The price: a plain
+    # text, whose first word carries the marker, decodes with one leading space (decode(encode(s)) == " " + s).
+    tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="never", split=True)
     # Every encoding starts with <bos>, like Llama-3's tokenizer; lm-eval keeps the tokenizer's default.
     tok.post_processor = processors.TemplateProcessing(single="<bos> $A", pair="<bos> $A $B",
                                                        special_tokens=[("<bos>", vocab["<bos>"])])

@@ -168,7 +168,7 @@ def build_world(config: WorldConfig = WorldConfig()) -> World:
     docs["A_mcq"] = [letter_prompt(it, domain.topic) + " " + "ABCD"[it["answer"]] for it in items["A"]]  # MCQ + letter
 
     # The vocabulary covers everything the world can say: every template (held-out ones included) with every
-    # value, and the letter prompt of every item, so decode(encode(text)) == text for all of it.
+    # value, and the letter prompt of every item, so decode(encode(text)) == " " + text for all of it.
     texts = [_sentence(t, e["name"], v) for g in ("T", "A", "E", "Rt", "Re", "U") for e in groups[g]
              for vals, temps in dom(g).attributes.values() for t in temps for v in vals]
     texts += [letter_prompt(it, domain.topic) + " A B C D" for g in items for it in items[g]]

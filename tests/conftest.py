@@ -33,6 +33,20 @@ MINI = dict(world_entities=12, base_steps=900, safeguard_steps=150, outer_steps=
             attack_steps=50)
 
 
+def cli_error(capsys, main, argv) -> tuple[int, str]:
+    """Runs a script's `main(argv)` in-process, expecting it to stop on bad input: returns its exit code and its
+    one `error:` line, after checking that stderr holds exactly one such line and no traceback."""
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    err, code = capsys.readouterr().err, e.value.code
+    if isinstance(code, str):  # sys.exit("error: ...") prints the message and exits with 1
+        err, code = err + code + "\n", 1
+    errors = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "Traceback" not in err, err
+    return code, errors[0]
+
+
 def tiny_model(vocab_size=40, width=16, layers=2, seed=0):
     """A random 2-layer Llama small enough for exact gradient checks."""
     from transformers import LlamaConfig, LlamaForCausalLM

@@ -13,7 +13,7 @@ import torch
 import adversary
 import evaluate
 from adversary import Attack
-from conftest import tiny_model
+from conftest import cli_error, tiny_model
 
 
 def same_weights(a, b) -> bool:
@@ -163,14 +163,13 @@ def test_results_round_trip_and_resume(small_world, tmp_path, monkeypatch):
     assert "| a | TRAIN |" in redteam.redteam_table(later) and "| b |" not in redteam.redteam_table(later)
 
 
-def test_cli_errors(tmp_path):
-    for argv, message in [([str(tmp_path / "nowhere")], "no run directory"),
-                          ([str(tmp_path), "--attacks", "nope"], "unknown attack nope"),
-                          ([str(tmp_path)], "no models"),
-                          ([], "give a run directory or --model")]:
-        with pytest.raises(SystemExit) as e:
-            evaluate.main(argv)
-        assert message in str(e.value.code), e.value.code
+def test_cli_errors(tmp_path, capsys):
+    for argv, code, message in [([str(tmp_path / "nowhere")], 1, "no run directory"),
+                                ([str(tmp_path), "--attacks", "nope"], 2, "unknown attack nope"),
+                                ([str(tmp_path)], 1, "no models"),
+                                ([], 2, "give a run directory or --model")]:
+        status, line = cli_error(capsys, evaluate.main, argv)
+        assert status == code and message in line, line
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ import cli
 import adversary
 import losses
 import tar
-from conftest import tiny_model
+from conftest import cli_error, tiny_model
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -128,26 +128,27 @@ def test_retain_data_chooses_the_retain_documents(small_world, retain_data, tmp_
 
 
 @pytest.mark.parametrize("argv,message", [
-    (["--domain", "physics"], "unknown domain 'physics'"),
+    (["--domain", "physics"], "--domain must be one of bio, chem, cyber, refusal, got 'physics'"),
     (["--outer-steps", "0"], "--outer-steps must be positive"),
     (["--outer-lr=-1e-3"], "--outer-lr must be positive"),
-    (["--inner-lrs", "1e-4", "0"], "--inner-lrs must be positive"),
+    (["--inner-lrs", "1e-4", "nan"], "--inner-lrs must be positive, got nan"),
+    (["--grad-clip", "nan"], "--grad-clip must be ≥ 0, got nan"),
+    (["--retain-then-forget", "1.5"], "--retain-then-forget must be in [0, 1], got 1.5"),
     (["--tr-mask", "some"], "--tr-mask must be one of"),
     (["--retain-data", "cities"], "--retain-data must be one of"),
     (["--outer-steps", "many"], "invalid int value: 'many'"),
+    (["--outer-warmup", "5", "--outer-steps", "5"], "--outer-warmup must be shorter than --outer-steps"),
 ])
-def test_bad_input_is_one_clear_error(argv, message):
-    with pytest.raises(SystemExit) as e:
-        tar.main(argv)
-    assert str(e.value.code).startswith("error: ") and message in str(e.value.code)
+def test_bad_input_is_one_clear_error(capsys, argv, message):
+    code, line = cli_error(capsys, tar.main, argv)
+    assert code == 2 and message in line
 
 
-def test_unwritable_output_directory(tmp_path):
+def test_unwritable_output_directory(tmp_path, capsys):
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
-    with pytest.raises(SystemExit) as e:
-        tar.main(["--runs", str(blocker)])
-    assert str(e.value.code).startswith(f"error: cannot write to {blocker}")
+    code, line = cli_error(capsys, tar.main, ["--runs", str(blocker)])
+    assert code == 1 and line.startswith(f"error: cannot write to {blocker}")
 
 
 def test_smoke_run_writes_every_file(tmp_path):
