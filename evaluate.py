@@ -7,15 +7,20 @@ judge), how attacks are run and tabulated in redteam.py, the attacks themselves 
 Run:  python evaluate.py runs/bio                          # every model of the run x the held-out suite x 3 seeds
       python evaluate.py runs/bio --suite quick --models tar safeguard
       python evaluate.py runs/bio --attacks A1_adamw_3e-4_256 --seeds 3
-      python evaluate.py --model runs/bio/tar --data-dir my_jsonl/   # local JSONL files (realworld.LocalWorldConfig)
-Writes <run_dir>/redteam/ (or <model>/redteam/, or --out): results.json (resumable: finished model x attack x
-seed runs are kept), results.md (worst case first, then per attack x model) and figures (plots.py).
+      python evaluate.py --model runs/bio/tar --data-dir world/      # a world python data.py --out wrote
+      python evaluate.py --model some/hub-id --data-dir real/        # the real datasets' files (tar.py's layout)
+Writes <run_dir>/redteam/ (or <model>/redteam/, redteam/<owner>--<name>/ for a hub id, or --out): results.json
+(resumable: finished model x attack x seed runs are kept), results.md (worst case first, then per attack x
+model) and figures (plots.py).
+
+The world is the one the models were made in, as their provenance.json records it (a model from
+`tar.py --seed 1` is scored in the seed-1 world, not the default one); a model whose tokenizer is not the
+world's is refused, since its scores would be on the wrong words. --data-dir reads one of data.py's two
+layouts (data.data_layout).
 """
 
 from __future__ import annotations
 
-import json
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,59 +31,53 @@ import adversary
 import cli
 import plots
 import redteam
-from cli import UserError, arg
-from realworld import LocalWorldConfig
-from storage import atomic_write
-from world import WorldConfig
+from cli import UsageError, UserError, arg
+from data import data_layout, load_world
+from realworld import LocalWorldConfig, RealWorldConfig, model_tokenizer
+from storage import atomic_write, read_json
+from domains import DOMAINS
+from world import WORLDS, WorldConfig
 
 
 @dataclass
 class RedTeamArgs:
     run_dir: str = arg("", "a run directory, e.g. runs/bio (its models: every sub-directory holding a config.json)",
                        positional=True)
-    model: str = arg("", "instead of a run directory: one saved model directory")
-    domain: str = arg("", "miniature world of --model (default: read from the run's results, else bio)")
-    data_dir: str = arg("", "local JSONL files instead of the miniature world (realworld.LocalWorldConfig says which)")
-    topic: str = arg("biology", "WMDP subject of the letter prompt with --data-dir")
+    model: str = arg("", "instead of a run directory: one saved model directory (or, with a --data-dir of the "
+                         "real datasets, a hub id)")
+    domain: str = arg("", f"the world's domain, {' | '.join(WORLDS)} (default: the models' provenance.json, else the "
+                          "run's results.json, else bio)")
+    data_dir: str = arg("", "a world from local files: one python data.py --out wrote (world.json), or the real "
+                            "datasets' files that tar.py --data-dir reads (realworld.SOURCES names them)")
     suite: str = arg("heldout", "the attack suite (adversary.SUITES)", choices=tuple(adversary.SUITES))
     attacks: list = arg((), "only these attacks (any name of any suite)", of=str)
     models: list = arg((), "only these models of the run directory", of=str)
-    seeds: int = arg(3, "seeds 0..N-1 (data order, LoRA init)")
-    workers: int = arg(os.cpu_count() or 1, "parallel worker processes, one torch thread each")
-    out: str = arg("", "output directory (default: <run_dir>/redteam)")
+    seeds: int = arg(3, "seeds 0..N-1 (data order, LoRA init)", above=0)
+    workers: int = arg(cli.WORKERS, "parallel worker processes, one torch thread each", above=0)
+    out: str = arg("", "output directory (default: <run_dir>/redteam, <model>/redteam, or for a hub id "
+                       "redteam/<id with / as -->)")
 
 
 def red_team(args: RedTeamArgs) -> None:
     torch.set_num_threads(1)
     if bool(args.run_dir) == bool(args.model):
-        raise UserError("give a run directory or --model PATH (one of them)")
-    if args.seeds <= 0 or args.workers <= 0:
-        raise UserError("--seeds and --workers must be positive")
+        raise UsageError("give a run directory or --model PATH (one of them)")
+    if args.models and args.model:
+        raise UsageError("--models picks models of a run directory; --model names the one model")
+    if args.domain and args.domain not in WORLDS:  # not a choice of its field: empty means "the models' own"
+        raise UsageError(f"--domain must be one of {', '.join(WORLDS)}, got {args.domain!r}")
     unknown = [a for a in args.attacks if a not in adversary.ATTACKS]
     if unknown:
-        raise UserError(f"unknown attack {', '.join(unknown)}; known: {', '.join(adversary.ATTACKS)}")
+        raise UsageError(f"unknown attack {', '.join(unknown)}; known: {', '.join(adversary.ATTACKS)}")
     specs = [adversary.ATTACKS[a] for a in args.attacks] or adversary.SUITES[args.suite]
+    layout = data_layout(Path(args.data_dir)) if args.data_dir else None
     run_dir = Path(args.run_dir) if args.run_dir else None
-    if args.model:
-        model = Path(args.model)
-        if not (model / "config.json").exists():
-            raise UserError(f"{model} holds no saved model (no config.json)")
-        models, out = {model.name: model}, Path(args.out or model / "redteam")
-    else:
-        if not run_dir.is_dir():
-            raise UserError(f"no run directory {run_dir}")
-        models, out = redteam.find_models(run_dir), Path(args.out or run_dir / "redteam")
-        if args.models:
-            missing = [m for m in args.models if m not in models]
-            if missing:
-                raise UserError(f"no model {', '.join(missing)} in {run_dir} (have {', '.join(models)})")
-            models = {m: models[m] for m in args.models}
-        if not models:
-            raise UserError(f"no models (directories with a config.json) in {run_dir}")
-    if args.data_dir:
-        world_cfg = LocalWorldConfig(str(Path(args.data_dir)), str(next(iter(models.values()))), args.topic)
-    else:
-        world_cfg = world_of(run_dir, args.domain or None)
+    models, out = models_of(args, run_dir, layout == "real")
+    world_cfg = world_for(models, args, run_dir, layout)
+    world = load_world(world_cfg)
+    if args.domain and world.config.domain != args.domain:  # an export's world.json names its own domain
+        raise UsageError(f"--domain {args.domain} contradicts the world in {args.data_dir} ({world.config.domain})")
+    check_tokenizers(models, world)
     t0 = time.time()
     results = redteam.redteam(models, specs, world_cfg, args.seeds, args.workers, out)
     table = redteam.redteam_table(results)
@@ -89,14 +88,117 @@ def red_team(args: RedTeamArgs) -> None:
           + f"; {time.time() - t0:.0f}s in all")
 
 
+def models_of(args: RedTeamArgs, run_dir: Path | None, real_data: bool) -> tuple[dict[str, Path], Path]:
+    """The models to attack (name -> directory) and the output directory."""
+    if args.model:
+        model = Path(args.model)
+        if model.is_dir():
+            if not (model / "config.json").exists():
+                raise UserError(f"{model} holds no saved model (no config.json)")
+            return {model.name: model}, Path(args.out or model / "redteam")
+        if not real_data:
+            raise UserError(f"no model directory {model} (a hub id needs a --data-dir of the real datasets' files)")
+        return {args.model: hub_snapshot(args.model)}, Path(args.out or Path("redteam") / args.model.replace("/", "--"))
+    if not run_dir.is_dir():
+        raise UserError(f"no run directory {run_dir}")
+    models = redteam.find_models(run_dir)
+    if args.models:
+        missing = [m for m in args.models if m not in models]
+        if missing:
+            raise UserError(f"no model {', '.join(missing)} in {run_dir} (have {', '.join(models)})")
+        models = {m: models[m] for m in args.models}
+    if not models:
+        raise UserError(f"no models (directories with a config.json) in {run_dir}")
+    return models, Path(args.out or run_dir / "redteam")
+
+
+def hub_snapshot(model_id: str) -> Path:
+    """A hub model's files in the Hugging Face cache (fetched once): the red team keys its runs by a digest of
+    the weight files, so it needs them on disk. Config, tokenizer and safetensors only: never pickled weights."""
+    from huggingface_hub import snapshot_download
+    try:
+        return Path(snapshot_download(model_id, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt",
+                                                                "*.jinja"]))
+    except Exception as e:  # the classes differ by version and by offline vs gated: catch them all
+        raise UserError(f"cannot fetch model {model_id} ({type(e).__name__}): offline, gated or no such model; "
+                        "pass a local directory") from None
+
+
+def world_for(models: dict[str, Path], args: RedTeamArgs, run_dir: Path | None, layout: str | None):
+    """The world to red-team `models` in: the one their provenance.json names (a real one read with the first
+    model's tokenizer), or --data-dir's (an export, or the real datasets' files in the provenance's domain);
+    for models without provenance, the run's results.json or the default world. An explicit --domain must
+    agree with the provenance."""
+    saved = provenance_world(models)
+    if saved is not None and args.domain and args.domain != saved.get("domain"):
+        raise UsageError(f"--domain {args.domain} contradicts the models' provenance.json (made in the "
+                         f"{saved.get('domain')} world); leave --domain out")
+    tokenizer = str(next(iter(models.values())))  # a saved model's directory holds its tokenizer
+    if layout == "export":
+        return LocalWorldConfig(args.data_dir, tokenizer)
+    real = saved if saved is not None and "tokenizer" in saved else None
+    if layout == "real":
+        domain = args.domain or (saved or {}).get("domain") or "bio"
+        return config_of({**(real or {}), "domain": domain, "tokenizer": tokenizer, "data_dir": args.data_dir},
+                         "--data-dir")
+    if real is not None:
+        return config_of({**real, "tokenizer": tokenizer}, "the models' provenance.json")
+    if saved is not None:
+        return config_of(saved, "the models' provenance.json")
+    return world_of(run_dir, args.domain or None)
+
+
+def config_of(saved: dict, source: str) -> WorldConfig | RealWorldConfig:
+    """A world's config from its asdict() as provenance.json and results.json store it (a real world's names a
+    tokenizer); one error line naming `source` when it is no config this code knows."""
+    try:
+        return RealWorldConfig(**saved) if "tokenizer" in saved else WorldConfig(**saved)
+    except (TypeError, UserError) as e:
+        raise UserError(f"{source} names no world this code knows ({e})") from None
+
+
+def provenance_world(models: dict[str, Path]) -> dict | None:
+    """The world the models were made in, as their provenance.json records it ("world": asdict of its config);
+    None when none records one. Models made in different worlds are one error line: one red team, one world."""
+    worlds = {}
+    for name, path in models.items():
+        if (Path(path) / "provenance.json").exists():
+            saved = read_json(Path(path) / "provenance.json", "delete it, or make the model again")
+            if isinstance(saved, dict) and isinstance(saved.get("world"), dict):
+                worlds[name] = saved["world"]
+    differ = sorted({k for w in worlds.values() for v in worlds.values() for k in {*w, *v} if w.get(k) != v.get(k)})
+    if differ:
+        raise UserError("the models were made in different worlds (" + "; ".join(
+            f"{name}: " + ", ".join(f"{k} {w.get(k)}" for k in differ) for name, w in worlds.items())
+                        + "); red-team them separately (--models)")
+    return next(iter(worlds.values()), None)
+
+
 def world_of(run_dir: Path | None, domain: str | None) -> WorldConfig:
-    """The miniature world a run was made in: from its results.json (tar.py wrote it), else the default world."""
-    if run_dir is not None and (run_dir / "results.json").exists():
-        saved = json.loads((run_dir / "results.json").read_text())["world"]["config"]
-        if domain is None or domain == saved["domain"]:
-            return WorldConfig(**saved)
-    return WorldConfig(domain=domain or (run_dir.name if run_dir is not None and run_dir.name in
-                                         ("bio", "chem", "cyber") else "bio"))
+    """The miniature world of models without provenance: from the run's results.json (tar.py wrote it), else
+    the default world of `domain` (else of the run directory's name, else bio)."""
+    path = run_dir / "results.json" if run_dir is not None else None
+    if path is not None and path.exists():
+        saved = read_json(path, "delete it (tar.py writes it again)")
+        world = saved.get("world") if isinstance(saved, dict) else None
+        if not isinstance(world, dict) or not isinstance(world.get("config"), dict):
+            raise UserError(f"{path} names no world (no world.config); delete it (tar.py writes it again)")
+        cfg = config_of(world["config"], str(path))
+        if domain is None or domain == cfg.domain:
+            return cfg
+    return WorldConfig(domain=domain or (run_dir.name if run_dir is not None and run_dir.name in DOMAINS else "bio"))
+
+
+def check_tokenizers(models: dict[str, Path], world) -> None:
+    """Every model's saved tokenizer has the world's vocabulary, else one error line: a model of another world
+    (another --seed orders the same words differently) would be scored on the wrong words, and read as a
+    defence."""
+    vocab = world.tokenizer.get_vocab()
+    for name, path in models.items():
+        if model_tokenizer(str(path)).get_vocab() != vocab:
+            raise UserError(f"{path}'s tokenizer is not the one of the world it would be scored in "
+                            f"({world.config.domain}, digest {world.digest}): it was made in another world; "
+                            "red-team it in its own (--domain, --data-dir, or its run directory)")
 
 
 def main(argv=None):

@@ -11,26 +11,32 @@ lm-eval's letter style instead of the miniature's cloze style. Roles per domain 
     E / Re          WMDP-<domain> / MMLU minus the domain's subjects, scored in lm-eval's letter style
 
 Every dataset loads from the hub, or with `--data-dir` from local files named as `SOURCES` names them (the
-tests build such files in the real schemas); any failure is one UserError naming the dataset and the
-local-file option. `LocalWorldConfig` is simpler: a directory of JSONL files for red-teaming any saved model.
+tests build such files in the real schemas). Every row is checked, from the hub or a file (`check_rows`: each
+field present and of its type, an MC answer one of its choices); any failure is one UserError naming the
+dataset or file, the row and what to do. `LocalWorldConfig` reads back a miniature world that
+`python data.py --out DIR` wrote, for red-teaming (evaluate.py --data-dir DIR).
 
 Use:  world = load_real_world(RealWorldConfig("bio", tokenizer="meta-llama/Meta-Llama-3-8B-Instruct"))
+      world = load_local_world(LocalWorldConfig("world/", tokenizer="runs/bio/tar"))
 """
 
 from __future__ import annotations
 
 import functools
-import json
+import math
 import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from batching import Tokens
-from chats import pair_tokens, tokenize_chats
+from chats import HAZARD, pair_tokens, refusal_tokens, tokenize_chats
 from cli import UserError
-from storage import digest
+from domains import DOMAINS
+from storage import digest, read_json, read_jsonl
+from tokenizer import tokenize
 from world import World, WorldConfig
 
 
@@ -71,43 +77,121 @@ class RealWorldConfig:
     revision: str | None = None  # hub revision of WMDP (its row counts changed on 2024-04-23; docs/data.md)
 
 
+# --------------------------------------------------------------------------------------------------------
+# Rows: every row a world is made of, from the hub or a local file, is checked before it is used
+# --------------------------------------------------------------------------------------------------------
+# What each field must hold, and how the error line says it. A wrong value fails here, naming the file and the
+# row, not as a traceback deep in scoring or, worse, as a number: an MC answer outside the choices is never
+# predicted, so it would score every model 0% forget, a "perfect defence".
+_STRING = (lambda v: isinstance(v, str), "a string")
+FIELD_TYPES = {
+    **{f: _STRING for f in ("question", "subject", "txt_chunk", "text_chunk", "prompt", "chosen", "rejected",
+                            "text", "answer")},  # "answer" of an MC row is checked against its choices instead
+    "choices": (lambda v: isinstance(v, list) and 2 <= len(v) <= 4 and all(isinstance(c, str) for c in v),
+                "a list of 2 to 4 strings (the letter prompt labels them A-D)"),
+    "label": (lambda v: isinstance(v, bool) or (isinstance(v, int) and v in (0, 1)), "true or false"),
+    "conversations": (lambda v: isinstance(v, list) and len(v) > 0 and all(
+        isinstance(t, dict) and t.get("from") in ("human", "gpt") and isinstance(t.get("value"), str) for t in v),
+                      "a non-empty list of {from: human | gpt, value: string} turns"),
+    "fact": (lambda v: v is None or isinstance(v, str), "a string or null"),
+    "harmful": (lambda v: isinstance(v, bool), "true or false"),
+}
+LETTERS = "ABCD"
+
+
+def answer_index(answer, n_choices: int) -> int | None:
+    """An MC answer as the index of its choice: an int in range(n_choices) (WMDP, MMLU on the hub), or a
+    letter "A".. (copies of MMLU made from its CSV files); None when it is neither."""
+    if isinstance(answer, str) and len(answer.strip()) == 1 and answer.strip() in LETTERS[:n_choices]:
+        return LETTERS.index(answer.strip())
+    if isinstance(answer, int) and not isinstance(answer, bool) and 0 <= answer < n_choices:
+        return answer
+    return None
+
+
+def row_problem(row: dict, fields: tuple[str, ...]) -> str | None:
+    """What is wrong with one row in words, or None: a field of `fields` missing or not of its FIELD_TYPES
+    type; with `choices` among the fields (an MC row), an `answer` that names none of them."""
+    missing = [f for f in fields if f not in row]
+    if missing:
+        return f"lacks {', '.join(missing)} (each row needs {', '.join(fields)})"
+    for f in fields:
+        if f == "answer" and "choices" in fields:  # fields list choices before answer: they are checked by now
+            n = len(row["choices"])
+            if answer_index(row[f], n) is None:
+                return f"answer {row[f]!r:.40} is not one of its {n} choices (give 0..{n - 1} or A..{LETTERS[n - 1]})"
+        elif not FIELD_TYPES[f][0](row[f]):
+            return f"{f} must be {FIELD_TYPES[f][1]}, got {row[f]!r:.60}"
+    return None
+
+
+def check_rows(rows: list, fields: tuple[str, ...], source: str, fix: str) -> list[dict]:
+    """`rows` when there is at least one and each is an object with every one of `fields`, of its type
+    (row_problem); else one UserError naming `source`, the row (counted from 1) and `fix`."""
+    if not rows:
+        raise UserError(f"{source} holds no rows (each needs {', '.join(fields)}); {fix}")
+    for n, row in enumerate(rows, 1):
+        problem = row_problem(row, fields) if isinstance(row, dict) else "is not a JSON object"
+        if problem:
+            raise UserError(f"{source} row {n}: {problem}; {fix}")
+    return rows
+
+
+def read_rows(path: Path, fields: tuple[str, ...], fix: str) -> list[dict]:
+    """The checked rows (check_rows) of one local file: .jsonl (one object a line) and .json (a list of
+    objects) with the json module, so that no `datasets` package is needed (the GPU machines may lack it);
+    .parquet with pyarrow. Any problem is one UserError naming the file."""
+    if path.suffix == ".jsonl":
+        rows = read_jsonl(path, fields, fix)
+    elif path.suffix == ".json":
+        rows = read_json(path, fix)
+        if not isinstance(rows, list):
+            raise UserError(f"{path} is not a JSON list of rows; {fix}")
+    else:
+        try:
+            import pyarrow.parquet as pq
+        except ImportError:
+            raise UserError(f"reading {path} needs pyarrow (pip install -r requirements.txt); or convert it to "
+                            ".jsonl") from None
+        try:
+            rows = pq.read_table(path).to_pylist()
+        except Exception as e:  # pyarrow's classes for a damaged file vary: catch them all
+            raise UserError(f"cannot read {path} as parquet ({type(e).__name__}: "
+                            f"{(str(e).splitlines() or [''])[0][:120]}); {fix}") from None
+    return check_rows(rows, fields, str(path), fix)
+
+
 def load_rows(name: str, data_dir: str = "", revision: str | None = None) -> list[dict]:
-    """The rows of one dataset: from <data_dir>/<name>.jsonl (or .json / .parquet) when data_dir is given,
-    else from the hub. Any failure becomes one UserError naming the dataset and the local-file option."""
+    """The checked rows of one dataset: from <data_dir>/<name>.jsonl (or .json / .parquet) when data_dir is
+    given, else from the hub. Any failure becomes one UserError naming the dataset or file and what to do."""
     hub_id, config, split, fields = SOURCES[name]
     where = f"{hub_id}" + (f" ({config})" if config else "")
-    local = f"--data-dir DIR holding {name}.jsonl (or .parquet) with fields {', '.join(fields)}"
-    try:
-        import datasets
-    except ImportError:
-        raise UserError("the real datasets need the `datasets` package (pip install -r requirements.txt)") from None
+    local = f"--data-dir DIR holding {name}.jsonl (or .json, .parquet) with fields {', '.join(fields)}"
     if data_dir:
         path = next((p for p in (Path(data_dir) / f"{name}.{e}" for e in ("jsonl", "json", "parquet")) if p.exists()),
                     None)
         if path is None:
-            raise UserError(f"{data_dir} has no {name}.jsonl or .parquet ({where} rows with fields "
+            raise UserError(f"{data_dir} has no {name}.jsonl, .json or .parquet ({where} rows with fields "
                             f"{', '.join(fields)})")
+        return read_rows(path, fields, f"fix the file (rows of {where}; docs/data.md §2)")
     try:
-        if data_dir:
-            ds = datasets.load_dataset("parquet" if path.suffix == ".parquet" else "json",
-                                       data_files={split: str(path)}, split=split)
-        else:
-            ds = datasets.load_dataset(hub_id, config, split=split,
-                                       revision=revision if name.startswith("wmdp") else None)
+        import datasets
+    except ImportError:
+        raise UserError(f"reading {where} from the hub needs the `datasets` package (pip install -r "
+                        f"requirements.txt); or pass {local}") from None
+    try:
+        ds = datasets.load_dataset(hub_id, config, split=split, revision=revision if name.startswith("wmdp") else None)
     except Exception as e:  # the classes differ by version and by offline vs gated: catch them all (docs/data.md §3)
-        source = path if data_dir else where
-        raise UserError(f"cannot load {source} ({type(e).__name__}): offline or gated (request access, log in); "
+        raise UserError(f"cannot load {where} ({type(e).__name__}): offline or gated (request access, log in); "
                         f"or pass {local}") from None
-    missing = [f for f in fields if f not in ds.column_names]
-    if missing:
-        raise UserError(f"{name}: rows lack field(s) {', '.join(missing)} (have {', '.join(ds.column_names)})")
-    return ds.to_list()
+    return check_rows(ds.to_list(), fields, where, f"the hub's rows are not in the schema read here; pass {local}")
 
 
 def mc_items(rows: list[dict], drop_subjects: set[str] = frozenset()) -> list[dict]:
-    """WMDP / MMLU rows -> {question, choices, answer: int}; an MMLU letter answer (CSV copies) becomes 0-3."""
-    letter = lambda a: "ABCD".index(a.strip()) if isinstance(a, str) else int(a)
-    return [{"question": r["question"], "choices": list(r["choices"]), "answer": letter(r["answer"])}
+    """Checked WMDP / MMLU rows (check_rows) -> {question, choices, answer: int}; a letter answer becomes its
+    index. `drop_subjects`: MMLU rows of these subjects are left out."""
+    return [{"question": r["question"], "choices": list(r["choices"]), "answer": answer_index(r["answer"],
+                                                                                            len(r["choices"]))}
             for r in rows if r.get("subject") not in drop_subjects]
 
 
@@ -135,11 +219,14 @@ def tokenize_texts(texts: list[str], tokenizer, max_length: int) -> Tokens:
     return Tokens(out, mask, torch.zeros_like(mask))
 
 
-def split_forget(texts: list[str]) -> tuple[list[str], list[str]]:
-    """80% / 20% as the official code splits each forget corpus (train_test_split(test_size=0.2, seed=42))."""
-    import datasets
-    parts = datasets.Dataset.from_dict({"text": texts}).train_test_split(test_size=0.2, seed=42)
-    return list(parts["train"]["text"]), list(parts["test"]["text"])
+def split_forget(texts: list) -> tuple[list, list]:
+    """80% / 20% as the official code splits each forget corpus, `datasets`' train_test_split(test_size=0.2,
+    seed=42): a permutation from numpy's default generator seeded 42, its first ceil(20%) rows the test split.
+    Computed here with numpy, so that local files need no `datasets` package (a test checks it against
+    `datasets` itself); a corpus of one row leaves the train split empty (an error line later, not a crash)."""
+    order = np.random.default_rng(42).permutation(len(texts)).tolist()
+    n_test = math.ceil(0.2 * len(texts))
+    return [texts[i] for i in order[n_test:]], [texts[i] for i in order[:n_test]]
 
 
 def hh_turns(transcript: str) -> list[dict]:
@@ -181,19 +268,26 @@ def _real_refusal(cfg: RealWorldConfig, tokenizer, rows) -> World:
                  style="chat", chats=chats)
 
 
-@functools.lru_cache(maxsize=2)
-def load_real_world(cfg: RealWorldConfig) -> World:
+def model_tokenizer(name: str):
+    """The tokenizer of a model (hub id or directory), padded on the right with a pad token: padding is masked
+    by attention_mask, never by id, and batching slices every split [:, :width] (chat templates too)."""
     from transformers import AutoTokenizer
-    if cfg.domain not in FORGET_CORPORA and cfg.domain != "refusal":
-        raise UserError(f"unknown domain {cfg.domain!r}: choose one of {', '.join(FORGET_CORPORA)}, refusal")
     try:
-        tokenizer = AutoTokenizer.from_pretrained(cfg.tokenizer)
+        tokenizer = AutoTokenizer.from_pretrained(name)
     except Exception as e:
-        raise UserError(f"cannot load the tokenizer of {cfg.tokenizer} ({type(e).__name__}): offline or gated; "
+        raise UserError(f"cannot load the tokenizer of {name} ({type(e).__name__}): offline, gated or not a model; "
                         "pass a local model directory") from None
     if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token  # padding is masked by attention_mask, never by id
-    tokenizer.padding_side = "right"  # every split is right-padded: batching slices [:, :width] (chat templates too)
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "right"
+    return tokenizer
+
+
+@functools.lru_cache(maxsize=2)
+def load_real_world(cfg: RealWorldConfig) -> World:
+    if cfg.domain not in FORGET_CORPORA and cfg.domain != "refusal":
+        raise UserError(f"unknown domain {cfg.domain!r}: choose one of {', '.join(FORGET_CORPORA)}, refusal")
+    tokenizer = model_tokenizer(cfg.tokenizer)
     rows = functools.lru_cache(None)(lambda name: load_rows(name, cfg.data_dir, cfg.revision))  # pile-bio twice
     if cfg.domain == "refusal":
         if not getattr(tokenizer, "chat_template", None):
@@ -206,7 +300,12 @@ def load_real_world(cfg: RealWorldConfig) -> World:
             if not path.exists():
                 raise UserError(f"the chem forget corpus is private (docs/data.md): put one passage per line in {path} "
                                 "and pass --data-dir")
-            texts = [line for line in path.read_text().splitlines() if line.strip()]
+            try:
+                texts = [line for line in path.read_text().splitlines() if line.strip()]
+            except (OSError, UnicodeDecodeError) as e:
+                raise UserError(f"cannot read {path} ({e})") from None
+            if not texts:
+                raise UserError(f"{path} holds no passages (one per non-empty line)")
         else:
             texts = [r["txt_chunk"] for r in rows(corpus) if r["label"]] if corpus == "pile-bio" else \
                 [r["text_chunk"] for r in rows(corpus)]
@@ -226,50 +325,73 @@ def load_real_world(cfg: RealWorldConfig) -> World:
     for split, texts in docs.items():
         if not texts:
             raise UserError(f"the real {cfg.domain} world has no {split} documents")
+    if not items["Re"]:
+        raise UserError(f"the real {cfg.domain} world has no retain items: every MMLU row is of a {cfg.domain} "
+                        f"subject ({', '.join(sorted(MMLU_DROP[cfg.domain]))})")
     tokens = {split: tokenize_texts(texts, tokenizer, cfg.seq_len) for split, texts in docs.items()}
     topic = {"bio": "biology", "chem": "chemistry", "cyber": "cybersecurity"}[cfg.domain]
     return World(WorldConfig(domain=cfg.domain), tokenizer, {}, docs, items, tokens, digest(asdict(cfg), docs, items),
                  style="letter", topic=topic)
 
 
+# --------------------------------------------------------------------------------------------------------
+# A miniature world that `python data.py --out DIR` wrote, read back (evaluate.py --data-dir DIR)
+# --------------------------------------------------------------------------------------------------------
+MC_FIELDS = ("question", "choices", "answer")
+CHAT_FIELDS = ("prompt", "answer", "fact", "harmful")
+REFUSAL_NEEDS = [f"chats_{g}.jsonl" for g in ("T_inner", "T_tr", "A", "A_heldout", "E", "Rt", "Re")] + \
+    ["docs_all.jsonl", "docs_U.jsonl"]  # what chats.refusal_tokens reads
+
 
 @dataclass(frozen=True)
 class LocalWorldConfig:
-    """A directory of JSONL files standing in for the miniature world:
-    forget_eval.jsonl, retain_eval.jsonl  MC items {question, choices, answer} (e.g. WMDP-bio, MMLU subset),
-                                          scored in the letter style; they become groups E and Re
-    <split>.jsonl                         {"text": ...} documents, one split per file, named as the attack
-                                          suite names its data: A (hazardous text), Rt (retain text),
-                                          U (unrelated text), A_heldout (a new hazardous corpus)"""
+    """A world written by `python data.py --out DIR` (data.write_world): world.json (its WorldConfig),
+    docs_<split>.jsonl {text}, mc_<group>.jsonl {question, choices, answer} (E and Re at least) and, for the
+    refusal world, chats_<group>.jsonl {prompt, answer, fact, harmful}. Read back it is the world build_world
+    makes (scored cloze style), its text encoded by `tokenizer`'s."""
     data_dir: str
-    tokenizer: str  # a model directory whose tokenizer encodes the text
-    topic: str = "biology"  # the WMDP prompt's subject
-    max_length: int = 256  # documents are cut to this many tokens (the paper's sequence length)
+    tokenizer: str  # the model (directory or hub id) whose tokenizer encodes the text
 
 
 @functools.lru_cache(maxsize=4)
 def load_local_world(cfg: LocalWorldConfig) -> World:
-    from transformers import AutoTokenizer
+    """The exported world as a World: the same documents, items, chats and token tensors as build_world's
+    when `tokenizer` is the world's own (a test checks it); a tokenizer that cannot spell the world's words
+    (a model of another world: another seed, size or domain) is one error line, not scores on <unk>."""
     root = Path(cfg.data_dir)
-    tokenizer = AutoTokenizer.from_pretrained(cfg.tokenizer)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    read = lambda p: [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
-    items, docs = {}, {}
-    for group, name in (("E", "forget_eval.jsonl"), ("Re", "retain_eval.jsonl")):
-        if not (root / name).exists():
-            raise UserError(f"--data-dir {root} has no {name} (MC items {{question, choices, answer}})")
-        items[group] = [{"question": r["question"], "choices": list(r["choices"]), "answer": int(r["answer"])}
-                        for r in read(root / name)]
-    for p in sorted(root.glob("*.jsonl")):
-        if p.name not in ("forget_eval.jsonl", "retain_eval.jsonl"):
-            docs[p.stem] = [r["text"] for r in read(p) if r.get("text", "").strip()]
-    if "Rt" in docs and "U" in docs:
-        docs["benign"] = docs["Rt"] + docs["U"]
-    tokens = {}
-    for split, texts in docs.items():
-        enc = tokenizer(texts, padding=True, truncation=True, max_length=cfg.max_length, return_tensors="pt")
-        mask = enc["attention_mask"].bool()
-        tokens[split] = Tokens(enc["input_ids"], mask, torch.zeros_like(mask))
-    return World(WorldConfig(), tokenizer, {}, docs, items, tokens, digest(asdict(cfg), docs, items), style="letter",
-                 topic=cfg.topic)
+    fix = f"write it again with python data.py --out {root}"
+    meta = read_json(root / "world.json", fix)
+    try:
+        config = WorldConfig(**meta["config"])
+    except (TypeError, KeyError, UserError) as e:
+        raise UserError(f"{root / 'world.json'} holds no world config ({type(e).__name__}: {e}); {fix}") from None
+    read = lambda prefix, fields: {p.stem[len(prefix):]: read_rows(p, fields, fix)
+                                   for p in sorted(root.glob(f"{prefix}*.jsonl"))}
+    docs = {split: [r["text"] for r in rows] for split, rows in read("docs_", ("text",)).items()}
+    items = {group: mc_items(rows) for group, rows in read("mc_", MC_FIELDS).items()}
+    talks = read("chats_", CHAT_FIELDS) or None
+    present = {p.name for p in root.iterdir()}
+    need = REFUSAL_NEEDS if config.domain == "refusal" else ["mc_E.jsonl", "mc_Re.jsonl"]
+    if not set(need) <= present:
+        raise UserError(f"{root} lacks {', '.join(n for n in need if n not in present)}; {fix}")
+    tokenizer = model_tokenizer(cfg.tokenizer)
+    if talks and not getattr(tokenizer, "chat_template", None):
+        raise UserError(f"the refusal world needs a chat model: {cfg.tokenizer}'s tokenizer has no chat template")
+    # the fact mask (the entropy TR loss's positions) of build_world: the domain's values as whole-word tokens
+    domain, vocab = DOMAINS[HAZARD.get(config.domain, config.domain)], tokenizer.get_vocab()
+    fact_ids = torch.tensor([vocab[t] for t in ("▁" + v for vals, _ in domain.attributes.values() for v in vals)
+                             if t in vocab], dtype=torch.long)
+    tokens = {split: tokenize(texts, tokenizer, fact_ids) for split, texts in docs.items()}
+    if talks:
+        tokens.update(refusal_tokens(talks, tokenizer, tokens))
+    unk = tokenizer.unk_token_id
+    if unk is not None and unk not in (tokenizer.pad_token_id, tokenizer.eos_token_id, tokenizer.bos_token_id):
+        texts = [f"{it['question']} {' '.join(it['choices'])}" for group in items.values() for it in group]
+        unknown = sum(int(((t.ids == unk) & t.mask).any(1).sum()) for t in tokens.values()) + \
+            sum(unk in ids for ids in tokenizer(texts)["input_ids"])
+        if unknown:
+            raise UserError(f"the tokenizer of {cfg.tokenizer} cannot spell {unknown} documents and items of the "
+                            f"world in {root} (unknown words): the model was made in another world")
+    key = digest(asdict(config), vocab, docs, items, talks)  # build_world's key: equal for the same world
+    return World(config, tokenizer, meta.get("entities", {}), docs, items, tokens, key, topic=domain.topic,
+                 chats=talks)

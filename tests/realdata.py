@@ -1,8 +1,10 @@
 """Small local files in the real datasets' exact schemas (docs/data.md §2-3; invented placeholder text)
-and tiny Hugging Face models that read them, for the real-data and FSDP tests. Not a test module."""
+and tiny Hugging Face models that read them, for the real-data and FSDP tests; and a small untrained model of
+a miniature world saved as this repository saves its models. Not a test module."""
 
 import json
 import random
+from dataclasses import asdict
 from pathlib import Path
 
 from tokenizer import make_tokenizer
@@ -81,3 +83,19 @@ def tiny_model(path: Path, arch: str = "llama", seed: int = 0) -> Path:
     model.save_pretrained(path)
     tok.save_pretrained(path)
     return path
+
+
+def world_model(world, path: Path, provenance: bool = True):
+    """An untrained small Llama of the miniature `world`, saved with its tokenizer as this repository saves
+    every model (storage.save_model: provenance.json names the world); provenance=False: save_pretrained
+    alone, as a model from elsewhere."""
+    import safeguard
+    import storage
+    model = safeguard.new_model(len(world.tokenizer), safeguard.ModelConfig(width=32, layers=2, heads=2, mlp=64),
+                                world.tokenizer, seed=0)
+    if provenance:
+        storage.save_model(model, world.tokenizer, path, {"world": asdict(world.config)})
+    else:
+        model.save_pretrained(path)
+        world.tokenizer.save_pretrained(path)
+    return model

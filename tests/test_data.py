@@ -1,18 +1,22 @@
 """The miniature world: deterministic, disjoint groups, WMDP-schema items, a tokenizer that round-trips and
-reloads through AutoTokenizer, fact masks on the right tokens, seeded batching, the JSONL export."""
+reloads through AutoTokenizer, fact masks on the right tokens, seeded batching, the JSONL export and reading it
+back as the same world."""
 
 import json
+from dataclasses import asdict
 
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import batching
+import data
 import domains
+import realdata
+import realworld
 import scoring
 import world
-import data
-from conftest import tiny_model
+from conftest import cli_error, tiny_model
 
 
 def test_world_is_deterministic_and_seeded(small_world):
@@ -54,7 +58,7 @@ def test_tokenizer_round_trip_and_save_load(small_world, tmp_path):
     for text in texts:
         ids = tok(text)["input_ids"]
         assert ids[0] == tok.bos_token_id and tok.unk_token_id not in ids
-        assert tok.decode(ids, skip_special_tokens=True) == text
+        assert tok.decode(ids, skip_special_tokens=True) == " " + text  # every word keeps its space (tokenizer.py)
     model = tiny_model(vocab_size=len(tok))
     model.save_pretrained(tmp_path)
     tok.save_pretrained(tmp_path)
@@ -102,14 +106,37 @@ def test_stream_is_seeded_and_covers_each_epoch(small_world):
 
 
 def test_cli_writes_jsonl(tmp_path):
-    data.main(["--domain", "cyber", "--out", str(tmp_path)])
+    data.main(["--domain", "cyber", "--world-entities", "4", "--seed", "2", "--out", str(tmp_path)])
     items = [json.loads(line) for line in (tmp_path / "mc_E.jsonl").read_text().splitlines()]
-    assert len(items) == 30 * 5 * 4 and set(items[0]) == {"question", "choices", "answer"}
+    assert len(items) == 4 * 5 * 4 and set(items[0]) == {"question", "choices", "answer"}
+    assert json.loads((tmp_path / "world.json").read_text())["config"] == asdict(world.world_config("cyber", 4, 2))
     assert (tmp_path / "docs_A.jsonl").exists() and (tmp_path / "tokenizer" / "tokenizer.json").exists()
     assert not list(tmp_path.glob("*.tmp"))
 
 
-def test_unknown_domain_is_a_clear_error(capsys):
-    with pytest.raises(SystemExit) as e:
-        data.main(["--domain", "physics", "--out", "/tmp/never"])
-    assert "unknown domain 'physics'" in str(e.value.code)
+def test_empty_out_is_a_usage_error(capsys):  # every flag's domain: tests/test_cli.py
+    code, line = cli_error(capsys, data.main, ["--domain", "bio", "--out", ""])
+    assert code == 2 and "--out must not be empty" in line
+
+
+@pytest.mark.parametrize("domain", ["bio", "refusal"])
+def test_export_reads_back_as_the_same_world(domain, tmp_path):
+    """python data.py --out, read back with the model's tokenizer: the same documents, items, chats, token
+    tensors and digest as build_world's world, so the same scores (computed afresh, not from the scorer's cache)."""
+    data.main(["--domain", domain, "--world-entities", "4", "--out", str(tmp_path / "w")])
+    built = world.build_world(world.world_config(domain, 4))
+    model = realdata.world_model(built, tmp_path / "m")
+    back = realworld.load_local_world(realworld.LocalWorldConfig(str(tmp_path / "w"), str(tmp_path / "m")))
+    assert back.digest == built.digest and back.config == built.config and back.style == "cloze"
+    assert back.docs == built.docs and back.items == built.items and back.chats == built.chats
+    assert back.entities == built.entities and back.topic == built.topic and back.tokens.keys() == built.tokens.keys()
+    for split, t in built.tokens.items():
+        b = back.tokens[split]
+        assert torch.equal(b.ids, t.ids) and torch.equal(b.mask, t.mask) and torch.equal(b.fact, t.fact), split
+        assert b.rows_per_item == t.rows_per_item, split
+    if domain == "bio":
+        assert back.tokens["T"].fact.any()  # the fact mask is rebuilt, not left empty
+        for group in ("E", "Re"):
+            scores = [scoring.mc_loglikelihoods(model, scoring.prepare_mc(w.tokenizer, w.items[group]),
+                                                w.tokenizer.pad_token_id) for w in (back, built)]
+            assert torch.equal(*scores), group

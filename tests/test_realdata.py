@@ -1,5 +1,6 @@
 """realworld.py's loaders for the real datasets (docs/data.md), on small local files in each dataset's exact
-schema (tests/realdata.py writes them), through the real `datasets` JSON builder; and the offline hub error."""
+schema (tests/realdata.py writes them) as .jsonl, .json and .parquet; the 80/20 split against `datasets` itself;
+and the offline hub error. Bad files and rows: tests/test_inputs.py."""
 
 import json
 
@@ -33,6 +34,19 @@ def test_each_loader_returns_the_schema_values(fx):
         assert [r[fields[0]] for r in rows] == [w[fields[0]] for w in written], name
     pile = realworld.load_rows("pile-bio", str(root))
     assert {r["label"] for r in pile} == {True, False} and pile[0]["meta"]["pile_set_name"] == "PubMed Abstracts"
+
+
+def test_json_and_parquet_files_give_the_same_rows(fx, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    root, _ = fx
+    for name in ("pile-bio", "magpie", "mmlu"):
+        rows = realworld.load_rows(name, str(root))
+        (tmp_path / "json").mkdir(exist_ok=True), (tmp_path / "parquet").mkdir(exist_ok=True)
+        (tmp_path / "json" / f"{name}.json").write_text(json.dumps(rows))
+        pq.write_table(pa.Table.from_pylist(rows), tmp_path / "parquet" / f"{name}.parquet")
+        assert realworld.load_rows(name, str(tmp_path / "json")) == rows, name
+        assert realworld.load_rows(name, str(tmp_path / "parquet")) == rows, name
 
 
 def test_mc_items_normalise_letters_and_drop_subjects(tmp_path):
@@ -72,10 +86,12 @@ def test_chat_template_renders_magpie(fx):
 
 
 def test_split_matches_datasets_train_test_split():
-    texts = [f"doc {i}" for i in range(50)]
-    train, test = realworld.split_forget(texts)
-    assert len(test) == 10 and sorted(train + test) == sorted(texts)
-    assert realworld.split_forget(texts) == (train, test)  # seed 42, as the official code
+    import datasets
+    for n in (2, 3, 7, 50, 101, 7558):  # 7558: Pile-bio's forget rows
+        texts = [f"doc {i}" for i in range(n)]
+        parts = datasets.Dataset.from_dict({"text": texts}).train_test_split(test_size=0.2, seed=42)
+        assert realworld.split_forget(texts) == (list(parts["train"]["text"]), list(parts["test"]["text"])), n
+    assert realworld.split_forget(["one"]) == ([], ["one"]) and realworld.split_forget([]) == ([], [])
 
 
 def test_offline_hub_and_bad_files_fail_with_one_clear_message(fx, tmp_path, monkeypatch):
@@ -89,7 +105,7 @@ def test_offline_hub_and_bad_files_fail_with_one_clear_message(fx, tmp_path, mon
     with pytest.raises(cli.UserError, match="has no ctftime.jsonl"):
         realworld.load_rows("ctftime", str(tmp_path))
     (tmp_path / "ctftime.jsonl").write_text(json.dumps({"text": "wrong field"}) + "\n")
-    with pytest.raises(cli.UserError, match="lack field"):
+    with pytest.raises(cli.UserError, match="ctftime.jsonl line 1 lacks text_chunk"):
         realworld.load_rows("ctftime", str(tmp_path))
     with pytest.raises(cli.UserError, match="chem forget corpus is private"):
         realworld.load_real_world(realworld.RealWorldConfig("chem", str(fx[1]), str(tmp_path)))
