@@ -326,13 +326,13 @@ def attack_steps(model: torch.nn.Module, spec: Attack, batches: Iterator, *, los
         if history is not None:
             history.append(loss)  # a fresh 0-d tensor; no .item() here: a GPU would sync every step
         if every and step % every == 0:
-            _raise_if_diverged(first_bad, spec, params)
+            _raise_if_diverged(first_bad, spec, params, step)
             eval_mode()
             yield step  # the caller works at θ_k (TAR: Alg. 1 l.9)
             train_mode()
         if progress is not None:
             progress.update(1)
-    _raise_if_diverged(first_bad, spec, params)
+    _raise_if_diverged(first_bad, spec, params, spec.steps)
     eval_mode()  # the model leaves holding the weights one would evaluate (and save)
     opt.zero_grad(set_to_none=True)  # leave no attacker gradients behind in .grad
     if spec.lora_rank:
@@ -345,7 +345,7 @@ class Diverged(UserError):
     the run stops there and saves nothing from the bad state; in the red team the attack is recorded as
     diverged: the attacker's failure, never the defence's success."""
 
-    def __init__(self, message: str, step: int):
+    def __init__(self, message: str, step: int = 0):
         super().__init__(message)
         self.step = step
 
@@ -356,17 +356,25 @@ def _first_bad(first_bad, finite: torch.Tensor, step: int) -> torch.Tensor:
     return torch.where((first_bad == 0) & ~finite, step, first_bad)
 
 
-def _raise_if_diverged(first_bad, spec: Attack, params) -> None:
-    """Checked where the loop pauses and at its end (one sync each): a non-finite loss or gradient norm since
-    the start, or weights that are no longer finite (the last step's update is seen by no later loss)."""
-    step = int(first_bad) if first_bad is not None else 0
+def _raise_if_diverged(first_bad, spec: Attack, params, at: int) -> None:
+    """Checked where the loop pauses (step `at`) and at its end, one sync each: a non-finite loss or gradient
+    norm since the start, or weights no longer finite (the last update is seen by no later loss). Under
+    torchrun the ranks agree first (each sees its own loss and shards), so all of them raise or none does."""
+    local = [p.to_local() if hasattr(p, "to_local") else p for p in params]  # FSDP2: this rank's shards
+    bad = torch.zeros(2, dtype=torch.long, device=local[0].device if local else "cpu")
+    if first_bad is not None:
+        bad[0] = first_bad
+    if local and not torch.stack([torch.isfinite(p).all() for p in local]).all():
+        bad[1] = at
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.all_reduce(bad, op=torch.distributed.ReduceOp.MAX)
+    step, weights = bad.tolist()
     if step:
         raise Diverged(f"{spec.name}: the loss or gradient became non-finite at step {step} of {spec.steps} "
                        f"(lr {spec.lr:g})", step)
-    local = [p.to_local() if hasattr(p, "to_local") else p for p in params]  # FSDP2: this rank's shards
-    if local and not bool(torch.stack([torch.isfinite(p).all() for p in local]).all()):
-        raise Diverged(f"{spec.name}: the weights became non-finite by step {spec.steps} (lr {spec.lr:g})",
-                       spec.steps)
+    if weights:
+        raise Diverged(f"{spec.name}: the weights became non-finite by step {weights} of {spec.steps} "
+                       f"(lr {spec.lr:g})", weights)
 
 
 def attack(model: torch.nn.Module, spec: Attack, batches: Iterator, *, loss_fn: Callable = lm_batch_loss,

@@ -33,7 +33,8 @@ import sys
 import time
 from dataclasses import field
 
-WORKERS = os.cpu_count() or 1  # the default of every --workers flag: one worker process per core
+WORKERS = min(4, os.cpu_count() or 1)  # every --workers default: a worker per core, at most 4 (each holds a model)
+INT_MAX = 2**31 - 1  # every integer flag fits a C int (what torch's seeds and thread counts take)
 
 
 class UserError(Exception):
@@ -116,15 +117,22 @@ def check(cfg) -> None:
         values = value if isinstance(value, (list, tuple)) else [value]
         if meta["nonempty"] and (value == "" or value == [] or value == ()):
             raise UsageError(f"{flag(f.name)} must not be empty")
-        if meta["choices"] and value not in meta["choices"]:
+        if meta["choices"] and any(v not in meta["choices"] for v in values):
             raise UsageError(f"{flag(f.name)} must be one of {', '.join(meta['choices'])}, got {value!r}")
         for v in values:
             if isinstance(v, bool) or not isinstance(v, (int, float)):
                 continue
+            if isinstance(v, int) and abs(v) > INT_MAX:
+                raise UsageError(f"{flag(f.name)} must be at most {INT_MAX}, got {v}")
             lo, lo_in, hi = meta["above"], meta["at_least"], meta["at_most"]
             if not math.isfinite(v) or (lo is not None and not v > lo) or (lo_in is not None and not v >= lo_in) \
                     or (hi is not None and not v <= hi):
                 raise UsageError(f"{flag(f.name)} must be {domain(meta) or 'a finite number'}, got {v}")
+
+
+def reason(e: Exception, n: int = 160) -> str:
+    """An exception as a short phrase for an error line: its class and the first line of its message."""
+    return f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:n]}"
 
 
 def main(body) -> None:

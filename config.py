@@ -13,14 +13,15 @@ Use:  cfg = configure(domain="bio", outer_steps=10); cfg.validate()
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import os
+from dataclasses import asdict, dataclass
 
 import cli
 from adversary import TrainAttacks
 from cli import UsageError, arg
 from realworld import RealWorldConfig
 from safeguard import SafeguardConfig
-from world import WORLDS, WorldConfig, world_config
+from world import WORLDS, WorldConfig, entities_flag, world_config
 
 
 @dataclass
@@ -110,7 +111,7 @@ class TARConfig:
     workers: int = arg(cli.WORKERS, "processes for the end-of-run attacks (one torch thread each; one core stays "
                                     "with TAR)", above=0)
     # earlier stages of the miniature world (cached in <runs>/<domain>/base and safeguard)
-    world_entities: int = arg(30, "hazardous entities per group T / A / E (the cities scale along)", above=0)
+    world_entities: int = entities_flag()
     base_steps: int = arg(2000, "base pretraining steps", above=0)
     safeguard_steps: int = arg(SafeguardConfig.steps, "random-mapping safeguard steps", above=0)
 
@@ -125,11 +126,25 @@ class TARConfig:
             raise UsageError("--tr-every must not exceed --inner-steps (no TR point would be taken)")
         if self.outer_optimizer == "schedulefree" and self.outer_schedule != "constant":
             raise UsageError("Schedule-Free AdamW has no schedule: use --outer-schedule constant")
-        if self.tr_loss == "dpo" and (self.micro_batch % 2 or self.tr_batch % 2):
-            raise UsageError("--tr-loss dpo keeps (chosen, rejected) rows together: --micro-batch and --tr-batch "
-                             "must be even")
+        if self.tr_loss == "dpo" and self.domain != "refusal":
+            raise UsageError("--tr-loss dpo needs (refusal, compliance) pairs: use it with --domain refusal")
+        if self.tr_loss == "dpo" and self.micro_batch % 2:
+            raise UsageError("--tr-loss dpo keeps (chosen, rejected) rows together: --micro-batch must be even")
+        # each global batch splits evenly over the processes (torchrun's WORLD_SIZE), each share into micro-batches
+        ranks = int(os.environ.get("WORLD_SIZE", 1))
+        rows = {"inner-batch": self.inner_batch, "retain-batch": self.retain_batch,
+                "tr-batch": self.tr_batch * (2 if self.tr_loss == "dpo" else 1)}  # DPO: 2 rows a pair
+        for name, n in rows.items():
+            if n % ranks or (self.micro_batch and (n // ranks) % self.micro_batch):
+                raise UsageError(f"--{name} {n} rows do not split over {ranks} process(es) in micro-batches of "
+                                 f"{self.micro_batch or 'a whole share'}")
         if self.model and self.tr_mask == "fact" and self.tr_loss == "entropy":
             raise UsageError("real text has no fact positions: use --tr-mask tokens or all with --model")
+
+    def changed_since(self, saved: dict) -> list[str]:
+        """The training settings of a checkpoint's config (asdict) that differ from these: --resume refuses them."""
+        now = asdict(self)
+        return [k for k, v in saved.items() if k not in NOT_TRAINING and now.get(k) != v]
 
     def world(self) -> WorldConfig | RealWorldConfig:
         if self.model:
@@ -141,6 +156,9 @@ class TARConfig:
                             retain_then_forget=self.retain_then_forget)
 
 
+# The settings that leave the trained weights as they are: a resumed run may change them (a moved run directory,
+# more workers, a longer end-of-run attack)
+NOT_TRAINING = ("runs", "resume", "checkpoint_every", "workers", "attack_steps")
 # The paper's hyperparameters (docs/paper.md §4, official code, bio), in one place: --preset paper. Where our
 # miniature default differs, a `# deviation:` marker says why (docs/deviations.md).
 PAPER = dict(outer_steps=750, inner_steps=64, tr_every=4, tr_weights="paper", tr_mask="all", outer_params="all",
@@ -164,6 +182,9 @@ def configure(**given) -> TARConfig:
     """The config from the flags a user gave: the preset's values (paper with a real --model unless a preset
     is named), then every given flag on top (`tar.configure(model=..., preset="mini", outer_steps=2)`)."""
     preset = given["preset"] if "preset" in given else "paper" if given.get("model") else "mini"
+    real_only = [k for k in ("data_dir", "seq_len", "max_docs") if given.get(k) and not given.get("model")]
+    if real_only:  # the miniature world has no such setting: a silently ignored flag misleads
+        raise UsageError(f"{', '.join(cli.flag(k) for k in real_only)} only apply to a real --model")
     domain = given.get("domain", "bio")
     values = {**PAPER, **PAPER_DOMAIN.get(domain, {})} if preset == "paper" else MINI_DOMAIN.get(domain, {})
     if given.get("outer_optimizer") == "schedulefree":  # it has no schedule: the mini preset's cosine does not apply
@@ -171,3 +192,14 @@ def configure(**given) -> TARConfig:
     return TARConfig(**{**values, **given, "preset": preset})
 
 
+def paper_value(f) -> str:
+    """--help's note on a field: the miniature refusal world's own default, and the paper's value."""
+    mini = "; ".join(f"{dom} {v[f.name]}" for dom, v in MINI_DOMAIN.items() if f.name in v)
+    overrides = "".join(f"; {dom} {v[f.name]}" for dom, v in PAPER_DOMAIN.items() if f.name in v)
+    return (f" [mini {mini}]" if mini else "") + (f" [paper: {PAPER[f.name]}{overrides}]" if f.name in PAPER else "")
+
+
+def parse_args(argv=None) -> TARConfig:
+    return configure(**cli.flags(TARConfig, argv, "TAR (Alg. 1): on the built-in miniature world, or on any "
+                                                  "Hugging Face causal LM with --model (under torchrun: FSDP2).",
+                                 paper_value))

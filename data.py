@@ -32,7 +32,7 @@ import cli
 from cli import UserError, arg
 from realworld import SOURCES, LocalWorldConfig, RealWorldConfig, load_local_world, load_real_world
 from storage import atomic_write, write_jsonl
-from world import WORLDS, World, build_world, world_config
+from world import WORLDS, World, build_world, entities_flag, world_config
 
 
 def load_world(cfg) -> World:
@@ -74,7 +74,7 @@ def write_world(world: World, out: Path) -> list[Path]:
 class WorldArgs:
     out: str = arg("world", "directory to write", nonempty=True)
     domain: str = arg("bio", "the miniature world", choices=WORLDS)
-    world_entities: int = arg(30, "hazardous entities per group T / A / E (the cities scale along)", above=0)
+    world_entities: int = entities_flag()
     seed: int = arg(0, "seed of the world", at_least=0)
 
 

@@ -7,6 +7,7 @@ judge), how attacks are run and tabulated in redteam.py, the attacks themselves 
 Run:  python evaluate.py runs/bio                          # every model of the run x the held-out suite x 3 seeds
       python evaluate.py runs/bio --suite quick --models tar safeguard
       python evaluate.py runs/bio --attacks A1_adamw_3e-4_256 --seeds 3
+      python evaluate.py runs/bio --suite sweep --trials 50         # search for the most harmful attack (sweep.py)
       python evaluate.py --model runs/bio/tar --data-dir world/      # a world python data.py --out wrote
       python evaluate.py --model some/hub-id --data-dir real/        # the real datasets' files (tar.py's layout)
 Writes <run_dir>/redteam/ (or <model>/redteam/, redteam/<owner>--<name>/ for a hub id, or --out): results.json
@@ -31,6 +32,7 @@ import adversary
 import cli
 import plots
 import redteam
+import sweep
 from cli import UsageError, UserError, arg
 from data import data_layout, load_world
 from realworld import LocalWorldConfig, RealWorldConfig, model_tokenizer
@@ -49,11 +51,19 @@ class RedTeamArgs:
                           "run's results.json, else bio)")
     data_dir: str = arg("", "a world from local files: one python data.py --out wrote (world.json), or the real "
                             "datasets' files that tar.py --data-dir reads (realworld.SOURCES names them)")
-    suite: str = arg("heldout", "the attack suite (adversary.SUITES)", choices=tuple(adversary.SUITES))
+    suite: str = arg("heldout", "the attack suite (adversary.SUITES), or sweep: a hyperparameter search for the "
+                                "most harmful attack (sweep.py)", choices=(*adversary.SUITES, "sweep"))
     attacks: list = arg((), "only these attacks (any name of any suite)", of=str)
     models: list = arg((), "only these models of the run directory", of=str)
     seeds: int = arg(3, "seeds 0..N-1 (data order, LoRA init)", above=0)
     workers: int = arg(cli.WORKERS, "parallel worker processes, one torch thread each", above=0)
+    trials: int = arg(50, "--suite sweep: trials per model (the study's total: a resumed study runs what is "
+                          "missing)", above=0)
+    sampler: str = arg("tpe", "--suite sweep: tpe (the search) | random (its control)", choices=("tpe", "random"))
+    sweep_items: int = arg(200, "--suite sweep: items per group a trial is scored on (the best attack is re-scored "
+                                "on all)", above=0)
+    sweep_optimizers: list = arg(tuple(sweep.SPACE), "--suite sweep: the optimizers it searches over (lora: AdamW "
+                                 "on LoRA adapters)", of=str, choices=tuple(sweep.SPACE))
     out: str = arg("", "output directory (default: <run_dir>/redteam, <model>/redteam, or for a hub id "
                        "redteam/<id with / as -->)")
 
@@ -66,10 +76,12 @@ def red_team(args: RedTeamArgs) -> None:
         raise UsageError("--models picks models of a run directory; --model names the one model")
     if args.domain and args.domain not in WORLDS:  # not a choice of its field: empty means "the models' own"
         raise UsageError(f"--domain must be one of {', '.join(WORLDS)}, got {args.domain!r}")
+    if args.suite == "sweep" and args.attacks:
+        raise UsageError("--suite sweep searches its own attacks: leave out --attacks")
     unknown = [a for a in args.attacks if a not in adversary.ATTACKS]
     if unknown:
         raise UsageError(f"unknown attack {', '.join(unknown)}; known: {', '.join(adversary.ATTACKS)}")
-    specs = [adversary.ATTACKS[a] for a in args.attacks] or adversary.SUITES[args.suite]
+    specs = [adversary.ATTACKS[a] for a in args.attacks] or adversary.SUITES.get(args.suite, [])
     layout = data_layout(Path(args.data_dir)) if args.data_dir else None
     run_dir = Path(args.run_dir) if args.run_dir else None
     models, out = models_of(args, run_dir, layout == "real")
@@ -79,6 +91,13 @@ def red_team(args: RedTeamArgs) -> None:
         raise UsageError(f"--domain {args.domain} contradicts the world in {args.data_dir} ({world.config.domain})")
     check_tokenizers(models, world)
     t0 = time.time()
+    if args.suite == "sweep":
+        summary = sweep.sweep(models, world_cfg, out, args.trials, args.sampler, args.sweep_items,
+                              tuple(args.sweep_optimizers), args.workers)
+        figure = plots.plot_sweep(out / "sweep.json")
+        print("\n" + sweep.sweep_table(summary))
+        print(f"wrote {out / 'sweep.json'}, sweep.md, sweep.db, {figure.name}; {time.time() - t0:.0f}s in all")
+        return
     results = redteam.redteam(models, specs, world_cfg, args.seeds, args.workers, out)
     table = redteam.redteam_table(results)
     atomic_write(out / "results.md", table)
@@ -193,6 +212,14 @@ def check_tokenizers(models: dict[str, Path], world) -> None:
     """Every model's saved tokenizer has the world's vocabulary, else one error line: a model of another world
     (another --seed orders the same words differently) would be scored on the wrong words, and read as a
     defence."""
+    unk = world.tokenizer.unk_token_id
+    if unk is not None and world.tokens:  # the world's own text in words its tokenizer does not know: wrong model
+        t = next(iter(world.tokens.values()))
+        share = float(((t.ids == unk) & t.mask).sum() / t.mask.sum().clamp(min=1))
+        if share > 0.05:
+            raise UserError(f"{share:.0%} of the world's tokens are unknown to the tokenizer of "
+                            f"{next(iter(models.values()))}: it was made for another world (a miniature model on "
+                            "real data?); its scores would read as a defence")
     vocab = world.tokenizer.get_vocab()
     for name, path in models.items():
         if model_tokenizer(str(path)).get_vocab() != vocab:

@@ -151,6 +151,7 @@ class Stop:
         self.requested = "Ctrl-C" if signum == signal.SIGINT else "SIGTERM"
         if signum == signal.SIGINT:
             signal.signal(signal.SIGINT, self.previous[signal.SIGINT])  # the next Ctrl-C is not deferred
+        if signum == signal.SIGINT and os.environ.get("RANK", "0") == "0":  # one message, not one per rank
             print("\nCtrl-C: stopping after this step with a checkpoint (Ctrl-C again to stop at once)",
                   file=sys.stderr, flush=True)
 
@@ -218,6 +219,14 @@ def format_estimate(est: dict[str, float], name: str, world_size: int, gpu_gib: 
         lines.append(f"  {'fits' if margin >= 0 else 'does NOT fit'} a {gpu_gib:.0f} GiB card: "
                      f"{abs(margin):.1f} GiB {'to spare' if margin >= 0 else 'short'}")
     return "\n".join(lines)
+
+
+def estimate_here(config, name: str, d: Dist, micro_batch: int, seq_len: int, snapshot_offload: bool) -> str:
+    """The estimate for this run's processes and device, against this GPU's memory when there is one."""
+    cuda = d.device.type == "cuda"
+    est = memory_estimate(config, d.world_size, micro_batch, seq_len, cuda, snapshot_offload)
+    gpu = torch.cuda.get_device_properties(d.device).total_memory / 2**30 if cuda else None
+    return format_estimate(est, name, d.world_size, gpu)
 
 
 # Llama-3-8B(-Instruct)'s shape (docs/data.md §5), for the estimate without the hub

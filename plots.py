@@ -12,6 +12,7 @@ Paper: Fig. 1/4-style curves (forget accuracy against attack step) and pre/post-
     curves/<attack>.png the same, one attack per file
     worst_case.png      per model: forget at rest, the mean over attacks, and the worst case (end of attack and
                         anywhere on the curve)
+    sweep.png           the adaptive red team (sweep.json): best forget found so far vs trial, per model
 
 Run:  python plots.py runs/bio/results.json [runs/bio/metrics.jsonl]     |    python plots.py runs/bio/redteam/results.json
 """
@@ -45,9 +46,18 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
+def _read(path: Path, keys: tuple[str, ...]) -> dict:
+    """A results file holding an object with `keys`, else one error line naming it."""
+    r = read_json(path, "rerun what wrote it")
+    if not isinstance(r, dict) or any(k not in r for k in keys):
+        raise cli.UserError(f"{path} is not the results file this figure needs (an object with {', '.join(keys)}); "
+                            "rerun what wrote it")
+    return r
+
+
 def plot_results(results_path: Path) -> list[Path]:
     results_path = Path(results_path)
-    r = read_json(results_path, "rerun what wrote it")
+    r = _read(results_path, ("models", "attacks", "scoring"))
     out = results_path.parent
     models = [m for m in r["models"] if all(m in a["curves"] for a in r["attacks"])]  # the attacked ones
     chat = r["scoring"]["style"] == "chat"  # refusal world: "forget" is the ASR, "retain" harmless accuracy
@@ -82,7 +92,9 @@ def plot_results(results_path: Path) -> list[Path]:
     fig, ax = plt.subplots(figsize=(1.6 + 1.4 * len(labels), 3.6))
     width = 0.8 / len(models)
     for i, m in enumerate(models):
-        vals = ([r["models"][m]["at_rest"]["forget"]] + [a["curves"][m][-1]["forget"] for a in r["attacks"]]
+        # a diverged attack has no "after": its bar is left empty (the attacker's failure, not a defence)
+        vals = ([r["models"][m]["at_rest"]["forget"]] + [0.0 if a.get("diverged", {}).get(m) else
+                                                         a["curves"][m][-1]["forget"] for a in r["attacks"]]
                 + [r["models"][m]["at_rest"]["retain"]])
         xs = [j + (i - (len(models) - 1) / 2) * width for j in range(len(labels))]
         ax.bar(xs, vals, width, label=label(m), color=_color(m, i))
@@ -128,17 +140,19 @@ def _redteam_curves(results: dict) -> dict[str, dict[str, list[list[dict]]]]:
     by_digest = {m["digest"]: name for name, m in results["models"].items()}
     out: dict = {}
     for r in results["runs"].values():
-        if r["digest"] in by_digest:
+        if r["digest"] in by_digest and not r.get("diverged"):  # a diverged attack's truncated curve: left out
             out.setdefault(r["attack"], {}).setdefault(by_digest[r["digest"]], []).append(r["curve"])
     return out
 
 
-def _draw_attack(ax, attack: str, per_model: dict, models: list[str], base_level, spec: dict):
+def _draw_attack(ax, attack: str, per_model: dict, models: list[str], base_level, spec: dict, x: str = "step"):
+    """x: "step", or "tokens" (the tokens fine-tuned on: one budget axis for attacks of any batch and length;
+    older results without it are drawn by step)."""
     for i, m in enumerate(models):
         curves = per_model.get(m)
         if not curves:
             continue
-        steps = [p["step"] for p in curves[0]]
+        steps = [p.get(x, p["step"]) for p in curves[0]]
         vals = [[c[j]["forget"] for c in curves if j < len(c)] for j in range(len(steps))]
         mean = [sum(v) / len(v) for v in vals]
         ax.plot(steps, mean, marker="o", ms=2, lw=1.2, label=m, color=_color(m, i))
@@ -152,10 +166,11 @@ def _draw_attack(ax, attack: str, per_model: dict, models: list[str], base_level
     ax.grid(alpha=0.3)
 
 
-def plot_redteam(results_path: Path) -> list[Path]:
-    """Figures of a red-team results.json (evaluate.py), written beside it."""
+def plot_redteam(results_path: Path, x: str = "step") -> list[Path]:
+    """Figures of a red-team results.json (evaluate.py), written beside it; x: "step" or "tokens" (the
+    per-attack curves/*.png and attack_grid.png against the tokens each attack fine-tuned on)."""
     results_path = Path(results_path)
-    r = read_json(results_path, "rerun what wrote it")
+    r = _read(results_path, ("models", "runs", "suite", "summary"))
     out = results_path.parent
     chosen = r.get("last", {})  # what the last evaluate.py call asked for (the file accumulates over calls)
     models = chosen.get("models", list(r["models"]))
@@ -166,8 +181,8 @@ def plot_redteam(results_path: Path) -> list[Path]:
     (out / "curves").mkdir(exist_ok=True)
     for a in attacks:
         fig, ax = plt.subplots(figsize=(4.5, 3.2))
-        _draw_attack(ax, a, curves[a], models, summary["base_level"], r["suite"][a])
-        ax.set_xlabel("attack step", fontsize=8)
+        _draw_attack(ax, a, curves[a], models, summary["base_level"], r["suite"][a], x)
+        ax.set_xlabel("attack step" if x == "step" else "tokens fine-tuned on", fontsize=8)
         ax.set_ylabel("forget accuracy (E)", fontsize=8)
         ax.legend(fontsize=7)
         paths.append(_save(fig, out / "curves" / f"{a}.png"))
@@ -175,7 +190,7 @@ def plot_redteam(results_path: Path) -> list[Path]:
     rows = -(-len(attacks) // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols, 2.2 * rows), squeeze=False, sharey=True)
     for ax, a in zip(axes.flat, attacks):
-        _draw_attack(ax, a, curves[a], models, summary["base_level"], r["suite"][a])
+        _draw_attack(ax, a, curves[a], models, summary["base_level"], r["suite"][a], x)
     for ax in list(axes.flat)[len(attacks):]:
         ax.axis("off")
     handles, labels = axes[0][0].get_legend_handles_labels()
@@ -207,18 +222,44 @@ def plot_redteam(results_path: Path) -> list[Path]:
     return paths
 
 
+def plot_sweep(summary_path: Path) -> Path:
+    """sweep.png beside a sweep.json (sweep.py): per model and sampler, the best forget accuracy found so far
+    against the trial number, over feasible trials (solid) and over all of them (dotted)."""
+    summary_path = Path(summary_path)
+    s = _read(summary_path, ("models",))
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    for i, (key, m) in enumerate(s["models"].items()):
+        color = _color(m["model"], i) if m["sampler"] == "tpe" else f"C{i + 4}"
+        for kind, style in (("feasible", "-"), ("all", ":")):
+            ys = m["so_far"][kind]
+            xs = [n for n, y in enumerate(ys) if y is not None]
+            ax.plot(xs, [ys[n] for n in xs], style, color=color, label=f"{key}, {kind}")
+    ax.axhline(CHANCE, ls="--", color="k", lw=1)
+    ax.set_xlabel("trial", fontsize=8)
+    ax.set_ylabel("best forget accuracy so far (E)", fontsize=8)
+    ax.set_ylim(0, 1.02)
+    ax.legend(fontsize=6)
+    ax.set_title("Adaptive red team: best attack found so far", fontsize=9)
+    return _save(fig, summary_path.parent / "sweep.png")
+
+
 @dataclass
 class PlotArgs:
     results: str = arg("", "a results.json: tar.py's (runs/bio/results.json) or the red team's (runs/bio/redteam/)",
                        positional=True)
     metrics: str = arg("", "a metrics.jsonl to draw training.png from", positional=True)
+    x: str = arg("step", "red-team curves against attack steps or the tokens fine-tuned on", choices=("step", "tokens"))
 
 
 def draw(args: PlotArgs) -> None:
     if not args.results:
-        raise cli.UserError("give a results.json (and optionally a metrics.jsonl)")
-    first = read_json(Path(args.results), "rerun what wrote it")
-    written = plot_redteam(Path(args.results)) if "runs" in first else plot_results(Path(args.results))
+        raise cli.UsageError("give a results.json, a red team's results.json or a sweep.json (and optionally a "
+                            "metrics.jsonl)")
+    first = _read(Path(args.results), ())
+    if "runs" in first:
+        written = plot_redteam(Path(args.results), args.x)
+    else:
+        written = [plot_sweep(Path(args.results))] if "updated" in first else plot_results(Path(args.results))
     written += [plot_training(Path(args.metrics))] if args.metrics else []
     print("wrote " + ", ".join(map(str, written)))
 

@@ -33,7 +33,7 @@ import torch
 
 from batching import Tokens
 from chats import HAZARD, pair_tokens, refusal_tokens, tokenize_chats
-from cli import UserError
+from cli import UserError, reason
 from domains import DOMAINS
 from storage import digest, read_json, read_jsonl
 from tokenizer import tokenize
@@ -156,8 +156,7 @@ def read_rows(path: Path, fields: tuple[str, ...], fix: str) -> list[dict]:
         try:
             rows = pq.read_table(path).to_pylist()
         except Exception as e:  # pyarrow's classes for a damaged file vary: catch them all
-            raise UserError(f"cannot read {path} as parquet ({type(e).__name__}: "
-                            f"{(str(e).splitlines() or [''])[0][:120]}); {fix}") from None
+            raise UserError(f"cannot read {path} as parquet ({reason(e)}); {fix}") from None
     return check_rows(rows, fields, str(path), fix)
 
 

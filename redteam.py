@@ -16,7 +16,7 @@ results.json (schema "tar-redteam/1"):
      "scoring": {"style", "shots", "forget_group", "retain_group", "chance", "retain_tolerance", "harness"},
      "suite": {attack: Attack spec},
      "runs": {"<digest>/<attack>/<seed>": {"model", "attack", "seed", "digest", "spec", "seconds",
-                                           "curve": [{"step", "forget", "retain"}, ...],
+                                           "curve": [{"step", "tokens", "forget", "retain"}, ...],
                                            "diverged": attack step where its loss stopped being finite, or null}},
      "summary": summarize(): {"cells": {attack: {model: {"final", "max", "retain", "destructive", "diverged",
                                                          "recovery"}}},
@@ -31,14 +31,9 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import ctypes
 import datetime
 import json
-import multiprocessing
-import os
-import signal
 import statistics
-import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -52,6 +47,7 @@ from data import load_world
 from realworld import LocalWorldConfig
 from scoring import accuracies
 from storage import atomic_write, file_digest, load_model, read_json
+from workers import Workers
 from world import WorldConfig
 
 RESULTS_SCHEMA = "tar-redteam/1"
@@ -66,16 +62,23 @@ def attack_curve(model, spec: adversary.Attack, world, seed: int, every: int) ->
     finite raises adversary.Diverged carrying the points measured before (`.curve`)."""
     victim = copy.deepcopy(model)
     torch.manual_seed(seed)  # LoRA initialisation and dropout
-    points = [{"step": 0, **accuracies(victim, world)}]
-    record = lambda step: points.append({"step": step, **accuracies(victim, world)})
+    tokens = [0]  # real tokens fine-tuned on so far: the attacker's budget on an axis every attack shares
+
+    def counted(batches):
+        for b in batches:
+            tokens[0] += int(b.attention_mask.sum())
+            yield b
+
+    points = [{"step": 0, "tokens": 0, **accuracies(victim, world)}]
+    record = lambda step: points.append({"step": step, "tokens": tokens[0], **accuracies(victim, world)})
     try:
-        adversary.attack(victim, spec, adversary.attack_stream(spec, world.tokens, seed), every=every,
+        adversary.attack(victim, spec, counted(adversary.attack_stream(spec, world.tokens, seed)), every=every,
                          callback=record)
     except adversary.Diverged as e:  # the attacker's failure: its curve so far travels with the error
         e.curve = points
         raise
     if points[-1]["step"] != spec.steps:
-        points.append({"step": spec.steps, **accuracies(victim, world)})
+        record(spec.steps)
     return points
 
 
@@ -105,43 +108,6 @@ def run_job(job: Job) -> dict:
             "seconds": round(time.time() - t0, 1)}
 
 
-def _worker_init(parent: int) -> None:
-    """Each worker: one torch thread, and it dies with its parent, even one killed by SIGKILL (Linux
-    PR_SET_PDEATHSIG), so no worker outlives a run."""
-    torch.set_num_threads(1)
-    try:
-        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
-    except (OSError, AttributeError):  # not Linux: workers end when their parent closes the pool
-        pass
-    if os.getppid() != parent:  # the parent died before prctl took effect
-        os._exit(1)
-
-
-@contextlib.contextmanager
-def worker_pool(workers: int):
-    """A pool of `workers` spawned processes (spawn: forking a process that has run torch can deadlock its thread
-    pools), one torch thread each. On an error, Ctrl-C or stop the workers are terminated at once (their work is
-    discarded, never waited for); either way they are joined before the block is left."""
-    # Ctrl-C is the parent's to handle: workers are born ignoring SIGINT (an ignored signal stays ignored through
-    # exec), so a terminal's Ctrl-C, which reaches the whole process group, prints no traceback per worker
-    main_thread = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if main_thread else None
-    try:
-        pool = multiprocessing.get_context("spawn").Pool(workers, _worker_init, (os.getpid(),))
-    finally:
-        if main_thread:
-            signal.signal(signal.SIGINT, previous)
-    try:
-        yield pool
-    except BaseException:
-        pool.terminate()
-        raise
-    else:
-        pool.close()
-    finally:
-        pool.join()
-
-
 # --------------------------------------------------------------------------------------------------------
 # Every model of a run directory under every attack of a suite and every seed
 # --------------------------------------------------------------------------------------------------------
@@ -168,7 +134,8 @@ def redteam(models: dict[str, Path], specs: list[adversary.Attack], world_cfg, s
     path = out / "results.json"
     results = read_json(path, "delete it to run the red team afresh") if path.exists() else \
         {"schema": RESULTS_SCHEMA, "runs": {}}
-    if results.get("schema") != RESULTS_SCHEMA or not isinstance(results.get("runs"), dict):
+    if not isinstance(results, dict) or results.get("schema") != RESULTS_SCHEMA or not isinstance(results.get("runs"),
+                                                                                                   dict):
         raise UserError(f"{path} is not a red-team results file ({RESULTS_SCHEMA}); delete it or pass another --out")
     world = load_world(world_cfg)
     digests = {name: file_digest(p) for name, p in models.items()}
@@ -200,9 +167,10 @@ def redteam(models: dict[str, Path], specs: list[adversary.Attack], world_cfg, s
     log(f"red team: {len(models)} models x {len(usable)} attacks x {seeds} seeds; {done} done before, "
         f"{len(todo)} to run on {workers} worker(s)")
     t0 = time.time()
-    with worker_pool(workers) if workers > 1 else contextlib.nullcontext() as pool, \
+    workers = min(workers, len(todo))
+    with Workers(workers) if workers > 1 else contextlib.nullcontext() as pool, \
             cli.progress(len(todo), "red team", unit="attack", leave=True) as bar:
-        for job, r in zip(todo, pool.imap(run_job, todo) if pool else map(run_job, todo)):
+        for job, r in zip(todo, pool.map(run_job, todo) if pool else map(run_job, todo)):
             results["runs"][run_key(digests[job.model], job.spec.name, job.seed)] = {
                 **r, "digest": digests[job.model], "spec": job.spec.to_dict()}
             results["updated"] = datetime.datetime.now().isoformat(timespec="seconds")
@@ -278,6 +246,8 @@ def redteam_table(results: dict) -> str:
         if w:
             lines.append(f"| {name} | {w['final'][0]:.1%} ({w['final'][1]}, seed {w['final'][2]}) | "
                          f"{w['max'][0]:.1%} ({w['max'][1]}, seed {w['max'][2]}) |")
+        else:  # every run destructive or diverged: there is no valid worst case, and that is said
+            lines.append(f"| {name} | no valid run (each destructive or diverged) | – |")
     lines += ["", f"Per attack: {forget} at the end / max over the curve (mean ± std over {seeds} seeds); "
                   f"{'harmless' if chat else 'retain'} at the end; ⚠N = N seeds destructive; ✝N = N seeds "
                   "diverged (the attacker's loss stopped being finite: its failure, left out of the numbers); "

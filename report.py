@@ -29,6 +29,7 @@ import cli
 import redteam
 from scoring import FORGET_RETAIN, accuracies
 from storage import atomic_write, load_model
+from workers import Workers, result
 
 
 def end_of_run_attacks(steps: int) -> list[adversary.Attack]:
@@ -45,16 +46,16 @@ class EndOfRun:
     def __init__(self, run_dir: Path, world, cfg, models: tuple[str, ...]):
         self.jobs = {(m, s.name): redteam.Job(m, str(run_dir / m), s, world.config, cfg.seed, 25)
                      for m in models for s in end_of_run_attacks(cfg.attack_steps)}
-        self.workers = max(1, cfg.workers - 1)
+        background = [k for k in self.jobs if k[0] != "tar"]
+        self.pool = Workers(max(1, min(cfg.workers - 1, len(background))))  # one core stays with TAR
 
     def __enter__(self):
-        self.pool_block = redteam.worker_pool(self.workers)
-        pool = self.pool_block.__enter__()
-        self.pending = {k: pool.apply_async(redteam.run_job, (j,)) for k, j in self.jobs.items() if k[0] != "tar"}
+        self.pool.__enter__()
+        self.pending = {k: self.pool.submit(redteam.run_job, j) for k, j in self.jobs.items() if k[0] != "tar"}
         return self
 
     def __exit__(self, *exc):
-        return self.pool_block.__exit__(*exc)
+        return self.pool.__exit__(*exc)
 
     def finish(self) -> dict[tuple[str, str], dict]:
         """{(model, attack): redteam.run_job's result (its curve, and the step where it diverged or None)}."""
@@ -64,7 +65,7 @@ class EndOfRun:
             for key in tar_jobs:
                 done[key] = redteam.run_job(self.jobs[key])
                 bar.update(1)
-        return {**done, **{k: r.get() for k, r in self.pending.items()}}
+        return {**done, **{k: result(f) for k, f in self.pending.items()}}
 
 
 def run_results(run_dir: Path, world, cfg, curves: dict, timings: dict, at_rest: dict | None = None) -> dict:
@@ -134,7 +135,7 @@ def results_table(results: dict) -> str:
                         + (f"diverged at step {diverged} (the attacker's failure) | {max(p['forget'] for p in c):.1%} "
                            "before | – |" if diverged else
                            f"{c[-1]['forget']:.1%} | {max(p['forget'] for p in c):.1%} | {c[-1]['retain']:.1%} |")
-                        + f" {'step ' + str(rec) if rec is not None else 'never'} |")
+                        + f" {'step ' + str(rec) if rec is not None else '– (diverged)' if diverged else 'never'} |")
     s, n = results["attacks"][0]["spec"], results["world"]
     if chat:
         return "\n".join(rows) + (

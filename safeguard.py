@@ -39,14 +39,14 @@ from transformers import LlamaConfig, LlamaForCausalLM
 import adversary
 import cli
 import losses
-import redteam
 import scoring
 from baselines import BASELINES, Method, ce, forward
 from batching import Stream
 from cli import UsageError, UserError, arg
 from domains import CITIES
 from storage import atomic_write, cached, digest, load_model, save_model
-from world import WORLDS, build_world, world_config
+from workers import Workers
+from world import WORLDS, build_world, entities_flag, world_config
 
 
 @dataclass(frozen=True)
@@ -271,8 +271,8 @@ def run_grid(methods: list[str], world, run_dir: Path, workers: int, log=print) 
     log(f"grid: {len(jobs)} settings x 2 step counts over {', '.join(methods)} on {workers} worker(s)")
     t0 = time.time()
     if workers > 1:
-        with redteam.worker_pool(workers) as pool:
-            results = pool.map(_grid_point, jobs)
+        with Workers(min(workers, len(jobs))) as pool:
+            results = list(pool.map(_grid_point, jobs))
     else:
         results = list(map(_grid_point, jobs))
     for m in methods:
@@ -299,7 +299,7 @@ class SafeguardArgs:
     # the world and base flags of tar.py (TARConfig), with its defaults: a run made with non-default ones is
     # reused, not silently retrained over
     seed: int = arg(0, "seed of the world and the models", at_least=0)
-    world_entities: int = arg(30, "hazardous entities per group T / A / E (the cities scale along)", above=0)
+    world_entities: int = entities_flag()
     base_steps: int = arg(BaseConfig.steps, "base pretraining steps", above=0)
     safeguard_steps: int = arg(SafeguardConfig.steps, "random-mapping safeguard steps", above=0)
 

@@ -12,7 +12,7 @@ hold what `--resume` needs to continue exactly: model, optimizer, and every rank
     file_digest(path)         sha256 of a model's weight files: the red team's key of a model
     save_model / load_model   a model directory, single process or FSDP2
     cached(path, key)         the model at path if it was made from exactly `key`, else None
-    save_checkpoint / load_checkpoint   resume state (torch.distributed.checkpoint under torchrun)
+    save_checkpoint / load_checkpoint / load_rank_state   resume state (torch.distributed.checkpoint under torchrun)
 
 Use:  save_model(model, tokenizer, Path("runs/bio/tar"), {"what": "TAR"}); model = load_model("runs/bio/tar")
 """
@@ -30,7 +30,7 @@ import torch
 import torch.distributed as dist
 
 import fsdp
-from cli import UserError
+from cli import UserError, reason
 from fsdp import Dist
 
 
@@ -150,10 +150,12 @@ def save_model(model, tokenizer, path: Path, provenance: dict, d: Dist = Dist())
             config = json.loads((tmp / "config.json").read_text())  # FSDP2 renames the class (FSDPLlama...)
             config["architectures"] = [c.__name__ for c in type(model).__mro__ if "FSDP" not in c.__name__][:1]
             (tmp / "config.json").write_text(json.dumps(config, indent=2))
-            positions = getattr(model.config, "max_position_embeddings", None)
-            if positions and tokenizer.model_max_length > positions:  # the built-in tokenizer says "unlimited"
-                tokenizer.model_max_length = positions
             tokenizer.save_pretrained(tmp)
+            positions = getattr(model.config, "max_position_embeddings", None)
+            saved = tmp / "tokenizer_config.json"
+            if positions and tokenizer.model_max_length > positions and saved.exists():  # the built-in one says
+                settings = json.loads(saved.read_text())                                  # "unlimited" (1e30)
+                saved.write_text(json.dumps({**settings, "model_max_length": positions}, indent=2))
             # the weights' digest: a cache whose files changed since (truncated, edited) is rebuilt, not trusted
             (tmp / "provenance.json").write_text(json.dumps({**provenance, "weights": file_digest(tmp)}, indent=1))
     if d.distributed:
@@ -170,7 +172,7 @@ def load_model(name: str | Path, d: Dist = Dist(), safetensors_only: bool = Fals
         model = AutoModelForCausalLM.from_pretrained(name, dtype=torch.float32,
                                                      **({"use_safetensors": True} if safetensors_only else {}))
     except Exception as e:
-        why = f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]}"
+        why = reason(e)
         if Path(name).is_dir():
             raise UserError(f"cannot load the model in {name} ({why}): its files are damaged or incomplete; "
                             "make it again (delete the directory)") from None
@@ -215,32 +217,39 @@ def save_checkpoint(path: Path, model, optimizer, rank_state: dict, d: Dist) -> 
         dist.barrier()
 
 
-def load_checkpoint(path: Path, model, optimizer, d: Dist) -> dict:
-    """Restores model and optimizer in place; returns this rank's saved state. Loads only what
-    save_checkpoint wrote (weights_only torch files; DCP's metadata is pickled by torch itself). A damaged or
-    foreign checkpoint is one UserError."""
-    try:
-        return _load_checkpoint(path, model, optimizer, d)
-    except UserError:
-        raise
-    except Exception as e:  # torch.load, DCP and load_state_dict raise many classes for a damaged file
-        raise UserError(f"--resume: cannot read the checkpoint in {path} ({type(e).__name__}: "
-                        f"{(str(e).splitlines() or [''])[0][:160]}); delete it and run without --resume") from None
-
-
-def _load_checkpoint(path: Path, model, optimizer, d: Dist) -> dict:
-    if d.distributed:
-        import torch.distributed.checkpoint as dcp
-        from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
-        model_sd, optim_sd = get_state_dict(model, optimizer)
-        state = {"model": model_sd, "optim": optim_sd}
-        dcp.load(state, checkpoint_id=str(path / "dcp"))
-        set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
-    else:
-        state = torch.load(path / "state.pt", weights_only=True)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optim"])
+def load_rank_state(path: Path, d: Dist) -> dict:
+    """This rank's saved state (step, config, RNGs, data positions), or one UserError on every rank: a missing
+    file (another number of processes wrote the checkpoint) or a damaged one."""
     rank_file = path / f"rank{d.rank}.pt"
-    if not rank_file.exists():
-        raise UserError(f"{path} was written by a run with another number of processes (no {rank_file.name})")
-    return torch.load(rank_file, weights_only=True)
+    try:
+        state, problem = torch.load(rank_file, weights_only=True), None
+    except FileNotFoundError:
+        state, problem = None, f"no {rank_file.name}: no checkpoint, or one written by another number of processes"
+    except Exception as e:  # a truncated or foreign file: torch raises many classes
+        state, problem = None, f"cannot read {rank_file.name} ({reason(e)})"
+    if not isinstance(state, dict) and problem is None:
+        problem = f"{rank_file.name} is not a checkpoint's state"
+    if fsdp.any_rank(problem is not None, d):
+        raise UserError(f"--resume: {problem or 'another rank cannot read its state'} in {path}; delete it and run "
+                        "without --resume")
+    return state
+
+
+def load_checkpoint(path: Path, model, optimizer, d: Dist) -> None:
+    """Restores model and optimizer in place. Loads only what save_checkpoint wrote (weights_only torch files;
+    DCP's metadata is pickled by torch itself). A damaged checkpoint is one UserError."""
+    try:
+        if d.distributed:
+            import torch.distributed.checkpoint as dcp
+            from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+            model_sd, optim_sd = get_state_dict(model, optimizer)
+            state = {"model": model_sd, "optim": optim_sd}
+            dcp.load(state, checkpoint_id=str(path / "dcp"))
+            set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
+        else:
+            state = torch.load(path / "state.pt", weights_only=True)
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optim"])
+    except Exception as e:  # torch.load, DCP and load_state_dict raise many classes for a damaged file
+        raise UserError(f"--resume: cannot read the checkpoint in {path} ({reason(e)}); delete it and run without "
+                        "--resume") from None

@@ -34,6 +34,7 @@ import json
 import math
 import os
 import random
+import shutil
 import tempfile
 import time
 from dataclasses import asdict
@@ -52,7 +53,7 @@ import storage
 import adversary
 from batching import Stream, shard_batch
 from cli import UserError
-from config import MINI_DOMAIN, PAPER, PAPER_DOMAIN, TARConfig, configure
+from config import TARConfig, parse_args
 from fsdp import Dist
 from realworld import load_real_world
 from world import build_world
@@ -203,16 +204,15 @@ def averaged_weights(opt, on: bool) -> None:
 # --------------------------------------------------------------------------------------------------------
 # Alg. 1 l.2: the outer loop
 # --------------------------------------------------------------------------------------------------------
-METRICS, PARTIAL = "metrics.jsonl", "metrics.partial.jsonl"
-NOT_TRAINING = ("runs", "resume", "checkpoint_every", "workers", "eval_every", "attack_steps")  # --resume may change
+METRICS, PARTIAL = "metrics.jsonl", "metrics.partial.jsonl"  # the partial log becomes metrics.jsonl at the end
 SHOWN = {"tr_loss": "TR", "retain_loss": "retain", "forget_acc": "forget", "retain_acc": "retain_acc"}  # progress
 
 
 def train_tar(model, ref, world, cfg: TARConfig, run_dir: Path, d: Dist = Dist(), log=print):
-    """N outer steps of Alg. 1 from θ0 = `model` (in place). A line per step goes to metrics.partial.jsonl, renamed
-    metrics.jsonl when done (a failed rerun never touches the last run's log); a checkpoint every --checkpoint-every
-    steps and on SIGTERM or Ctrl-C (then cli.Stopped). A non-finite loss or gradient stops the run before the
-    weights move (adversary.Diverged, naming the outer step); the caller then saves nothing."""
+    """N outer steps of Alg. 1 from θ0 = `model` (in place). A line per step goes to metrics.partial.jsonl (the
+    caller publishes it with the results: a failed rerun never touches the last run's log); a checkpoint every
+    --checkpoint-every steps and on SIGTERM or Ctrl-C (then cli.Stopped). A non-finite loss or gradient stops the
+    run before the weights move (adversary.Diverged, naming the outer step); the caller then saves nothing."""
     ref.eval().requires_grad_(False)
     opt, schedule = outer_optimizer(model, cfg)
     rng = random.Random(cfg.seed)  # attacks and their data orders; the same on every rank
@@ -226,6 +226,8 @@ def train_tar(model, ref, world, cfg: TARConfig, run_dir: Path, d: Dist = Dist()
         saved_at = resume(ckpt, model, opt, state, cfg, run_dir, d)
         start = saved_at + 1
         log(f"TAR: resumed after outer step {saved_at}")
+    elif d.is_main:  # an earlier run's checkpoint must not resume into this run's log
+        shutil.rmtree(ckpt, ignore_errors=True)
 
     stop, t0 = fsdp.Stop(), time.time()
     try:
@@ -263,32 +265,42 @@ def train_tar(model, ref, world, cfg: TARConfig, run_dir: Path, d: Dist = Dist()
     finally:
         stop.close()
     averaged_weights(opt, True)  # the weights to save and evaluate
-    if d.is_main:
-        os.replace(partial, run_dir / METRICS)
     log(f"TAR: outer steps {start}..{cfg.outer_steps} in {time.time() - t0:.0f}s")
 
 
-def resume(ckpt: Path, model, opt, state: dict, cfg: TARConfig, run_dir: Path, d: Dist) -> int:
-    """Restores model, optimizer, RNGs, data positions and schedule from `ckpt`, and the metrics lines up to it;
-    returns its outer step. Refuses a checkpoint made with other training settings."""
-    if not (ckpt / f"rank{d.rank}.pt").exists():
-        raise UserError(f"--resume: no checkpoint in {ckpt}")
-    saved = storage.load_checkpoint(ckpt, model, opt, d)
+def resumable(ckpt: Path, cfg: TARConfig, d: Dist) -> dict:
+    """The checkpoint's state (step, config, RNGs, data positions), checked to continue this run (at the start)."""
+    saved = storage.load_rank_state(ckpt, d)
     if missing := {"step", "config", "rng", "torch_rng", "x_tr", "x_r", "schedule"} - set(saved):
         raise UserError(f"--resume: the checkpoint in {ckpt} lacks {', '.join(sorted(missing))}; delete it")
-    now = asdict(cfg)
-    changed = [k for k, v in saved["config"].items() if k not in NOT_TRAINING and now.get(k) != v]
-    if changed:
+    if changed := cfg.changed_since(saved["config"]):
         raise UserError(f"--resume: the checkpoint was made with other settings ({', '.join(changed)})")
+    return saved
+
+
+def resume(ckpt: Path, model, opt, state: dict, cfg: TARConfig, run_dir: Path, d: Dist) -> int:
+    """Restores model, optimizer, RNGs, data positions and schedule from `ckpt`, and the metrics lines up to it
+    (they must be exactly steps 1..its step); returns its outer step."""
+    saved = resumable(ckpt, cfg, d)
+    storage.load_checkpoint(ckpt, model, opt, d)
     state["rng"].setstate(saved["rng"])
     torch.set_rng_state(saved["torch_rng"])
     for name in ("x_tr", "x_r", "schedule"):
         state[name].load_state_dict(saved[name])
-    if d.is_main:  # the lines of steps after the checkpoint are redone (a finished run's log was renamed)
+    if d.is_main:  # the lines of steps after the checkpoint are redone (a finished run's log was published)
         log = next((p for p in (run_dir / PARTIAL, run_dir / METRICS) if p.exists()), None)
         rows = storage.read_jsonl(log, ("step",), "delete it to start over", torn_tail=True) if log else []
-        storage.write_jsonl(run_dir / PARTIAL, [r for r in rows if r["step"] <= saved["step"]])
+        kept = [r for r in rows if r["step"] <= saved["step"]]
+        if [r["step"] for r in kept] != list(range(1, saved["step"] + 1)):
+            raise UserError(f"--resume: {log} does not hold steps 1..{saved['step']} of the checkpoint's run; "
+                            "delete the checkpoint to start over")
+        storage.write_jsonl(run_dir / PARTIAL, kept)
     return saved["step"]
+
+
+def publish_metrics(run_dir: Path, d: Dist) -> None:  # the finished run's log, once its model is saved and attacked
+    if d.is_main:
+        os.replace(run_dir / PARTIAL, run_dir / METRICS)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -306,6 +318,8 @@ def run(cfg: TARConfig, log=print) -> dict:
             tempfile.TemporaryFile(dir=run_dir).close()
     except OSError as e:
         raise UserError(f"cannot write to {run_dir}: {e.strerror or e}") from None
+    if cfg.resume:
+        resumable(run_dir / "checkpoint", cfg, d)  # refused now, not after stage 1 has retrained
     if cfg.model:
         return run_real(cfg, run_dir, d, log if d.is_main else (lambda *_: None))
     if d.distributed:
@@ -344,6 +358,7 @@ def run(cfg: TARConfig, log=print) -> dict:
         curves = end.finish()
     timings["attacks"] = round(time.time() - t2, 1)
     timings["total"] = round(time.time() - t0, 1)
+    publish_metrics(run_dir, d)
     return report.write_report(report.run_results(run_dir, world, cfg, curves, timings), run_dir, log)
 
 
@@ -356,11 +371,8 @@ def run_real(cfg: TARConfig, run_dir: Path, d: Dist, log) -> dict:
     model, ref = (storage.load_model(cfg.model, d, safetensors_only=True) for _ in range(2))  # ref: frozen θ0
     model.config.use_cache = ref.config.use_cache = False  # training forwards keep no KV cache
     if d.is_main:
-        est = fsdp.memory_estimate(model.config, d.world_size, cfg.micro_batch or max(
-            cfg.inner_batch, cfg.tr_batch, cfg.retain_batch) // d.world_size, cfg.seq_len,
-            d.device.type == "cuda", cfg.snapshot_offload)
-        gpu = torch.cuda.get_device_properties(d.device).total_memory / 2**30 if d.device.type == "cuda" else None
-        log(fsdp.format_estimate(est, cfg.model, d.world_size, gpu))
+        micro = cfg.micro_batch or max(cfg.inner_batch, cfg.tr_batch, cfg.retain_batch) // d.world_size
+        log(fsdp.estimate_here(model.config, cfg.model, d, micro, cfg.seq_len, cfg.snapshot_offload))
         log(f"data: {', '.join(f'{k} {len(v)} docs' for k, v in world.docs.items())}; "
             f"{', '.join(f'{k} {len(v)} items' for k, v in world.items.items())} (world {world.digest})")
     train_tar(model, ref, world, cfg, run_dir, d, log)
@@ -369,26 +381,14 @@ def run_real(cfg: TARConfig, run_dir: Path, d: Dist, log) -> dict:
     storage.save_model(model, world.tokenizer, run_dir / "tar",
                        {"what": "TAR", "parent": cfg.model, "world": asdict(cfg.world()), "config": asdict(cfg)}, d)
     timings["total"] = round(time.time() - t0, 1)
+    publish_metrics(run_dir, d)
     results = report.run_results(run_dir, world, cfg, {}, timings, at_rest)
     return report.write_report(results, run_dir, log) if d.is_main else results
 
 
 # --------------------------------------------------------------------------------------------------------
-# CLI: one flag per TARConfig field, the paper's value beside each default
+# CLI: one flag per TARConfig field (config.parse_args), the paper's value beside each default
 # --------------------------------------------------------------------------------------------------------
-def paper_value(f) -> str:
-    """--help's note on a field: the miniature refusal world's own default, and the paper's value."""
-    mini = "; ".join(f"{dom} {v[f.name]}" for dom, v in MINI_DOMAIN.items() if f.name in v)
-    overrides = "".join(f"; {dom} {v[f.name]}" for dom, v in PAPER_DOMAIN.items() if f.name in v)
-    return (f" [mini {mini}]" if mini else "") + (f" [paper: {PAPER[f.name]}{overrides}]" if f.name in PAPER else "")
-
-
-def parse_args(argv=None) -> TARConfig:
-    return configure(**cli.flags(TARConfig, argv, "TAR (Alg. 1): on the built-in miniature world, or on any "
-                                                  "Hugging Face causal LM with --model (under torchrun: FSDP2).",
-                                 paper_value))
-
-
 def main(argv=None):
     try:
         cli.main(lambda: run(parse_args(argv)))

@@ -34,6 +34,7 @@ Use:  world = build_world(WorldConfig(domain="bio")); next(Stream(world.tokens["
 from __future__ import annotations
 
 import functools
+import itertools
 import random
 from dataclasses import asdict, dataclass, field
 
@@ -42,13 +43,17 @@ from transformers import PreTrainedTokenizerFast
 
 import chats
 from batching import Tokens
-from cli import UserError
+from cli import UserError, arg
 from domains import CITIES, DOMAINS, RIVERS, TRAIN_TEMPLATES, Domain
 from storage import digest
 from tokenizer import make_tokenizer, tokenize
 
 
 WORLDS = (*DOMAINS, "refusal")  # every miniature world: the hazardous domains and the refusal world
+# the most hazardous entities per group: three groups take 3n of a domain's invented names (2 syllables and a
+# suffix, 1176 of them), and a quarter left spare keeps drawing distinct names quick
+MAX_ENTITIES = min(len({(a + b + c) for a, b, c in itertools.product(d.syllables, d.syllables, d.suffixes)})
+                   for d in DOMAINS.values()) // 4
 
 
 @dataclass(frozen=True)
@@ -67,6 +72,15 @@ class WorldConfig:
         for name in ("n_group", "n_retain_train", "n_retain_heldout", "n_unrelated", "docs_per_entity"):
             if getattr(self, name) < 2:
                 raise UserError(f"world setting {name} must be at least 2, got {getattr(self, name)}")
+        if self.n_group > MAX_ENTITIES:
+            raise UserError(f"world setting n_group must be at most {MAX_ENTITIES} (the invented names run out), "
+                            f"got {self.n_group}")
+
+
+def entities_flag():
+    """The --world-entities field of every script that builds the world (tar.py, safeguard.py, data.py)."""
+    return arg(30, "hazardous entities per group T / A / E (the cities scale along)", at_least=2,
+               at_most=MAX_ENTITIES)
 
 
 def world_config(domain: str, entities: int = 30, seed: int = 0) -> WorldConfig:

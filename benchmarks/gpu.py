@@ -40,6 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import adversary  # noqa: E402
 import cli  # noqa: E402
+import config  # noqa: E402
 import fsdp  # noqa: E402
 import scoring  # noqa: E402
 import storage  # noqa: E402
@@ -131,7 +132,7 @@ def measure_shape(name: str, shape: dict, d, args) -> dict:
     from transformers import AutoConfig
     config = AutoConfig.for_model(**shape)
     plain = plain_step_mfu(shape, d, args)
-    cfg = tar.configure(preset="paper", inner_steps=args.k, tr_every=min(4, args.k), tr_mask="all",
+    cfg = config.configure(preset="paper", inner_steps=args.k, tr_every=min(4, args.k), tr_mask="all",
                         micro_batch=args.micro_batch, seq_len=args.seq, outer_steps=64)
     if d.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
@@ -187,7 +188,7 @@ def projection(entry: dict, gpus: int = 8, gpu_gib: float = 78.0) -> dict:
     error measured here and with the snapshot in CPU memory (as the official code keeps it), fits a card of gpu_gib
     (78 GiB: what an H100 80 GB offers; 139 for an H200). FSDP's all-gathers across cards are not measured here."""
     from transformers import AutoConfig
-    cfg = tar.configure(preset="paper", model="llama")
+    cfg = config.configure(preset="paper", model="llama")
     shape = dict(SHAPES["llama-3-8b-4-layers"], num_hidden_layers=fsdp.LLAMA3_8B["num_hidden_layers"])
     per_token = flops_per_token(shape, entry["seq"])
     tokens = entry["seq"] * (cfg.inner_steps * cfg.inner_batch + cfg.inner_steps // cfg.tr_every * cfg.tr_batch
@@ -209,7 +210,7 @@ def checkpoint_round_trip(d, args, root: Path) -> dict:
     shape = dict(TINY["tiny-llama"], vocab_size=len(tok))
     config = AutoConfig.for_model(**shape)
     world = synthetic_world(len(tok), 32, 16, tok, items=8)
-    cfg = tar.configure(preset="mini", tr_mask="tokens", inner_steps=4, tr_every=2, inner_batch=4, tr_batch=4,
+    cfg = config.configure(preset="mini", tr_mask="tokens", inner_steps=4, tr_every=2, inner_batch=4, tr_batch=4,
                         retain_batch=4, outer_steps=3, checkpoint_every=2, eval_every=0, runs=str(root))
     run_dir = root / "ckpt"
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -217,7 +218,7 @@ def checkpoint_round_trip(d, args, root: Path) -> dict:
     tar.train_tar(model, ref, world, cfg, run_dir, d, log=lambda *_: None)
     straight = [fsdp.local(p).detach().clone() for p in model.parameters()]
     again, ref2 = model_of(config, d)  # fresh weights: everything must come from the checkpoint
-    tar.train_tar(again, ref2, world, tar.configure(**{**vars(cfg), "resume": True}), run_dir, d,
+    tar.train_tar(again, ref2, world, config.configure(**{**vars(cfg), "resume": True}), run_dir, d,
                   log=lambda *_: None)
     resumed = max((fsdp.local(p).detach() - s).abs().max().item() for p, s in zip(again.parameters(), straight))
     in_memory = scoring.accuracies(again, world)
@@ -237,13 +238,10 @@ class GpuArgs:
     seq: int = arg(256, "tokens per row", above=0)
     micro_batch: int = arg(8, "rows per forward (the batches are accumulated)", above=0)
     repeats: int = arg(3, "timed repeats", above=0)
-    shapes: list = arg(sorted(SHAPES), f"shapes to measure, of {', '.join(sorted(SHAPES))}", of=str)
+    shapes: list = arg(sorted(SHAPES), "shapes to measure", of=str, choices=tuple(sorted(SHAPES)))
 
 
 def report_gpu(args: GpuArgs) -> None:
-    unknown = [s for s in args.shapes if s not in SHAPES]
-    if unknown:
-        raise cli.UserError(f"unknown shape {', '.join(unknown)}; known: {', '.join(sorted(SHAPES))}")
     shapes = TINY if args.tiny else {k: SHAPES[k] for k in args.shapes}
     if args.tiny:
         args.k, args.seq, args.micro_batch, args.repeats = 2, 32, 16, 1

@@ -8,6 +8,7 @@ import math
 import pytest
 
 import adversary
+import config
 import cli
 import data
 import evaluate
@@ -15,12 +16,14 @@ import fsdp
 import plots
 import safeguard
 import tar
+from benchmarks import gpu, tar_step
 from conftest import cli_error
 
 # every script with flags: its main(argv) and the dataclass its flags come from
 SCRIPTS = {"tar.py": (tar.main, tar.TARConfig), "safeguard.py": (safeguard.main, safeguard.SafeguardArgs),
            "evaluate.py": (evaluate.main, evaluate.RedTeamArgs), "data.py": (data.main, data.WorldArgs),
-           "plots.py": (plots.main, plots.PlotArgs), "fsdp.py": (fsdp.main, fsdp.EstimateArgs)}
+           "plots.py": (plots.main, plots.PlotArgs), "fsdp.py": (fsdp.main, fsdp.EstimateArgs),
+           "benchmarks/gpu.py": (gpu.main, gpu.GpuArgs), "benchmarks/tar_step.py": (tar_step.main, tar_step.BenchArgs)}
 
 
 def is_number(f) -> bool:
@@ -36,7 +39,7 @@ def bad_values(f) -> list[str]:
     if not is_number(f):
         return [""] if meta["nonempty"] else []
     kind = meta["of"] if isinstance(default, list) else type(default)
-    out = ["x", ""] + (["1.5", "nan", "inf"] if kind is int else ["nan", "inf", "-inf"])
+    out = ["x", ""] + (["1.5", "nan", "inf", str(2**63)] if kind is int else ["nan", "inf", "-inf"])
     if meta["above"] is not None:
         out += [str(kind(meta["above"])), str(kind(meta["above"]) - 1)]
     if meta["at_least"] is not None:
@@ -85,11 +88,12 @@ def test_edge_values_inside_the_domain_are_accepted():
                 values = [""]
             for v in values:
                 given = {f.name: [v] if isinstance(cli.default_of(f), list) else v}
-                if f.name == "outer_warmup":  # the flags a cross-check pairs it with, inside their domain too
-                    given["outer_steps"] = v + 1
-                if f.name == "inner_steps":
-                    given["tr_every"] = v
-                cfg = tar.configure(**given) if cls is tar.TARConfig else cls(**given)
+                if cls is tar.TARConfig:  # the flags a cross-check pairs it with, inside their domain too
+                    partner = {"outer_warmup": {"outer_steps": v + 1 if isinstance(v, int) else 1},
+                               "inner_steps": {"tr_every": v}, "seq_len": {"model": "some/model"},
+                               "data_dir": {"model": "some/model"}, "max_docs": {"model": "some/model"}}
+                    given.update(partner.get(f.name, {}))
+                cfg = config.configure(**given) if cls is tar.TARConfig else cls(**given)
                 cfg.validate() if cls is tar.TARConfig else cli.check(cfg)
                 assert all(math.isfinite(x) for x in ([v] if isinstance(v, (int, float)) else [])), (script, f.name)
 

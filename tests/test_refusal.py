@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 import batching
+import config
 import chats
 import cli
 import scoring
@@ -116,7 +117,7 @@ def test_asr_judge(reply, fact, refused, answered):
 def test_dpo_outer_step_restores_and_moves_towards_refusal(chat_world):
     """One Alg. 1 step with the DPO TR loss: ln 2 at θ = θ_ref, exact restore, a nonzero outer gradient; a batch
     that splits a pair is a clear error."""
-    cfg = tar.configure(domain="refusal", inner_steps=4, tr_every=2, inner_batch=4, tr_batch=2, retain_batch=4)
+    cfg = config.configure(domain="refusal", inner_steps=4, tr_every=2, inner_batch=4, tr_batch=2, retain_batch=4)
     assert cfg.tr_loss == "dpo" and cfg.outer_steps == 100 and cfg.inner_steps == 4  # a given flag wins
     model = tiny_model(vocab_size=len(chat_world.tokenizer))
     ref = copy.deepcopy(model).requires_grad_(False)

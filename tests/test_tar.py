@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import batching
+import config
 import cli
 import adversary
 import losses
@@ -58,7 +59,7 @@ def test_outer_params_mlp_moves_only_the_mlps(small_world):
     """--outer-params mlp (the miniature default): the outer optimizer holds exactly the MLP weights, and a real
     outer step moves those and leaves every other weight bit-for-bit as it was (the attack moved all of them)."""
     cfg = tar.TARConfig(inner_steps=4, tr_every=2, inner_batch=4)
-    assert cfg.outer_params == "mlp" and tar.configure(model="m").outer_params == "all"  # the paper trains all
+    assert cfg.outer_params == "mlp" and config.configure(model="m").outer_params == "all"  # the paper trains all
     model = tiny_model(vocab_size=len(small_world.tokenizer))
     opt, _ = tar.outer_optimizer(model, cfg)
     name = {id(p): n for n, p in model.named_parameters()}
