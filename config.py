@@ -182,9 +182,6 @@ def configure(**given) -> TARConfig:
     """The config from the flags a user gave: the preset's values (paper with a real --model unless a preset
     is named), then every given flag on top (`tar.configure(model=..., preset="mini", outer_steps=2)`)."""
     preset = given["preset"] if "preset" in given else "paper" if given.get("model") else "mini"
-    real_only = [k for k in ("data_dir", "seq_len", "max_docs") if given.get(k) and not given.get("model")]
-    if real_only:  # the miniature world has no such setting: a silently ignored flag misleads
-        raise UsageError(f"{', '.join(cli.flag(k) for k in real_only)} only apply to a real --model")
     domain = given.get("domain", "bio")
     values = {**PAPER, **PAPER_DOMAIN.get(domain, {})} if preset == "paper" else MINI_DOMAIN.get(domain, {})
     if given.get("outer_optimizer") == "schedulefree":  # it has no schedule: the mini preset's cosine does not apply
@@ -200,6 +197,9 @@ def paper_value(f) -> str:
 
 
 def parse_args(argv=None) -> TARConfig:
-    return configure(**cli.flags(TARConfig, argv, "TAR (Alg. 1): on the built-in miniature world, or on any "
-                                                  "Hugging Face causal LM with --model (under torchrun: FSDP2).",
-                                 paper_value))
+    given = cli.flags(TARConfig, argv, "TAR (Alg. 1): on the built-in miniature world, or on any Hugging Face "
+                                       "causal LM with --model (under torchrun: FSDP2).", paper_value)
+    real_only = [k for k in ("data_dir", "seq_len", "max_docs") if k in given and not given.get("model")]
+    if real_only:  # the miniature world has no such setting: a flag given and silently ignored misleads
+        raise UsageError(f"{', '.join(cli.flag(k) for k in real_only)} only apply to a real --model")
+    return configure(**given)

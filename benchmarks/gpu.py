@@ -23,6 +23,7 @@ Run:  python benchmarks/gpu.py [--out DIR]      # the card; writes gpu_report.js
 from __future__ import annotations
 
 import copy
+import dataclasses
 import datetime
 import json
 import os
@@ -40,12 +41,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import adversary  # noqa: E402
 import cli  # noqa: E402
-import config  # noqa: E402
 import fsdp  # noqa: E402
 import scoring  # noqa: E402
 import storage  # noqa: E402
 import tar  # noqa: E402
 from batching import Tokens  # noqa: E402
+from config import configure  # noqa: E402
 from cli import arg  # noqa: E402
 from tokenizer import make_tokenizer  # noqa: E402
 from world import World, WorldConfig  # noqa: E402
@@ -132,7 +133,7 @@ def measure_shape(name: str, shape: dict, d, args) -> dict:
     from transformers import AutoConfig
     config = AutoConfig.for_model(**shape)
     plain = plain_step_mfu(shape, d, args)
-    cfg = config.configure(preset="paper", inner_steps=args.k, tr_every=min(4, args.k), tr_mask="all",
+    cfg = configure(preset="paper", inner_steps=args.k, tr_every=min(4, args.k), tr_mask="all",
                         micro_batch=args.micro_batch, seq_len=args.seq, outer_steps=64)
     if d.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
@@ -188,7 +189,7 @@ def projection(entry: dict, gpus: int = 8, gpu_gib: float = 78.0) -> dict:
     error measured here and with the snapshot in CPU memory (as the official code keeps it), fits a card of gpu_gib
     (78 GiB: what an H100 80 GB offers; 139 for an H200). FSDP's all-gathers across cards are not measured here."""
     from transformers import AutoConfig
-    cfg = config.configure(preset="paper", model="llama")
+    cfg = configure(preset="paper", model="llama")
     shape = dict(SHAPES["llama-3-8b-4-layers"], num_hidden_layers=fsdp.LLAMA3_8B["num_hidden_layers"])
     per_token = flops_per_token(shape, entry["seq"])
     tokens = entry["seq"] * (cfg.inner_steps * cfg.inner_batch + cfg.inner_steps // cfg.tr_every * cfg.tr_batch
@@ -210,7 +211,7 @@ def checkpoint_round_trip(d, args, root: Path) -> dict:
     shape = dict(TINY["tiny-llama"], vocab_size=len(tok))
     config = AutoConfig.for_model(**shape)
     world = synthetic_world(len(tok), 32, 16, tok, items=8)
-    cfg = config.configure(preset="mini", tr_mask="tokens", inner_steps=4, tr_every=2, inner_batch=4, tr_batch=4,
+    cfg = configure(preset="mini", tr_mask="tokens", inner_steps=4, tr_every=2, inner_batch=4, tr_batch=4,
                         retain_batch=4, outer_steps=3, checkpoint_every=2, eval_every=0, runs=str(root))
     run_dir = root / "ckpt"
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -218,7 +219,7 @@ def checkpoint_round_trip(d, args, root: Path) -> dict:
     tar.train_tar(model, ref, world, cfg, run_dir, d, log=lambda *_: None)
     straight = [fsdp.local(p).detach().clone() for p in model.parameters()]
     again, ref2 = model_of(config, d)  # fresh weights: everything must come from the checkpoint
-    tar.train_tar(again, ref2, world, config.configure(**{**vars(cfg), "resume": True}), run_dir, d,
+    tar.train_tar(again, ref2, world, dataclasses.replace(cfg, resume=True), run_dir, d,
                   log=lambda *_: None)
     resumed = max((fsdp.local(p).detach() - s).abs().max().item() for p, s in zip(again.parameters(), straight))
     in_memory = scoring.accuracies(again, world)

@@ -532,8 +532,9 @@ SUMMARY["outer_step_bit_equal"] = same
 #
 # `tar.train_tar(model, ref, world, cfg, run_dir)` is line 2's loop around `outer_step`: N outer steps, each
 # with a freshly sampled attack, the next x_TR and x_r from seeded streams, and the outer learning rate's
-# cosine schedule stepped after each. It writes one line per step to `run_dir/metrics.jsonl` (TR loss, retain
-# loss, the sampled inner lr, the gradient norm; forget and retain accuracy every `eval_every` steps). The
+# cosine schedule stepped after each. It writes one line per step to `run_dir/metrics.partial.jsonl` (TR loss,
+# retain loss, the sampled inner lr, the gradient norm; forget and retain accuracy every `eval_every` steps),
+# which `tar.run` renames metrics.jsonl once the model is saved and attacked. The
 # repository's default run is N = 150 at K = 64 (about 11 minutes on 2 cores); this one is N = 40 at K = 16.
 
 # %%
@@ -542,8 +543,8 @@ ref_tar = copy.deepcopy(theta0)  # the retain loss's frozen reference: θ0 (cfg.
 t0 = time.time()
 with tempfile.TemporaryDirectory(prefix="tar-walkthrough-") as run_dir:
     tar.train_tar(model_tar, ref_tar, world, cfg, Path(run_dir), log=print)
-    metrics = [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
-print(f"TAR: {len(metrics)} outer steps in {time.time() - t0:.0f}s; last line of metrics.jsonl:")
+    metrics = [json.loads(line) for line in (Path(run_dir) / tar.PARTIAL).read_text().splitlines()]
+print(f"TAR: {len(metrics)} outer steps in {time.time() - t0:.0f}s; last line of the metrics log:")
 print(json.dumps(metrics[-1]))
 tar_acc = scoring.accuracies(model_tar, world, scoring.EVERY_GROUP)
 print("safeguard:", pct(safeguard_acc))
