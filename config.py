@@ -118,8 +118,7 @@ class TARConfig:
     def validate(self):
         """Every flag in its domain (cli.check: finite, bounds, choices), then the checks that join two flags;
         run before any work, so a bad value never costs a trained base."""
-        cli.check(self)
-        WorldConfig(domain=self.domain)  # raises on an unknown domain
+        cli.check(self)  # --domain among them: one of world.WORLDS
         if self.outer_warmup >= self.outer_steps:
             raise UsageError("--outer-warmup must be shorter than --outer-steps")
         if self.tr_every > self.inner_steps:

@@ -95,15 +95,19 @@ class Job:
     every: int = 25
 
 
-def run_job(job: Job) -> dict:
-    """One attack curve; "diverged": the attack step where the attacker's loss stopped being finite (its curve then
-    ends before it), else None."""
-    t0 = time.time()
-    model = load_model(job.path)
+def curve_or_divergence(model, spec: adversary.Attack, world, seed: int, every: int) -> tuple[list[dict], int | None]:
+    """`attack_curve` with a diverged attack as data, as the red team and the sweep record it: (curve, None), or
+    (the points measured before, the attack step where its loss stopped being finite)."""
     try:
-        curve, diverged = attack_curve(model, job.spec, load_world(job.world), job.seed, job.every), None
+        return attack_curve(model, spec, world, seed, every), None
     except adversary.Diverged as e:
-        curve, diverged = e.curve, e.step
+        return e.curve, e.step
+
+
+def run_job(job: Job) -> dict:
+    """One attack curve and "diverged" (`curve_or_divergence`), with the job's names and its time."""
+    t0 = time.time()
+    curve, diverged = curve_or_divergence(load_model(job.path), job.spec, load_world(job.world), job.seed, job.every)
     return {"model": job.model, "attack": job.spec.name, "seed": job.seed, "curve": curve, "diverged": diverged,
             "seconds": round(time.time() - t0, 1)}
 

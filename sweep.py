@@ -39,9 +39,9 @@ import adversary
 import cli
 import redteam
 from batching import concat_tokens
-from cli import UsageError
+from cli import UsageError, UserError
 from data import load_world
-from storage import atomic_write, file_digest, load_model
+from storage import atomic_write, file_digest, load_model, read_json
 from workers import Workers, result
 from world import World
 
@@ -77,7 +77,8 @@ def suggest(trial, optimizers: tuple[str, ...]) -> adversary.Attack:
         extra = dict(lora_rank=rank, lora_alpha=2 * rank)
     return adversary.Attack(
         name=f"sweep_{trial.number}", optimizer="adamw" if kind == "lora" else kind, lr=lr,
-        steps=trial.suggest_int("steps", *STEPS, log=True), batch_size=trial.suggest_int("batch_size", *BATCH, log=True),
+        steps=trial.suggest_int("steps", *STEPS, log=True),
+        batch_size=trial.suggest_int("batch_size", *BATCH, log=True),
         data=trial.suggest_categorical("data", DATA), schedule=schedule, warmup=warmup, dist="OOD",
         source="sweep (Optuna)", **extra)
 
@@ -119,10 +120,7 @@ def run_trial(t: TrialJob) -> dict:
     t0 = time.time()
     world = trial_world(load_world(t.world), t.items)
     every = max(1, -(-t.spec.steps // POINTS))
-    try:
-        curve, diverged = redteam.attack_curve(load_model(t.path), t.spec, world, t.seed, every), None
-    except adversary.Diverged as e:
-        curve, diverged = e.curve, e.step
+    curve, diverged = redteam.curve_or_divergence(load_model(t.path), t.spec, world, t.seed, every)
     return {"curve": curve, "diverged": diverged, "seconds": round(time.time() - t0, 1)}
 
 
@@ -237,7 +235,9 @@ def sweep(models: dict[str, Path], world_cfg, out: Path, trials: int = 50, sampl
         raise UsageError(f"the sweep cannot search optimizer {', '.join(unknown)}; it knows {', '.join(SPACE)}")
     out.mkdir(parents=True, exist_ok=True)
     path = out / "sweep.json"
-    summary = json.loads(path.read_text()) if path.exists() else {"models": {}}
+    summary = read_json(path, "delete it (the studies in sweep.db are kept)") if path.exists() else {"models": {}}
+    if not isinstance(summary, dict) or not isinstance(summary.get("models"), dict):
+        raise UserError(f"{path} is not a sweep summary; delete it (the studies in sweep.db are kept)")
     for name, model_dir in models.items():
         digest = file_digest(model_dir)
         study_name = f"{name}:{digest}:{sampler}:items{items}:{'+'.join(optimizers)}"
