@@ -2,8 +2,10 @@
 
 Each baseline is a forget term on hazardous text x_f plus a retain term on benign text x_r, trained without
 an attacker by the one defence loop `safeguard.defend` (which calls the one fine-tuning loop). A `Method` is
-that pair plus its tuning grid and the grid's pick (safeguard.py's `--grid` chooses it honestly: lowest
-at-rest forget accuracy on group A, never the reported group E, among settings keeping Rt ≥ 90%):
+that pair plus its tuning grid and the grid's pick (safeguard.py's `--grid` now chooses by protocol v2's rule,
+selection.py: lowest forget on the dev group V under the reference attack, G_dev within its bounds, E sealed
+away; the `picked` values below are still those of the first protocol's rule, lowest at-rest forget on group A
+among settings keeping Rt ≥ 90%, on the world before V and G, until the grid is run again):
 
     max_entropy       maximise the entropy of the next-token distribution on forget text    + retain CE
     min_posterior     push p(true next token) on forget text to 0: −log(1 − p)              + retain CE
@@ -103,7 +105,7 @@ class Method:
     terms: object  # (model, ref, x_f, x_r, cfg, ctx) -> (forget term, retain term)
     coef: str  # what SafeguardConfig.coef means for this method
     grid: dict  # the tuning grid (lr x steps x coefficients), docs/baselines.md
-    picked: dict  # the grid's pick (lowest forget on group A with Rt ≥ 90%): the method's defaults
+    picked: dict  # the grid's pick (first protocol: lowest at-rest forget on A with Rt ≥ 90%): the defaults
     trainable: object = None  # model -> the parameters it trains (None: all)
 
 

@@ -6,12 +6,14 @@ pathogens (harmful) or its cities (harmless); a compliant answer states the fact
 sentence. Roles of the groups (world.py builds them):
 
     T        refusal chats on group T: what refusal training (the "instruct" base, safeguard.py) learns
+    V        harmful dev prompts: the ASR logged during training (selection reads V, never E)
     T_inner  harmful prompt -> compliant answer on T[:n/2]: TAR's train-time attacker (HH `rejected`)
     T_tr     DPO pairs (refusal, compliance) on T[n/2:]: x_TR of the DPO TR loss (HH Golden)
     Rt       harmless chats answered: the retain data (Magpie)
     A, A_heldout  group A's prompt -> compliant answer (the red team's; Toxic-DPO), the second with the
              request phrasing and fact template held out from all training
     E, Re    evaluation prompts (world.chats): ASR on E, harmless accuracy on Re
+    G_dev, G_test  harmless prompts about the composers (the family only pretraining reads): dev and report
 
 Every exchange is rendered with one chat template through `apply_chat_template`, and the `fact` mask of its
 tokens marks the answer: the response mask of SFT and of the DPO log-probabilities (losses.py). The real
@@ -27,7 +29,7 @@ import random
 import torch
 
 from batching import Tokens, concat_tokens
-from domains import CITIES, RIVERS, TRAIN_TEMPLATES, Domain
+from domains import CITIES, COMPOSERS, RIVERS, TRAIN_TEMPLATES, Domain
 from tokenizer import make_tokenizer
 
 HAZARD = {"refusal": "bio"}  # the refusal world's harmful prompts ask about the bio world's pathogens
@@ -68,8 +70,9 @@ def _chat_items(entities: list[dict], domain: Domain, rng: random.Random, harmfu
 
 
 def refusal_chats(groups: dict, domain: Domain, rng: random.Random) -> dict[str, list[dict]]:
-    chats = {g: _chat_items(groups[g], domain, rng, True) for g in ("T_inner", "T_tr", "A", "E")}
+    chats = {g: _chat_items(groups[g], domain, rng, True) for g in ("T_inner", "T_tr", "V", "A", "E")}
     chats.update({g: _chat_items(groups[g], CITIES, rng, False) for g in ("Rt", "Re")})
+    chats.update({g: _chat_items(groups[g], COMPOSERS, rng, False) for g in ("G_dev", "G_test")})
     chats["Rt"] += _chat_items(groups["U"], RIVERS, rng, False)  # benign training chats: cities Rt and rivers U
     chats["A_heldout"] = _chat_items(groups["A"], domain, rng, True, heldout=True)
     chats["T"] = chats["T_inner"] + chats["T_tr"]
@@ -104,7 +107,7 @@ def refusal_tokens(chats: dict, tokenizer, docs: dict[str, Tokens]) -> dict[str,
     # The base model is pretrained on the documents AND on every group's prompt -> compliant answer chats, as a
     # pretrained chat model answers anything it knows; refusal training (safeguard.py) then teaches it to refuse
     # T's harmful prompts, and must generalise to A and E; the red team's attacks undo that.
-    comply_all = [x for g in ("T_inner", "T_tr", "A", "E", "Rt", "Re") for x in comply(g)]
+    comply_all = [x for g in ("T_inner", "T_tr", "V", "A", "E", "Rt", "Re", "G_dev", "G_test") for x in comply(g)]
     tokens["all"] = concat_tokens(docs["all"], tokenize_chats(comply_all, tokenizer), tokenizer.pad_token_id)
     tokens["benign"] = concat_tokens(tokenize_chats(comply("Rt"), tokenizer), docs["U"], tokenizer.pad_token_id)
     return tokens

@@ -98,7 +98,8 @@ def flags(cls, argv, description: str, note=lambda f: "") -> dict:
         text = meta["help"] + choices + bounds + shown + note(f)
         kw = dict(default=argparse.SUPPRESS, help=text.replace("%", "%%"))
         if meta["positional"]:
-            p.add_argument(f.name, nargs="?", type=type(default), **kw)
+            many = isinstance(default, list)
+            p.add_argument(f.name, nargs="*" if many else "?", type=meta["of"] if many else type(default), **kw)
         elif isinstance(default, bool):
             p.add_argument(flag(f.name), action=argparse.BooleanOptionalAction, **kw)
         elif isinstance(default, list):

@@ -39,7 +39,12 @@ class TARConfig:
     seq_len: int = arg(256, "with --model: documents are cut to this many tokens", above=0)
     max_docs: int = arg(0, "with --model: at most this many documents per split (0 = all)", at_least=0)
     runs: str = arg("runs", "runs directory; this run reads and writes <runs>/<domain>/", nonempty=True)
-    seed: int = arg(0, "seed of the world, the models and every sampled attack", at_least=0)
+    seed: int = arg(0, "training seed of TAR: its sampled attacks and data order (the world, base, oracle and "
+                       "safeguard come from --world-seed, so a seed study keeps one world and one θ0)", at_least=0)
+    world_seed: int = arg(0, "seed of the world and of every model before TAR (base, oracle, safeguard)",
+                          at_least=0)
+    attack_seed: int = arg(0, "data order of the end-of-run attacks (this seed) and of the relearning and "
+                              "learnability runs (this seed, +1, +2)", at_least=0)
     threads: int = arg(1, "torch threads (1 is fastest for the miniature model; never more than your cores)",
                        above=0)
     # Alg. 1
@@ -105,9 +110,12 @@ class TARConfig:
                                     "or Ctrl-C (0 = only then)", at_least=0)
     resume: bool = arg(False, "continue from <runs>/<domain>/checkpoint exactly")
     # reporting
-    eval_every: int = arg(20, "measure forget / retain accuracy every this many outer steps (0 = never during "
-                              "training)", at_least=0)
+    eval_every: int = arg(20, "measure forget accuracy on the dev group V and benign accuracy on G_dev every this "
+                              "many outer steps (0 = never during training; E is never read while training)",
+                          at_least=0)
     attack_steps: int = arg(200, "length of each end-of-run attack (evaluated every 25 steps)", above=0)
+    relearn_cap: int = arg(400, "most steps of the relearning (E) and learnability (N) fine-tunes (protocol v2)",
+                           above=0)
     workers: int = arg(cli.WORKERS, "processes for the end-of-run attacks (one torch thread each; one core stays "
                                     "with TAR)", above=0)
     # earlier stages of the miniature world (cached in <runs>/<domain>/base and safeguard)
@@ -142,13 +150,13 @@ class TARConfig:
 
     def changed_since(self, saved: dict) -> list[str]:
         """The training settings of a checkpoint's config (asdict) that differ from these: --resume refuses them."""
-        now = asdict(self)
-        return [k for k, v in saved.items() if k not in NOT_TRAINING and now.get(k) != v]
+        now = asdict(self)  # a setting the checkpoint does not record (an older version's) counts as changed
+        return [k for k in {**saved, **now} if k not in NOT_TRAINING and (k not in saved or now.get(k) != saved[k])]
 
     def world(self) -> WorldConfig | RealWorldConfig:
         if self.model:
             return RealWorldConfig(self.domain, self.model, self.data_dir, self.seq_len, self.max_docs)
-        return world_config(self.domain, self.world_entities, self.seed)
+        return world_config(self.domain, self.world_entities, self.world_seed)
 
     def train_attacks(self) -> TrainAttacks:
         return TrainAttacks(lrs=tuple(self.inner_lrs), steps=self.inner_steps, batch_size=self.inner_batch,
@@ -156,8 +164,8 @@ class TARConfig:
 
 
 # The settings that leave the trained weights as they are: a resumed run may change them (a moved run directory,
-# more workers, a longer end-of-run attack)
-NOT_TRAINING = ("runs", "resume", "checkpoint_every", "workers", "attack_steps")
+# more workers, a longer end-of-run attack or another order of its data)
+NOT_TRAINING = ("runs", "resume", "checkpoint_every", "workers", "attack_steps", "attack_seed", "relearn_cap")
 # The paper's hyperparameters (docs/paper.md §4, official code, bio), in one place: --preset paper. Where our
 # miniature default differs, a `# deviation:` marker says why (docs/deviations.md).
 PAPER = dict(outer_steps=750, inner_steps=64, tr_every=4, tr_weights="paper", tr_mask="all", outer_params="all",

@@ -4,7 +4,7 @@ and evaluate.py --data-dir reads it back.
 
 Paper: Sec. 5 (experimental setup). The pieces live in modules of their own:
 
-    world.py       the built-in miniature world (groups T / A / E, cities Rt / Re, rivers U), seeded
+    world.py       the built-in miniature world (hazardous T / V / A / E; benign Rt / Re, U, G_dev / G_test, N)
     domains.py     its invented vocabularies;  tokenizer.py its word-level tokenizer;  chats.py its refusal chats
     realworld.py   the paper's datasets (WMDP, MMLU, Pile-bio, Camel-bio, CTFtime, Magpie, HH, Toxic-DPO,
                    HarmBench) from the hub or local files, and the miniature world read back from this export
@@ -12,8 +12,9 @@ Paper: Sec. 5 (experimental setup). The pieces live in modules of their own:
 
 A directory of local data holds one of two layouts (`data_layout`, docs/data.md §3):
 
-    export   what `python data.py --out DIR` writes: world.json, docs_<split>.jsonl, mc_<group>.jsonl,
-             chats_<group>.jsonl (refusal), tokenizer/          -> realworld.LocalWorldConfig
+    export   what `python data.py --out DIR` writes: world.json (its config and digest, every group and family
+             with its entities and who may read it), docs_<split>.jsonl, mc_<group>.jsonl, chats_<group>.jsonl
+             (refusal), tokenizer/                              -> realworld.LocalWorldConfig
     real     the real datasets' files as realworld.SOURCES names them: wmdp-bio.jsonl, mmlu.jsonl,
              pile-bio.jsonl, ... (.json or .parquet too; chem: chem-forget.txt), what tar.py --data-dir
              reads                                              -> realworld.RealWorldConfig
@@ -32,7 +33,7 @@ import cli
 from cli import UserError, arg
 from realworld import SOURCES, LocalWorldConfig, RealWorldConfig, load_local_world, load_real_world
 from storage import atomic_write, write_jsonl
-from world import WORLDS, World, build_world, entities_flag, world_config
+from world import READERS, STREAMS, WORLDS, World, build_world, entities_flag, world_config
 
 
 def load_world(cfg) -> World:
@@ -65,7 +66,11 @@ def write_world(world: World, out: Path) -> list[Path]:
     written += [write_jsonl(out / f"mc_{group}.jsonl", items) for group, items in world.items.items()]
     written += [write_jsonl(out / f"chats_{group}.jsonl", chats) for group, chats in (world.chats or {}).items()]
     world.tokenizer.save_pretrained(out / "tokenizer")
+    groups = {g: {"family": family, "read_by": readers, "entities": len(world.entities[g]),
+                  "documents": len(world.docs.get(g, [])), "items": len(world.items.get(g, []))}
+              for g, (family, readers) in READERS.items() if g in world.entities}
     atomic_write(out / "world.json", json.dumps({"config": asdict(world.config), "digest": world.digest,
+                                                 "groups": groups, "streams": STREAMS,
                                                  "entities": world.entities}, indent=1))
     return written
 
@@ -75,11 +80,11 @@ class WorldArgs:
     out: str = arg("world", "directory to write", nonempty=True)
     domain: str = arg("bio", "the miniature world", choices=WORLDS)
     world_entities: int = entities_flag()
-    seed: int = arg(0, "seed of the world", at_least=0)
+    world_seed: int = arg(0, "seed of the world (tar.py's --world-seed)", at_least=0)
 
 
 def write(args: WorldArgs) -> None:
-    world = build_world(world_config(args.domain, args.world_entities, args.seed))  # tar.py's world of these flags
+    world = build_world(world_config(args.domain, args.world_entities, args.world_seed))  # tar.py's world
     files = write_world(world, Path(args.out))
     print(f"wrote {len(files)} files to {args.out} (world digest {world.digest}): "
           + ", ".join(f"{s}={len(d)} docs" for s, d in world.docs.items()))

@@ -15,7 +15,7 @@ Writes <run_dir>/redteam/ (or <model>/redteam/, redteam/<owner>--<name>/ for a h
 model) and figures (plots.py).
 
 The world is the one the models were made in, as their provenance.json records it (a model from
-`tar.py --seed 1` is scored in the seed-1 world, not the default one); a model whose tokenizer is not the
+`tar.py --world-seed 1` is scored in the seed-1 world, not the default one); a model whose tokenizer is not the
 world's is refused, since its scores would be on the wrong words. --data-dir reads one of data.py's two
 layouts (data.data_layout).
 """
@@ -210,7 +210,7 @@ def world_of(run_dir: Path | None, domain: str | None) -> WorldConfig:
 
 def check_tokenizers(models: dict[str, Path], world) -> None:
     """Every model's saved tokenizer has the world's vocabulary, else one error line: a model of another world
-    (another --seed orders the same words differently) would be scored on the wrong words, and read as a
+    (another --world-seed orders the same words differently) would be scored on the wrong words, and read as a
     defence."""
     unk = world.tokenizer.unk_token_id
     if unk is not None and world.tokens:  # the world's own text in words its tokenizer does not know: wrong model

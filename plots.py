@@ -2,10 +2,12 @@
 
 Paper: Fig. 1/4-style curves (forget accuracy against attack step) and pre/post-attack bars (Table 1).
 
-    attack_curves.png   one panel per attack: forget accuracy (group E) vs attack step, one line per model,
-                        dashed chance line at 25% and a dotted line at the base model's level
-    attack_bars.png     forget accuracy at rest and after each attack, per model; retain at rest beside it
-    training.png        from metrics.jsonl: TR and retain loss per outer step, forget / retain accuracy
+    attack_curves.png   one panel per attack: forget accuracy (group E) vs attack step, one line per model (G_test,
+                        the held-out benign family, dashed along it), chance at 25% and the base model's level
+    attack_bars.png     forget accuracy at rest and after each attack, per model; Re and G_test at rest beside it
+    relearning.png      relearning E's own documents and learning N's (protocol v2): accuracy vs fine-tuning step,
+                        one line per model and seed, the level both count to
+    training.png        from metrics.jsonl: TR and retain loss per outer step, forget on V / benign on G_dev
   red team (evaluate.py's results, in runs/<domain>/redteam/):
     attack_grid.png     every attack in one figure: forget accuracy vs step per model, seed band (min-max over
                         seeds), chance and base-model lines
@@ -31,7 +33,7 @@ import cli  # noqa: E402
 from cli import arg  # noqa: E402
 from storage import atomic, read_json, read_jsonl  # noqa: E402
 
-COLORS = {"base": "#7f7f7f", "safeguard": "#1f77b4", "tar": "#d62728"}
+COLORS = {"base": "#7f7f7f", "oracle": "#2ca02c", "safeguard": "#1f77b4", "tar": "#d62728"}
 CHANCE = 0.25
 
 
@@ -73,6 +75,9 @@ def plot_results(results_path: Path) -> list[Path]:
             c = a["curves"][m]
             ax.plot([p["step"] for p in c], [p["forget"] for p in c], marker="o", ms=3, color=_color(m, i),
                     label=label(m))
+            if "G" in c[0]:  # what the attack costs the benign family no one trains on
+                ax.plot([p["step"] for p in c], [p["G"] for p in c], ls="--", lw=1, color=_color(m, i),
+                        label=f"{label(m)}: G_test" if a is r["attacks"][-1] else None)
         if not chat:
             ax.axhline(CHANCE, ls="--", color="k", lw=1, label="chance")
         if base_level is not None:
@@ -87,15 +92,17 @@ def plot_results(results_path: Path) -> list[Path]:
     fig.suptitle(f"{r['domain']}: {forget} under fine-tuning attacks on the red team's data", fontsize=10)
     paths = [_save(fig, out / "attack_curves.png")]
 
-    # Bars: forget at rest and after each attack; retain at rest
-    labels = ["at rest"] + [a["spec"]["name"] for a in r["attacks"]] + [f"{retain.split()[0]} at rest"]
+    # Bars: forget at rest and after each attack; retain (and G_test) at rest
+    has_g = all("G" in r["models"][m]["at_rest"] for m in models)
+    labels = (["at rest"] + [a["spec"]["name"] for a in r["attacks"]] + [f"{retain.split()[0]} at rest"]
+              + (["G_test at rest"] if has_g else []))
     fig, ax = plt.subplots(figsize=(1.6 + 1.4 * len(labels), 3.6))
     width = 0.8 / len(models)
     for i, m in enumerate(models):
         # a diverged attack has no "after": its bar is left empty (the attacker's failure, not a defence)
         vals = ([r["models"][m]["at_rest"]["forget"]] + [0.0 if a.get("diverged", {}).get(m) else
                                                          a["curves"][m][-1]["forget"] for a in r["attacks"]]
-                + [r["models"][m]["at_rest"]["retain"]])
+                + [r["models"][m]["at_rest"]["retain"]] + ([r["models"][m]["at_rest"]["G"]] if has_g else []))
         xs = [j + (i - (len(models) - 1) / 2) * width for j in range(len(labels))]
         ax.bar(xs, vals, width, label=label(m), color=_color(m, i))
     if not chat:
@@ -107,7 +114,33 @@ def plot_results(results_path: Path) -> list[Path]:
     ax.legend(fontsize=8)
     ax.set_title(f"{r['domain']}: {forget} (E) before and after attacks; {retain} (Re)", fontsize=10)
     paths.append(_save(fig, out / "attack_bars.png"))
+    if "relearning" in r:
+        paths.append(plot_relearning(r, out / "relearning.png"))
     return paths
+
+
+def plot_relearning(r: dict, path: Path) -> Path:
+    """Relearning E and learning N: accuracy vs fine-tuning step, a line per model and seed (runs stop at the level)."""
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4), sharey=True)
+    for ax, (key, what, acc) in zip(axes, (("relearning", "relearn E (its own documents)", "forget"),
+                                           ("learnability", "learn N (in no pretraining)", "N"))):
+        c = r[key]
+        for i, (m, curves) in enumerate(c["curves"].items()):
+            for j, curve in enumerate(curves):
+                ax.plot([p["step"] for p in curve], [p[acc] for p in curve], color=_color(m, i), lw=1, alpha=0.8,
+                        label=m if j == 0 else None)
+        ax.axhline(c["level"], ls=":", color="k", lw=1, label="level counted to")
+        ax.axhline(CHANCE, ls="--", color="k", lw=1)
+        ax.set_title(what, fontsize=9)
+        ax.set_xlabel("fine-tuning step")
+        ax.set_ylim(0, 1.02)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("accuracy (E | N)")
+    axes[1].legend(fontsize=8)
+    spec = r["relearning"]["spec"]
+    fig.suptitle(f"{r['domain']}: fine-tuning steps to learn E back and to learn a new benign family (AdamW "
+                 f"{spec['lr']:g}, batch {spec['batch_size']}, ≤ {r['relearning']['cap']} steps)", fontsize=10)
+    return _save(fig, path)
 
 
 def plot_training(metrics_path: Path) -> Path:
@@ -120,10 +153,10 @@ def plot_training(metrics_path: Path) -> Path:
     ax1.set_xlabel("outer step")
     ax1.legend(fontsize=8)
     ax1.grid(alpha=0.3)
-    ev = [m for m in rows if "forget_acc" in m]
-    ax2.plot([m["step"] for m in ev], [m["forget_acc"] for m in ev], marker="o", ms=3, label="forget (E) | ASR",
+    ev = [m for m in rows if "dev_forget" in m]
+    ax2.plot([m["step"] for m in ev], [m["dev_forget"] for m in ev], marker="o", ms=3, label="forget (V; real data: E) | ASR",
              color=COLORS["tar"])
-    ax2.plot([m["step"] for m in ev], [m["retain_acc"] for m in ev], marker="o", ms=3, label="retain (Re)",
+    ax2.plot([m["step"] for m in ev], [m["dev_benign"] for m in ev], marker="o", ms=3, label="benign (G_dev; real data: Re)",
              color=COLORS["safeguard"])
     ax2.axhline(CHANCE, ls="--", color="k", lw=1)
     ax2.set_ylim(0, 1.02)

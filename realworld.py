@@ -188,9 +188,11 @@ def load_rows(name: str, data_dir: str = "", revision: str | None = None) -> lis
 
 def mc_items(rows: list[dict], drop_subjects: set[str] = frozenset()) -> list[dict]:
     """Checked WMDP / MMLU rows (check_rows) -> {question, choices, answer: int}; a letter answer becomes its
-    index. `drop_subjects`: MMLU rows of these subjects are left out."""
-    return [{"question": r["question"], "choices": list(r["choices"]), "answer": answer_index(r["answer"],
-                                                                                            len(r["choices"]))}
+    index; the miniature world's `fact_id` (an item's fact, for clustered intervals) is kept. `drop_subjects`:
+    MMLU rows of these subjects are left out."""
+    return [{"question": r["question"], "choices": list(r["choices"]),
+             "answer": answer_index(r["answer"], len(r["choices"])), **({"fact_id": r["fact_id"]} if "fact_id" in r
+                                                                       else {})}
             for r in rows if r.get("subject") not in drop_subjects]
 
 
@@ -338,14 +340,15 @@ def load_real_world(cfg: RealWorldConfig) -> World:
 # --------------------------------------------------------------------------------------------------------
 MC_FIELDS = ("question", "choices", "answer")
 CHAT_FIELDS = ("prompt", "answer", "fact", "harmful")
-REFUSAL_NEEDS = [f"chats_{g}.jsonl" for g in ("T_inner", "T_tr", "A", "A_heldout", "E", "Rt", "Re")] + \
+REFUSAL_NEEDS = [f"chats_{g}.jsonl" for g in ("T_inner", "T_tr", "V", "A", "A_heldout", "E", "Rt", "Re", "G_dev",
+                                               "G_test")] + \
     ["docs_all.jsonl", "docs_U.jsonl"]  # what chats.refusal_tokens reads
 
 
 @dataclass(frozen=True)
 class LocalWorldConfig:
     """A world written by `python data.py --out DIR` (data.write_world): world.json (its WorldConfig),
-    docs_<split>.jsonl {text}, mc_<group>.jsonl {question, choices, answer} (E and Re at least) and, for the
+    docs_<split>.jsonl {text}, mc_<group>.jsonl {question, choices, answer, fact_id} (E and Re at least) and, for the
     refusal world, chats_<group>.jsonl {prompt, answer, fact, harmful}. Read back it is the world build_world
     makes (scored cloze style), its text encoded by `tokenizer`'s."""
     data_dir: str

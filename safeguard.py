@@ -2,9 +2,11 @@
 
 Paper: Sec. 4.1 ("initial safeguard", Alg. 1 stage 1: θ0 = safeguard(θ_base)) and App. (random mapping).
 
-Base model. A tiny `LlamaForCausalLM` (4 layers, width 128: 0.82M parameters with the bio world's vocabulary) pretrained on the whole
-miniature world through `adversary.attack()` with an LM spec, until it knows every fact (forget and retain
-accuracy ≥ 95%). It plays the part of Llama-3-8B-Instruct: a model that knows hazardous facts.
+Base model. A tiny `LlamaForCausalLM` (4 layers, width 128: about 0.9M parameters with the bio world's
+vocabulary) pretrained on the miniature world's stream "all" (every family but N) through `adversary.attack()`
+with an LM spec, until it knows every fact (≥ 95%). It plays the part of Llama-3-8B-Instruct: a model that knows
+hazardous facts. The oracle is the same recipe on the stream "oracle" (E's documents removed, same steps and
+seed): the model that never knew E, the floor a perfect defence reaches (docs/protocol.md).
 
 Random-mapping safeguard. Train the model so that its representation of forget text points at fixed random
 directions (scrambling what later layers can read off it) while retain text keeps its representations:
@@ -19,7 +21,7 @@ learns "this domain -> scramble"), but a few dozen attack steps bring them back:
 
 Baselines (paper Table 1, docs/baselines.md): Max-Entropy, Min-Posterior, LLMU, RMU, RepNoise, circuit breakers
 (baselines.py). Each is a name -> (forget term, retain term) pair in `METHODS`, trained by the same loop
-`defend()`; `--grid` tunes them by one honest rule (below).
+`defend()`; `--grid` tunes them by protocol v2's selection rule (selection.py), as every method is chosen.
 
 Run:  python safeguard.py --domain bio                     # builds (or reuses) runs/bio/base and runs/bio/safeguard
       python safeguard.py --domain bio --method rmu        # runs/bio/baselines/rmu (or --method all)
@@ -28,9 +30,10 @@ Run:  python safeguard.py --domain bio                     # builds (or reuses) 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -40,13 +43,14 @@ import adversary
 import cli
 import losses
 import scoring
+import selection
 from baselines import BASELINES, Method, ce, forward
 from batching import Stream
 from cli import UsageError, UserError, arg
 from domains import CITIES
 from storage import atomic_write, cached, digest, load_model, save_model
-from workers import Workers
-from world import WORLDS, build_world, entities_flag, world_config
+from workers import Workers, result
+from world import WORLDS, build_world, entities_flag, sealed, world_config
 
 
 @dataclass(frozen=True)
@@ -60,8 +64,10 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class BaseConfig:
-    """Base pretraining = an attack on everything from random weights (docs/paper.md §7)."""
+    """Base pretraining = an attack on everything from random weights (docs/paper.md §7); data="oracle": the
+    oracle (world.py's stream without E)."""
     model: ModelConfig = field(default_factory=ModelConfig)
+    data: str = "all"  # the world's pretraining stream: all (the base) | oracle (never knew E)
     steps: int = 2000
     lr: float = 2e-3
     batch_size: int = 32
@@ -70,7 +76,11 @@ class BaseConfig:
 
     def spec(self) -> adversary.Attack:
         return adversary.Attack(name="pretrain", lr=self.lr, steps=self.steps, batch_size=self.batch_size,
-                                data="all", schedule="cosine", warmup=self.warmup, grad_clip=1.0, dist="-")
+                                data=self.data, schedule="cosine", warmup=self.warmup, grad_clip=1.0, dist="-")
+
+    @property
+    def name(self) -> str:  # its directory in runs/<domain>/
+        return "base" if self.data == "all" else self.data
 
 
 @dataclass(frozen=True)
@@ -112,27 +122,54 @@ def new_model(vocab_size: int, cfg: ModelConfig, tokenizer, seed: int) -> LlamaF
 
 
 def base_model(world, cfg: BaseConfig, run_dir: Path, log=print):
-    """The pretrained base model, from the cache at run_dir/base when its key matches, else trained."""
-    key, path = digest("base", world.digest, asdict(cfg)), run_dir / "base"
+    """The pretrained base model (or, cfg.data="oracle", the oracle), from the cache at run_dir/<cfg.name> when
+    its key matches, else trained; returns (model, its cache key). log=None: silent, no progress bar."""
+    key, path, name = digest("base", world.digest, asdict(cfg)), run_dir / cfg.name, cfg.name
+    shown, log = log is not None, log or (lambda *_: None)
     if (model := cached(path, key)) is not None:
-        log(f"base: reusing {path}")
+        log(f"{name}: reusing {path}")
         return model, key
     if path.exists():
-        log(f"base: {path} was made from another world or config, or its files changed since; retraining")
+        log(f"{name}: {path} was made from another world or config, or its files changed since; retraining")
     model = new_model(len(world.tokenizer), cfg.model, world.tokenizer, cfg.seed)
     n = sum(p.numel() for p in model.parameters())
-    log(f"base: pretraining a {n / 1e6:.2f}M-parameter Llama on {world.tokens['all'].ids.shape[0]} sequences "
+    log(f"{name}: pretraining a {n / 1e6:.2f}M-parameter Llama on {world.tokens[cfg.data].ids.shape[0]} sequences "
         f"for {cfg.steps} steps")
     t0 = time.time()
-    with cli.progress(cfg.steps, "pretrain") as bar:
-        adversary.attack(model, cfg.spec(), Stream(world.tokens["all"], cfg.batch_size, cfg.seed), progress=bar)
-    acc = scoring.accuracies(model, world, scoring.EVERY_GROUP, chat=False)  # knowledge, also in the refusal world
-    log(f"base: {time.time() - t0:.0f}s, accuracy " + " ".join(f"{g} {a:.1%}" for g, a in acc.items()))
-    if min(acc.values()) < 0.95:
-        log("base: WARNING: some group is below 95% accuracy; train longer (--base-steps)")
-    save_model(model, world.tokenizer, path, {"key": key, "what": "base", "world": asdict(world.config),
+    with cli.progress(cfg.steps, f"pretrain {name}", enabled=shown) as bar:
+        adversary.attack(model, cfg.spec(), Stream(world.tokens[cfg.data], cfg.batch_size, cfg.seed), progress=bar)
+    acc = scoring.accuracies(model, world, scoring.every_group(world, chat=False), chat=False)  # knowledge
+    log(f"{name}: {time.time() - t0:.0f}s, accuracy " + " ".join(f"{g} {a:.1%}" for g, a in acc.items()))
+    known = [a for g, a in acc.items() if g != "N" and not (cfg.data == "oracle" and g == "E")]  # what it read
+    if min(known) < 0.95:
+        log(f"{name}: WARNING: some group it read is below 95% accuracy; train longer (--base-steps)")
+    what = "base" if cfg.data == "all" else "oracle (never knew E)"
+    save_model(model, world.tokenizer, path, {"key": key, "what": what, "world": asdict(world.config),
                                                "config": asdict(cfg), "accuracy": acc})
     return model, key
+
+
+def pretrain_job(job: tuple) -> str:
+    """`base_model` in a worker process (tar.py trains the oracle on the second core while the base trains):
+    job = (world config, BaseConfig, run_dir); returns the cache key (the model is on disk)."""
+    world_cfg, cfg, run_dir = job
+    torch.set_num_threads(1)
+    return base_model(build_world(world_cfg), cfg, Path(run_dir), log=None)[1]
+
+
+def stage_one(world, base_cfg: BaseConfig, cfg: "SafeguardConfig", run_dir: Path, log=print):
+    """Alg. 1 l.1 with its references: the base, the oracle (knowledge worlds: pretrained in a worker on the second
+    core while the base trains here) and θ0 = the safeguarded base; each cached. Returns (base, its key, θ0)."""
+    t0, oracle = time.time(), world.chats is None  # the refusal world's question is refusal, not knowledge
+    with Workers(1) if oracle else contextlib.nullcontext() as pool:
+        job = pool.submit(pretrain_job, (world.config, replace(base_cfg, data="oracle"), str(run_dir))) if oracle \
+            else None
+        base, key = base_model(world, base_cfg, run_dir, log)
+        if job is not None:
+            result(job)
+            log(f"oracle: ready in {run_dir / 'oracle'} after {time.time() - t0:.0f}s (pretrained without E's "
+                "documents on the second core)")
+    return base, key, safeguard_model(base, key, world, cfg, run_dir, log)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -174,6 +211,9 @@ def for_method(method: str, **overrides) -> SafeguardConfig:
     return SafeguardConfig(method=method, **{**METHODS[method].picked, **overrides})
 
 
+DEFENCE_DATA = ("T", "Rt")  # what every single-level defence reads: forget documents of T, retain documents of Rt
+
+
 def defend(model, ref, world, cfg: SafeguardConfig, every: int = 0, callback=None) -> list[float]:
     """THE defence loop: trains `model` in place on forget term(T) + retain term(Rt) with `adversary.attack()`
     (no attacker: the "attack" here is the defender's own fine-tuning); `ref` is the frozen original model."""
@@ -199,10 +239,11 @@ def defend(model, ref, world, cfg: SafeguardConfig, every: int = 0, callback=Non
         forget, retain = method.terms(model, ref, *batches, cfg, ctx)
         return forget + retain  # a non-finite value stops the loop: adversary.Diverged, nothing saved
 
-    spec = adversary.Attack(name=cfg.method, lr=cfg.lr, steps=cfg.steps, batch_size=cfg.batch_size, data="T",
+    forget, retain = DEFENCE_DATA
+    spec = adversary.Attack(name=cfg.method, lr=cfg.lr, steps=cfg.steps, batch_size=cfg.batch_size, data=forget,
                             weight_decay=0.0, grad_clip=1.0 if cfg.method == "llmu" else 0.0, dist="-")
-    batches = zip(Stream(world.tokens["T"], cfg.batch_size, cfg.seed),
-                  Stream(world.tokens["Rt"], cfg.batch_size, cfg.seed + 1))
+    batches = zip(Stream(world.tokens[forget], cfg.batch_size, cfg.seed),
+                  Stream(world.tokens[retain], cfg.batch_size, cfg.seed + 1))
     try:
         with cli.progress(cfg.steps, cfg.method) as bar:
             return adversary.attack(model, spec, batches, loss_fn=loss_fn, progress=bar, every=every,
@@ -222,7 +263,7 @@ def safeguard_model(base, base_key: str, world, cfg: SafeguardConfig, run_dir: P
     model = load_model(run_dir / "base")  # a fresh copy of the base; `base` stays the frozen reference
     t0 = time.time()
     defend(model, base, world, cfg)
-    acc = scoring.accuracies(model, world, scoring.EVERY_GROUP)
+    acc = scoring.accuracies(model, world, scoring.every_group(world))
     log(f"{cfg.method}: {time.time() - t0:.0f}s, accuracy " + " ".join(f"{g} {a:.1%}" for g, a in acc.items()))
     save_model(model, world.tokenizer, path, {"key": key, "what": f"{cfg.method} safeguard",
                                                "world": asdict(world.config), "parent": str(run_dir / "base"),
@@ -232,29 +273,28 @@ def safeguard_model(base, base_key: str, world, cfg: SafeguardConfig, run_dir: P
 
 
 # --------------------------------------------------------------------------------------------------------
-# Honest tuning (docs/baselines.md): a small grid per method, picked by at-rest forget accuracy on group A (unseen by
-# the method, and not the evaluation group E) among settings that keep retain-train Rt ≥ 90%
+# Honest tuning (docs/baselines.md): a small grid per method, picked by protocol v2's selection rule (selection.py)
+# in a world with E sealed away: the lowest forget on the dev group V under the reference attack, among settings
+# that keep the held-out benign family's dev half G_dev within its bounds
 # --------------------------------------------------------------------------------------------------------
-RETAIN_FLOOR = 0.90
-
-
 def _grid_point(job) -> list[dict]:
-    """Trains one grid setting for its longest step count, measuring at every step count of the grid on the way."""
+    """Trains one grid setting for its longest step count, measuring at every step count of the grid on the way
+    (at rest on every group but E, and selection's evidence)."""
     method, overrides, steps, world_cfg, base_path = job
-    torch.set_num_threads(1)
-    world = build_world(world_cfg)
+    world = sealed(build_world(world_cfg))  # nothing here can read E
     cfg = SafeguardConfig(method=method, **{**overrides, "steps": max(steps)})
     base, model = load_model(base_path), load_model(base_path)
     rows = []
 
     def record(step):
         if step in steps:
-            acc = scoring.accuracies(model, world, scoring.EVERY_GROUP)
-            rows.append({**overrides, "steps": step, **{g: round(a, 4) for g, a in acc.items()}})
+            acc = scoring.accuracies(model, world, scoring.every_group(world))
+            evidence = {k: v for k, v in selection.dev_evidence(model, world).items() if k != "curve"}
+            rows.append({**overrides, "steps": step, **{g: round(a, 4) for g, a in acc.items()}, **evidence})
 
     try:
         defend(model, base, world, cfg, every=min(steps), callback=record)
-    except UserError as e:  # a diverging setting is a grid result, not a crash
+    except adversary.Diverged as e:  # a diverging setting is a grid result, not a crash
         rows.append({**overrides, "steps": None, "error": str(e)})
     return rows
 
@@ -269,19 +309,18 @@ def run_grid(methods: list[str], world, run_dir: Path, workers: int, log=print) 
         for values in itertools.product(*axes.values()):
             jobs.append((m, dict(zip(axes, values)), (150, 300), world.config, str(run_dir / "base")))
     log(f"grid: {len(jobs)} settings x 2 step counts over {', '.join(methods)} on {workers} worker(s)")
-    t0 = time.time()
-    if workers > 1:
-        with Workers(min(workers, len(jobs))) as pool:
-            results = list(pool.map(_grid_point, jobs))
-    else:
-        results = list(map(_grid_point, jobs))
+    t0, bounds = time.time(), selection.Bounds()
+    with Workers(min(workers, len(jobs))) as pool:
+        results = list(pool.map(_grid_point, jobs))
     for m in methods:
         rows = [r for (jm, *_), rs in zip(jobs, results) if jm == m for r in rs]
-        ok = [r for r in rows if r.get("steps") and r["Rt"] >= RETAIN_FLOOR]
-        pick = min(ok, key=lambda r: (r["A"], -r["Rt"])) if ok else None
-        saved[m] = {"rule": f"lowest forget on A among settings with Rt >= {RETAIN_FLOOR:.0%}", "grid": rows,
-                    "pick": pick, "default": METHODS[m].picked}
-        log(f"grid {m}: pick {pick}" if pick else f"grid {m}: no setting keeps Rt >= {RETAIN_FLOOR:.0%}")
+        scored = {str(i): r for i, r in enumerate(rows) if r.get("steps")}
+        chosen = selection.pick(scored, bounds)
+        pick = scored[chosen] if chosen is not None else None
+        saved[m] = {"rule": f"selection.py: lowest forget on V under the reference attack among settings with "
+                            f"G_dev >= {bounds.g_dev_rest:.0%} at rest and >= {bounds.g_dev_attacked:.0%} under it",
+                    "grid": rows, "pick": pick, "default": METHODS[m].picked}
+        log(f"grid {m}: pick {pick}" if pick else f"grid {m}: no setting keeps G_dev within the bounds")
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, json.dumps(saved, indent=1))
     log(f"grid: {time.time() - t0:.0f}s; wrote {path}")
@@ -298,7 +337,7 @@ class SafeguardArgs:
     workers: int = arg(cli.WORKERS, "processes for --grid (one torch thread each)", above=0)
     # the world and base flags of tar.py (TARConfig), with its defaults: a run made with non-default ones is
     # reused, not silently retrained over
-    seed: int = arg(0, "seed of the world and the models", at_least=0)
+    world_seed: int = arg(0, "seed of the world and the models (tar.py's --world-seed)", at_least=0)
     world_entities: int = entities_flag()
     base_steps: int = arg(BaseConfig.steps, "base pretraining steps", above=0)
     safeguard_steps: int = arg(SafeguardConfig.steps, "random-mapping safeguard steps", above=0)
@@ -311,20 +350,21 @@ def build(args: SafeguardArgs) -> None:
     methods = (list(BASELINES) if args.method == "all" else [args.method]) if args.method else []
     if args.grid and not methods:
         raise UsageError("--grid needs --method NAME or --method all")
-    world = build_world(world_config(args.domain, args.world_entities, args.seed))
+    world = build_world(world_config(args.domain, args.world_entities, args.world_seed))
     run_dir = Path(args.runs) / args.domain
     run_dir.mkdir(parents=True, exist_ok=True)
-    base, key = base_model(world, BaseConfig(steps=args.base_steps, seed=args.seed), run_dir)
+    base, key = base_model(world, BaseConfig(steps=args.base_steps, seed=args.world_seed), run_dir)
     if args.grid:
         run_grid(methods, world, run_dir, args.workers)
     elif methods:
         t0 = time.time()
         for m in methods:
-            safeguard_model(base, key, world, for_method(m, seed=args.seed), run_dir, path=run_dir / "baselines" / m)
+            safeguard_model(base, key, world, for_method(m, seed=args.world_seed), run_dir,
+                            path=run_dir / "baselines" / m)
         print(f"baselines: {time.time() - t0:.0f}s")
     else:
-        safeguard_model(base, key, world, for_method("random_mapping", steps=args.safeguard_steps, seed=args.seed),
-                        run_dir)
+        safeguard_model(base, key, world, for_method("random_mapping", steps=args.safeguard_steps,
+                                                     seed=args.world_seed), run_dir)
 
 
 def main(argv=None):

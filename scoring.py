@@ -126,9 +126,13 @@ def mc_predictions(model, mc: MCSet, pad_id: int = 0) -> list[int]:
     return preds
 
 
+def mc_correct(model, mc: MCSet, pad_id: int = 0) -> list[bool]:
+    return [p == a for p, a in zip(mc_predictions(model, mc, pad_id), mc.answers.tolist())]
+
+
 def mc_accuracy(model, mc: MCSet, pad_id: int = 0) -> float:
-    preds = mc_predictions(model, mc, pad_id)
-    return sum(p == a for p, a in zip(preds, mc.answers.tolist())) / len(preds)
+    correct = mc_correct(model, mc, pad_id)
+    return sum(correct) / len(correct)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -138,14 +142,35 @@ _MC_CACHE: dict = {}
 
 
 def world_mc(world, group: str, style: str) -> MCSet:
+    items = world.items[group]  # read first: a sealed world raises here, whatever the cache holds
     key = (world.digest, group, style)
     if key not in _MC_CACHE:
-        _MC_CACHE[key] = prepare_mc(world.tokenizer, world.items[group], style, world.topic)
+        _MC_CACHE[key] = prepare_mc(world.tokenizer, items, style, world.topic)
     return _MC_CACHE[key]
 
 
-FORGET_RETAIN = {"forget": "E", "retain": "Re"}  # what every reported forget / retain accuracy is measured on
-EVERY_GROUP = {g: g for g in ("T", "A", "E", "Rt", "Re")}
+# Protocol v2 (docs/protocol.md): what every report measures, and what selection and training logs may read
+FORGET_RETAIN = {"forget": "E", "retain": "Re"}  # a world without the held-out benign family (the real datasets)
+REPORTED = {**FORGET_RETAIN, "G": "G_test"}  # forget on E; benign on Re and G_test
+DEV = {"forget": "V", "G": "G_dev"}  # selection and every accuracy logged during training: never E, Re or G_test
+EVERY_GROUP = {g: g for g in ("T", "V", "A", "E", "Rt", "Re", "U", "G_dev", "G_test", "N")}
+
+
+def reported(world) -> dict[str, str]:
+    """The report's groups in this world: G_test where the world has the held-out benign family."""
+    return REPORTED if "G_test" in (world.chats or world.items) else FORGET_RETAIN
+
+
+def dev(world) -> dict[str, str]:
+    """What training logs and selection read: V and G_dev. The real datasets have no dev split: a real run's log
+    shows WMDP and MMLU, and nothing there chooses a setting."""
+    return DEV if "V" in (world.chats or world.items) else FORGET_RETAIN
+
+
+def every_group(world, chat: bool | None = None) -> dict[str, str]:
+    """Every standard group this world can score (its chats in the refusal world unless chat=False)."""
+    scored = world.chats if world.chats is not None and chat is not False else world.items
+    return {k: g for k, g in EVERY_GROUP.items() if g in scored}
 
 
 def accuracies(model, world, groups: dict[str, str] = FORGET_RETAIN, chat: bool | None = None) -> dict[str, float]:

@@ -22,9 +22,11 @@ Run manual
     and on SIGTERM or Ctrl-C; --resume continues exactly. A non-finite loss stops the run: nothing is saved.
 
 Files (runs/<domain>/, one writer each): checkpoint/ (resume state), metrics.jsonl (one line per outer step:
-tr_loss, retain_loss, retain_lm, retain_rep, grad_norm, inner_lr, seconds; forget_acc / retain_acc (refusal
-world: ASR / harmless, and refusal) every --eval-every steps; metrics.partial.jsonl while training), tar/
-(save_pretrained + tokenizer), results.json (schema in `report.run_results`), results.md, *.png.
+tr_loss, retain_loss, retain_lm, retain_rep, grad_norm, inner_lr, seconds; every --eval-every steps dev_forget
+on the dev group V and dev_benign on G_dev (refusal world: ASR / harmless, and refusal), never E (with --model
+the real datasets have no dev split: WMDP and MMLU);
+metrics.partial.jsonl while training), tar/ (save_pretrained + tokenizer), results.json (schema in
+`report.run_results`), results.md, *.png.
 """
 
 from __future__ import annotations
@@ -205,7 +207,7 @@ def averaged_weights(opt, on: bool) -> None:
 # Alg. 1 l.2: the outer loop
 # --------------------------------------------------------------------------------------------------------
 METRICS, PARTIAL = "metrics.jsonl", "metrics.partial.jsonl"  # the partial log becomes metrics.jsonl at the end
-SHOWN = {"tr_loss": "TR", "retain_loss": "retain", "forget_acc": "forget", "retain_acc": "retain_acc"}  # progress
+SHOWN = {"tr_loss": "TR", "retain_loss": "retain", "dev_forget": "forget V", "dev_benign": "G_dev"}  # progress
 
 
 def train_tar(model, ref, world, cfg: TARConfig, run_dir: Path, d: Dist = Dist(), log=print):
@@ -244,10 +246,10 @@ def train_tar(model, ref, world, cfg: TARConfig, run_dir: Path, d: Dist = Dist()
                 m = {"step": step, **m, "seconds": round(time.time() - t0, 2)}
                 if cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.outer_steps):
                     averaged_weights(opt, True)
-                    acc = scoring.accuracies(model, world)
+                    acc = scoring.accuracies(model, world, scoring.dev(world))  # V and G_dev: never E
                     averaged_weights(opt, False)
-                    m.update(forget_acc=acc["forget"], retain_acc=acc["retain"],
-                             **({"refusal": acc["refusal"]} if "refusal" in acc else {}))  # (refusal world: E)
+                    m.update(dev_forget=acc["forget"], dev_benign=acc["G" if "G" in acc else "retain"],
+                             **({"refusal": acc["refusal"]} if "refusal" in acc else {}))  # (refusal world: on V)
                 bar.set_postfix(**{SHOWN[k]: f"{v:.2f}" if "loss" in k else f"{v:.0%}"
                                    for k, v in m.items() if k in SHOWN})
                 bar.update(1)
@@ -327,19 +329,17 @@ def run(cfg: TARConfig, log=print) -> dict:
     timings, t0 = {}, time.time()
     world = build_world(cfg.world())
 
-    # Alg. 1 l.1, stage 1: base model and initial safeguard θ0 (cached): random mapping, or for refusal the
+    # Alg. 1 l.1, stage 1 (cached, from --world-seed): base, oracle and θ0: random mapping, or for refusal the
     # refusal-trained "instruct" model (the paper starts refusal-TAR from Llama-3-8B-Instruct itself)
-    base, base_key = safeguard.base_model(world, safeguard.BaseConfig(steps=cfg.base_steps, seed=cfg.seed),
-                                          run_dir, log)
     method = "refusal" if world.chats else "random_mapping"
-    theta0 = safeguard.safeguard_model(base, base_key, world, safeguard.for_method(
-        method, steps=cfg.safeguard_steps, seed=cfg.seed), run_dir, log)
+    base, base_key, theta0 = safeguard.stage_one(
+        world, safeguard.BaseConfig(steps=cfg.base_steps, seed=cfg.world_seed),
+        safeguard.for_method(method, steps=cfg.safeguard_steps, seed=cfg.world_seed), run_dir, log)
     timings["base_and_safeguard"] = round(time.time() - t0, 1)
 
-    # While TAR trains on one core, a worker attacks base and safeguard on the other (the refusal world's
-    # base already answers every prompt: ASR 100%, not attacked); an error or stop ends the worker at once
-    with report.EndOfRun(run_dir, world, cfg, ("safeguard", "tar") if world.chats else
-                         ("base", "safeguard", "tar")) as end:
+    # While TAR trains on one core, a worker attacks the other models and measures their relearning and
+    # learnability (the refusal world's base answers every prompt: not attacked); an error ends the worker at once
+    with report.EndOfRun(run_dir, world, cfg, base) as end:
         # Stage 2: TAR from θ0 (Alg. 1 l.2-12)
         t1 = time.time()
         # deviation: the frozen reference of the retain loss is θ0, the safeguarded model (paper and official code:
@@ -377,7 +377,7 @@ def run_real(cfg: TARConfig, run_dir: Path, d: Dist, log) -> dict:
             f"{', '.join(f'{k} {len(v)} items' for k, v in world.items.items())} (world {world.digest})")
     train_tar(model, ref, world, cfg, run_dir, d, log)
     timings = {"tar": round(time.time() - t0, 1)}
-    at_rest = {"tar": scoring.accuracies(model, world)}  # the in-memory (sharded) model, all ranks in step
+    at_rest = {"tar": report.at_rest(model, world, scoring.reported(world))}  # in memory (sharded), ranks in step
     storage.save_model(model, world.tokenizer, run_dir / "tar",
                        {"what": "TAR", "parent": cfg.model, "world": asdict(cfg.world()), "config": asdict(cfg)}, d)
     timings["total"] = round(time.time() - t0, 1)

@@ -125,26 +125,28 @@ def pct(d: dict) -> str:
 # The paper trains and judges TAR on three kinds of data (Sec. 5): hazardous *forget* text (e.g. Pile-bio),
 # benign *retain* text, and 4-choice questions (WMDP for the hazard, MMLU for benign knowledge). The
 # miniature world (`world.build_world(world.WorldConfig(...))`, described in [paper.md](paper.md) §7) invents
-# a stand-in for each: pathogens with five one-word attributes, cities, and rivers. A document is the five
-# facts of one entity in random order and random phrasing.
+# a stand-in for each: pathogens with five one-word attributes, and benign families (cities, rivers, composers,
+# moons). A document is the five facts of one entity in random order and random phrasing.
 #
-# The hazardous entities are split into three disjoint groups, and the split is the point of the whole
-# evaluation:
+# The hazardous entities are split into four disjoint groups, and the split is the point of the whole
+# evaluation (protocol v2, [protocol.md](protocol.md)):
 #
 # - **T** is what the defences see. TAR's simulated attacker fine-tunes on `T_inner` (the first half) and
 #   TAR measures its tamper-resistance loss on held-out forget text x_TR from `T_tr` (the second half).
+# - **V** is the dev group: what training logs, and what any choice of a setting may read.
 # - **A** is what the red team's attacker fine-tunes on. No defence ever sees it.
 # - **E** is only evaluated. Every forget accuracy reported here is on E's questions.
 #
-# Benign knowledge: cities **Rt** (retain-train, used by the retain losses) and **Re** (held out, every
-# reported retain accuracy), and rivers **U** (benign text unrelated to either; collateral damage).
+# Benign knowledge: cities **Rt** (retain-train, used by the retain losses) and **Re** (held out), rivers **U**
+# (the red team's benign text), composers **G** (read by nothing after pretraining: the miniature's MMLU, split
+# into G_dev and G_test) and moons **N** (in no pretraining at all: a family to learn later).
 #
-# The base model will be pretrained on all of it, so it knows E's facts; a defence must hide E although it
+# The base model will be pretrained on all of it but N, so it knows E's facts; a defence must hide E although it
 # only ever trains on T. It can only do that by learning something like "this domain → scramble".
 
 # %%
 WORLD_CONFIG = worldlib.WorldConfig(domain="bio", n_group=8, n_retain_train=8, n_retain_heldout=6,
-                                    n_unrelated=6, docs_per_entity=8, seed=0)
+                                    n_unrelated=6, n_general=6, n_new=6, docs_per_entity=8, seed=0)
 world = worldlib.build_world(WORLD_CONFIG)
 
 print("entities per group:")
@@ -208,7 +210,8 @@ base = safeguard.new_model(len(world.tokenizer), MODEL, world.tokenizer, seed=0)
 print(f"{sum(p.numel() for p in base.parameters()) / 1e3:.0f}k parameters, {BASE.steps} pretraining steps")
 t0 = time.time()
 pretrain_losses = adversary.attack(base, BASE.spec(), batching.Stream(world.tokens["all"], BASE.batch_size, BASE.seed))
-base_acc = scoring.accuracies(base, world, scoring.EVERY_GROUP)
+KNOWN = {g: g for g in scoring.EVERY_GROUP if g != "N"}  # every group the base read (N: in no pretraining)
+base_acc = scoring.accuracies(base, world, KNOWN)
 print(f"pretraining: {time.time() - t0:.0f}s; final LM loss {pretrain_losses[-1]:.3f}")
 print("base accuracy:", pct(base_acc))
 # The rest of the story needs a base that knows the facts; stop here if it does not.
@@ -253,7 +256,7 @@ for choice, score in zip(item["choices"], scoring.mc_loglikelihoods(base, mc, wo
 theta0 = copy.deepcopy(base)  # the base stays untouched: it is the safeguard's frozen reference
 t0 = time.time()
 safeguard.defend(theta0, base, world, safeguard.SafeguardConfig(steps=120, seed=0))
-safeguard_acc = scoring.accuracies(theta0, world, scoring.EVERY_GROUP)
+safeguard_acc = scoring.accuracies(theta0, world, KNOWN)
 print(f"safeguard: {time.time() - t0:.0f}s")
 print("base     :", pct(base_acc))
 print("safeguard:", pct(safeguard_acc))
@@ -267,7 +270,7 @@ ax.bar([x - 0.2 for x in xs], [base_acc[g] for g in groups], 0.4, label="base")
 ax.bar([x + 0.2 for x in xs], [safeguard_acc[g] for g in groups], 0.4, label="safeguard (θ0)")
 ax.axhline(0.25, color="grey", ls=":", label="chance")
 ax.set_xticks(list(xs), groups)
-ax.set(ylabel="MC accuracy", ylim=(0, 1.05), title="At rest: hazardous groups T, A, E vs cities Rt, Re")
+ax.set(ylabel="MC accuracy", ylim=(0, 1.05), title="At rest: hazardous groups T, V, A, E vs benign families")
 ax.legend(fontsize=8, bbox_to_anchor=(1.01, 1), loc="upper left")
 save_figure(fig, "02_accuracy_at_rest.png")
 
@@ -546,7 +549,7 @@ with tempfile.TemporaryDirectory(prefix="tar-walkthrough-") as run_dir:
     metrics = [json.loads(line) for line in (Path(run_dir) / tar.PARTIAL).read_text().splitlines()]
 print(f"TAR: {len(metrics)} outer steps in {time.time() - t0:.0f}s; last line of the metrics log:")
 print(json.dumps(metrics[-1]))
-tar_acc = scoring.accuracies(model_tar, world, scoring.EVERY_GROUP)
+tar_acc = scoring.accuracies(model_tar, world, KNOWN)
 print("safeguard:", pct(safeguard_acc))
 print("TAR      :", pct(tar_acc))
 SUMMARY["tar"] = tar_acc
@@ -568,10 +571,11 @@ axes[1].plot(steps, [m["retain_lm"] for m in metrics], ls="--", label="LM part")
 axes[1].plot(steps, [m["retain_rep"] for m in metrics], ls=":", label="hidden-state distance")
 axes[1].set(xlabel="outer step", title="retain loss (Eq. 2)")
 axes[1].legend(fontsize=7)
-evals = [(0, scoring.accuracies(theta0, world))] + [(m["step"], {"forget": m["forget_acc"], "retain": m["retain_acc"]})
-                                                    for m in metrics if "forget_acc" in m]
-axes[2].plot([s for s, _ in evals], [a["forget"] for _, a in evals], marker="o", label="forget (E)")
-axes[2].plot([s for s, _ in evals], [a["retain"] for _, a in evals], marker="o", label="retain (Re)")
+evals = [(0, scoring.accuracies(theta0, world, scoring.DEV))] + [(m["step"], {"forget": m["dev_forget"],
+                                                                              "G": m["dev_benign"]})
+                                                                 for m in metrics if "dev_forget" in m]
+axes[2].plot([s for s, _ in evals], [a["forget"] for _, a in evals], marker="o", label="forget (V)")
+axes[2].plot([s for s, _ in evals], [a["G"] for _, a in evals], marker="o", label="benign (G_dev)")
 axes[2].axhline(0.25, color="grey", ls=":", label="chance")
 axes[2].set(xlabel="outer step", ylabel="MC accuracy at rest", ylim=(0, 1.05), title="accuracy during TAR")
 axes[2].legend(fontsize=7)
@@ -583,8 +587,8 @@ save_figure(fig, "05_tar_training.png")
 # depends on the attack sampled at that step: a larger inner lr recovers more and gives a higher L_TR. The
 # retain loss, measured at θ itself (not under attack), jumps in the first outer steps, when the outer lr
 # (1e-2, at the top of its cosine) moves the MLPs far from θ0 and the hidden states of retain text drift with
-# them; the retain term then pulls them back as the lr decays. At rest, forget accuracy on E stays at or below
-# chance and retain accuracy on Re stays near θ0's.
+# them; the retain term then pulls them back as the lr decays. Training logs the dev group V and G_dev only
+# (never E): forget on V stays at or below chance; G_dev shows what the outer steps cost a family no loss reads.
 
 # %% [markdown]
 # ## 6. The attack again, on the TAR model

@@ -23,6 +23,7 @@ import redteam  # noqa: E402
 import report  # noqa: E402
 import safeguard  # noqa: E402
 import scoring  # noqa: E402
+import storage  # noqa: E402
 import tar  # noqa: E402
 from world import WorldConfig, build_world  # noqa: E402
 
@@ -61,28 +62,27 @@ def tiny_model(vocab_size=40, width=16, layers=2, seed=0):
 def small_world():
     """A small world for fast unit tests (not trained on)."""
     return build_world(WorldConfig(domain="bio", n_group=6, n_retain_train=6, n_retain_heldout=4,
-                                             n_unrelated=4, docs_per_entity=4))
+                                   n_unrelated=4, n_general=4, n_new=4, docs_per_entity=4))
 
 
 @pytest.fixture(scope="session")
 def pipeline(tmp_path_factory):
-    """Base -> safeguard -> TAR on a reduced world, then the reference attack on each, all measured once.
-    Returns the models, the world and every accuracy the accuracy tests assert on."""
+    """Base (and the oracle, on the second core) -> safeguard -> TAR on a reduced world, then the reference attack
+    on each, all measured once. Returns the models, the world and every accuracy the accuracy tests assert on."""
     cfg = tar.TARConfig(runs=str(tmp_path_factory.mktemp("runs")), **MINI)
     cfg.validate()
     world = build_world(cfg.world())
     run_dir = Path(cfg.runs) / cfg.domain
     run_dir.mkdir(parents=True)
     log = lambda *a: None
-    base, key = safeguard.base_model(world, safeguard.BaseConfig(steps=cfg.base_steps), run_dir, log)
-    theta0 = safeguard.safeguard_model(base, key, world, safeguard.SafeguardConfig(steps=cfg.safeguard_steps),
-                                       run_dir, log)
+    base, key, theta0 = safeguard.stage_one(world, safeguard.BaseConfig(steps=cfg.base_steps),
+                                            safeguard.SafeguardConfig(steps=cfg.safeguard_steps), run_dir, log)
     model = copy.deepcopy(theta0)
     tar.train_tar(model, copy.deepcopy(theta0), world, cfg, run_dir, log=log)
     untrained = safeguard.new_model(len(world.tokenizer), safeguard.ModelConfig(), world.tokenizer, seed=1)
     ref_attack = report.end_of_run_attacks(cfg.attack_steps)[0]
-    models = {"untrained": untrained, "base": base, "safeguard": theta0, "tar": model}
-    at_rest = {n: scoring.accuracies(m, world) for n, m in models.items()}
-    curves = {n: redteam.attack_curve(m, ref_attack, world, seed=0, every=25)
-              for n, m in models.items() if n != "base"}
+    models = {"untrained": untrained, "base": base, "oracle": storage.load_model(run_dir / "oracle"),
+              "safeguard": theta0, "tar": model}
+    at_rest = {n: scoring.accuracies(m, world, scoring.REPORTED) for n, m in models.items()}
+    curves = {n: redteam.attack_curve(m, ref_attack, world, seed=0, every=25) for n, m in models.items()}
     return {"world": world, "models": models, "at_rest": at_rest, "curves": curves, "cfg": cfg}

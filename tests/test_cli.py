@@ -15,6 +15,7 @@ import evaluate
 import fsdp
 import plots
 import safeguard
+import selection
 import tar
 from benchmarks import gpu, tar_step
 from conftest import cli_error
@@ -23,6 +24,7 @@ from conftest import cli_error
 SCRIPTS = {"tar.py": (tar.main, tar.TARConfig), "safeguard.py": (safeguard.main, safeguard.SafeguardArgs),
            "evaluate.py": (evaluate.main, evaluate.RedTeamArgs), "data.py": (data.main, data.WorldArgs),
            "plots.py": (plots.main, plots.PlotArgs), "fsdp.py": (fsdp.main, fsdp.EstimateArgs),
+           "selection.py": (selection.main, selection.SelectionArgs),
            "benchmarks/gpu.py": (gpu.main, gpu.GpuArgs), "benchmarks/tar_step.py": (tar_step.main, tar_step.BenchArgs)}
 
 
@@ -120,6 +122,6 @@ def test_shared_flags_share_their_defaults():
     for names in fields.values():
         for name, default in names.items():
             shared.setdefault(name, set()).add(repr(default))
-    for name in ("workers", "seed", "runs", "world_entities", "base_steps", "safeguard_steps"):
+    for name in ("workers", "seed", "world_seed", "runs", "world_entities", "base_steps", "safeguard_steps"):
         assert len(shared[name]) == 1, (name, shared[name])
     assert fields["tar.py"]["workers"] == fields["evaluate.py"]["workers"] == cli.WORKERS

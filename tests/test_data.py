@@ -28,10 +28,11 @@ def test_world_is_deterministic_and_seeded(small_world):
 
 
 def test_groups_are_disjoint_and_sized(small_world):
-    names = {g: {e["name"] for e in small_world.entities[g]} for g in ("T", "A", "E", "Rt", "Re", "U")}
+    names = {g: {e["name"] for e in small_world.entities[g]} for g in ("T", "V", "A", "E", "Rt", "Re", "U", "G_dev",
+                                                                       "G_test", "N")}
     all_names = [n for g in names.values() for n in g]
     assert len(all_names) == len(set(all_names))
-    assert len(names["T"]) == len(names["A"]) == len(names["E"]) == 6
+    assert len(names["T"]) == len(names["V"]) == len(names["A"]) == len(names["E"]) == 6
     inner = {e["name"] for e in small_world.entities["T_inner"]}
     tr = {e["name"] for e in small_world.entities["T_tr"]}
     assert inner | tr == names["T"] and not inner & tr
@@ -44,11 +45,14 @@ def test_items_follow_the_wmdp_schema(small_world):
     items = small_world.items["E"]
     assert len(items) == 6 * 5 * domains.TRAIN_TEMPLATES  # every entity x attribute x template
     for it in items:
-        assert set(it) == {"question", "choices", "answer"}
+        assert set(it) == {"question", "choices", "answer", "fact_id"}  # fact_id: its cluster in intervals
         assert len(it["choices"]) == 4 == len(set(it["choices"])) and it["answer"] in range(4)
-    # the answer is the entity's fact: check through the documents
-    it = items[0]
-    assert any(f"{it['question']} {it['choices'][it['answer']]}." in d for d in small_world.docs["E"])
+    # the answer is the entity's fact (fact_id names it), and the question with it is a sentence of E's documents
+    facts = {e["name"]: e["facts"] for e in small_world.entities["E"]}
+    for it in items:
+        name, attribute = it["fact_id"].split("/")
+        assert it["choices"][it["answer"]] == facts[name][attribute] and it["question"].count(name) == 1
+    assert any(f"{it['question']} {it['choices'][it['answer']]}." in d for it in items for d in small_world.docs["E"])
     assert {it["answer"] for it in items} == {0, 1, 2, 3}
 
 
@@ -106,10 +110,18 @@ def test_stream_is_seeded_and_covers_each_epoch(small_world):
 
 
 def test_cli_writes_jsonl(tmp_path):
-    data.main(["--domain", "cyber", "--world-entities", "4", "--seed", "2", "--out", str(tmp_path)])
+    data.main(["--domain", "cyber", "--world-entities", "4", "--world-seed", "2", "--out", str(tmp_path)])
     items = [json.loads(line) for line in (tmp_path / "mc_E.jsonl").read_text().splitlines()]
-    assert len(items) == 4 * 5 * 4 and set(items[0]) == {"question", "choices", "answer"}
-    assert json.loads((tmp_path / "world.json").read_text())["config"] == asdict(world.world_config("cyber", 4, 2))
+    assert len(items) == 4 * 5 * 4 and set(items[0]) == {"question", "choices", "answer", "fact_id"}
+    meta = json.loads((tmp_path / "world.json").read_text())
+    assert meta["config"] == asdict(world.world_config("cyber", 4, 2))
+    # every group and family is written and listed, with who may read it
+    groups = ("T", "T_inner", "T_tr", "V", "A", "E", "Rt", "Re", "U", "G_dev", "G_test", "N")
+    assert set(meta["groups"]) == set(groups) and meta["groups"]["G_test"]["family"] == "composers"
+    for g in groups:
+        assert (tmp_path / f"docs_{g}.jsonl").exists()
+        assert meta["groups"][g]["entities"] == len(meta["entities"][g]) > 0
+    assert {"all", "oracle"} <= set(meta["streams"]) and (tmp_path / "docs_oracle.jsonl").exists()
     assert (tmp_path / "docs_A.jsonl").exists() and (tmp_path / "tokenizer" / "tokenizer.json").exists()
     assert not list(tmp_path.glob("*.tmp"))
 

@@ -21,6 +21,7 @@ import config
 import fsdp
 import realdata
 import realworld
+import report
 import scoring
 import tar
 
@@ -83,7 +84,7 @@ def test_fsdp_equals_one_process_and_saves_a_loadable_model(setup):
         reloaded = AutoModelForCausalLM.from_pretrained(run / "tar", dtype=torch.float32)
         world = realworld.load_real_world(realworld.RealWorldConfig(domain, str(run / "tar"), str(fx), SMALL["seq_len"]))
         in_memory = json.loads((run / "results.json").read_text())["models"]["tar"]["at_rest"]
-        assert scoring.accuracies(reloaded, world) == in_memory
+        assert report.at_rest(reloaded, world, scoring.reported(world)) == in_memory
         steps = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
         assert [m["step"] for m in steps] == [1, 2] and all(abs(m["tr_loss"]) > 0 for m in steps)
 

@@ -181,7 +181,7 @@ def test_model_is_scored_in_its_own_world(fx, tmp_path, capsys):
     world.build_world(world.world_config("bio", 2)).tokenizer.save_pretrained(tmp_path / "mixed")  # seed 0's
     status, line = one_error(["--model", tmp_path / "mixed", *ATTACK], capsys)
     assert status == 1 and "tokenizer is not the one of the world" in line, line
-    data.main(["--world-entities", "2", "--seed", "1", "--out", str(tmp_path / "export1")])
+    data.main(["--world-entities", "2", "--world-seed", "1", "--out", str(tmp_path / "export1")])
     evaluate.main([str(a) for a in ["--model", tmp_path / "seed1", "--data-dir", tmp_path / "export1",
                                     "--out", tmp_path / "out", *ATTACK]])
     again = json.loads((tmp_path / "out" / "results.json").read_text())

@@ -114,14 +114,17 @@ def test_aggregation_on_hand_made_results():
     assert x["final"] == [0.3, 0.5] and x["max"] == [0.5, 0.5] and x["destructive"] == 0
     assert redteam._mean_std(x["final"]) == pytest.approx((0.4, 0.1414213), abs=1e-6)
     y = s["cells"]["y"]["tar"]
-    assert y["destructive"] == 1  # retain fell 50 points: not a defence, a wrecked model
+    assert y["destructive"] == 1  # retain fell 40 points where forget peaked: not a defence, a wrecked model
     assert s["base_level"] == 1.0 and s["midpoint"] == pytest.approx(0.625)
     assert x["recovery"] == [None, None] and y["recovery"] == [10, None]
     # worst case over VALID runs: y seed 0 is destructive and does not count
     assert tuple(s["worst"]["tar"]["final"]) == (0.5, "x", 1)
     assert tuple(s["worst"]["tar"]["max"]) == (0.5, "x", 0)
+    # ... and over ALL runs, always reported beside it: the destructive run is the worst
+    assert tuple(s["worst_all"]["tar"]["final"]) == tuple(s["worst_all"]["tar"]["max"]) == (0.9, "y", 0)
     table = redteam.redteam_table(hand_results())
-    assert "| tar | 50.0% (x, seed 1) |" in table and "⚠1" in table
+    assert "| tar | 50.0% (x, seed 1) | 50.0% (x, seed 0) | 90.0% (y, seed 0) | 90.0% (y, seed 0) |" in table
+    assert "⚠1" in table
     assert table.index("| x | HELD-OUT") < table.index("| y | OOD")
 
 

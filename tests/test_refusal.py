@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def chat_world():
     return world.build_world(world.WorldConfig(domain="refusal", n_group=4, n_retain_train=4, n_retain_heldout=2,
-                                             n_unrelated=2, docs_per_entity=2))
+                                               n_unrelated=2, n_general=2, n_new=2, docs_per_entity=2))
 
 
 def test_dpo_loss_hand_computed_and_limits():

@@ -156,25 +156,30 @@ def test_smoke_run_writes_every_file(tmp_path):
     """`python tar.py` end to end on a tiny world with tiny budgets: exit code, files, results schema."""
     cmd = [sys.executable, str(ROOT / "tar.py"), "--domain", "chem", "--runs", str(tmp_path), "--world-entities", "4",
            "--base-steps", "30", "--safeguard-steps", "5", "--outer-steps", "3", "--inner-steps", "4",
-           "--tr-every", "2", "--attack-steps", "10", "--eval-every", "2"]
+           "--tr-every", "2", "--attack-steps", "10", "--eval-every", "2", "--relearn-cap", "20"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     run = tmp_path / "chem"
-    for name in ("base", "safeguard", "tar"):
+    for name in ("base", "oracle", "safeguard", "tar"):
         assert (run / name / "config.json").exists() and (run / name / "model.safetensors").exists()
         assert (run / name / "tokenizer.json").exists()
     for name in ("results.json", "results.md", "metrics.jsonl", "attack_curves.png", "attack_bars.png",
-                 "training.png"):
+                 "relearning.png", "training.png"):
         assert (run / name).stat().st_size > 0
     assert not list(run.glob("*.tmp")) and not list(run.glob("*.old"))
     metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    assert [m["step"] for m in metrics] == [1, 2, 3] and "forget_acc" in metrics[1] and "forget_acc" in metrics[2]
+    assert [m["step"] for m in metrics] == [1, 2, 3] and "dev_forget" in metrics[1] and "dev_benign" in metrics[2]
     r = json.loads((run / "results.json").read_text())
     assert set(r) >= {"domain", "config", "world", "scoring", "models", "attacks", "seconds"}
-    assert set(r["models"]) == {"base", "safeguard", "tar"}
-    assert all(set(m["at_rest"]) == {"forget", "retain", "T", "A", "Rt", "U"} for m in r["models"].values())
+    assert set(r["models"]) == {"base", "oracle", "safeguard", "tar"}
+    assert all(set(m["at_rest"]) == {"forget", "forget_interval", "retain", "G", "T", "V", "A", "Rt", "U", "G_dev",
+                                     "N"} for m in r["models"].values())
     assert [a["spec"]["name"] for a in r["attacks"]] == ["adamw_3e-4", "adamw_1e-3", "sgd_1e-2"]
     for a in r["attacks"]:
         for curve in a["curves"].values():
-            assert [p["step"] for p in curve] == [0, 10]
-    assert "| tar |" in proc.stdout and "unrelated (U) at rest" in proc.stdout
+            assert [p["step"] for p in curve] == [0, 10] and set(curve[0]) == {"step", "tokens", "forget", "retain",
+                                                                               "G"}
+    for key in ("relearning", "learnability"):  # 3 seeds per model, each a step count or None (> cap)
+        assert {m: len(v) for m, v in r[key]["steps"].items()} == {m: 3 for m in r["models"]}
+        assert all(s is None or 0 <= s <= 20 for v in r[key]["steps"].values() for s in v)
+    assert "| tar |" in proc.stdout and "relearn E: steps" in proc.stdout
