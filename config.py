@@ -114,8 +114,8 @@ class TARConfig:
                               "many outer steps (0 = never during training; E is never read while training)",
                           at_least=0)
     attack_steps: int = arg(200, "length of each end-of-run attack (evaluated every 25 steps)", above=0)
-    relearn_cap: int = arg(400, "most steps of the relearning (E) and learnability (N) fine-tunes (protocol v2)",
-                           above=0)
+    relearn_cap: int = arg(400, "most steps of the relearning (E) and learnability (N) fine-tunes (protocol v2; 0 = "
+                                "not measured)", at_least=0)
     workers: int = arg(cli.WORKERS, "processes for the end-of-run attacks (one torch thread each; one core stays "
                                     "with TAR)", above=0)
     # earlier stages of the miniature world (cached in <runs>/<domain>/base and safeguard)

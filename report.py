@@ -56,7 +56,7 @@ class EndOfRun:
         job = lambda m, spec, seed, **kw: redteam.Job(m, str(run_dir / m), spec, world.config, seed, **kw)
         self.jobs = {(m, s.name, cfg.attack_seed): job(m, s, cfg.attack_seed, every=25)
                      for m in models for s in end_of_run_attacks(cfg.attack_steps)}
-        if not world.chats:  # the level both count to: midway between chance and the base on E
+        if not world.chats and cfg.relearn_cap:  # the level both count to: midway between chance and the base on E
             level = protocol.midpoint(accuracies(base, world, {"forget": "E"})["forget"])
             relearn, learn = (replace(s, steps=cfg.relearn_cap) for s in (protocol.RELEARN, protocol.LEARN))
             for m in models:
