@@ -132,7 +132,8 @@ def run_results(run_dir: Path, world, cfg, curves: dict, timings: dict, measured
         attacks.append({"spec": spec.to_dict(), "seed": cfg.attack_seed, "curves": per_model,
                         "recovery_step": recovery, "diverged": {m: r["diverged"] for m, r in runs.items()}})
     counted = {}
-    for spec in (replace(protocol.RELEARN, steps=cfg.relearn_cap), replace(protocol.LEARN, steps=cfg.relearn_cap)):
+    relearning = (protocol.RELEARN, protocol.LEARN) if cfg.relearn_cap else ()  # --relearn-cap 0: not measured
+    for spec in (replace(s, steps=cfg.relearn_cap) for s in relearning):
         runs = {m: [curves[k] for k in sorted(curves) if k[:2] == (m, spec.name)] for m in models}
         if any(runs.values()):
             key, level = next(r for rs in runs.values() for r in rs)["until"]  # what EndOfRun counted to
