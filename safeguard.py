@@ -124,7 +124,7 @@ def new_model(vocab_size: int, cfg: ModelConfig, tokenizer, seed: int) -> LlamaF
 def base_model(world, cfg: BaseConfig, run_dir: Path, log=print):
     """The pretrained base model (or, cfg.data="oracle", the oracle), from the cache at run_dir/<cfg.name> when
     its key matches, else trained; returns (model, its cache key). log=None: silent, no progress bar."""
-    key, path, name = digest("base", world.digest, asdict(cfg)), run_dir / cfg.name, cfg.name
+    key, path, name = base_key(world, cfg), run_dir / cfg.name, cfg.name
     shown, log = log is not None, log or (lambda *_: None)
     if (model := cached(path, key)) is not None:
         log(f"{name}: reusing {path}")
@@ -149,6 +149,11 @@ def base_model(world, cfg: BaseConfig, run_dir: Path, log=print):
     return model, key
 
 
+def base_key(world, cfg: BaseConfig) -> str:
+    """The cache key of a base (or oracle): its world and every setting of its pretraining."""
+    return digest("base", world.digest, asdict(cfg))
+
+
 def pretrain_job(job: tuple) -> str:
     """`base_model` in a worker process (tar.py trains the oracle on the second core while the base trains):
     job = (world config, BaseConfig, run_dir); returns the cache key (the model is on disk)."""
@@ -160,10 +165,11 @@ def pretrain_job(job: tuple) -> str:
 def stage_one(world, base_cfg: BaseConfig, cfg: "SafeguardConfig", run_dir: Path, log=print):
     """Alg. 1 l.1 with its references: the base, the oracle (knowledge worlds: pretrained in a worker on the second
     core while the base trains here) and θ0 = the safeguarded base; each cached. Returns (base, its key, θ0)."""
-    t0, oracle = time.time(), world.chats is None  # the refusal world's question is refusal, not knowledge
+    t0, oracle_cfg = time.time(), replace(base_cfg, data="oracle")
+    # the refusal world's question is refusal, not knowledge: it has no oracle; a cached oracle needs no worker
+    oracle = world.chats is None and cached(run_dir / oracle_cfg.name, base_key(world, oracle_cfg)) is None
     with Workers(1) if oracle else contextlib.nullcontext() as pool:
-        job = pool.submit(pretrain_job, (world.config, replace(base_cfg, data="oracle"), str(run_dir))) if oracle \
-            else None
+        job = pool.submit(pretrain_job, (world.config, oracle_cfg, str(run_dir))) if oracle else None
         base, key = base_model(world, base_cfg, run_dir, log)
         if job is not None:
             result(job)

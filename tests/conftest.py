@@ -25,12 +25,13 @@ import safeguard  # noqa: E402
 import scoring  # noqa: E402
 import storage  # noqa: E402
 import tar  # noqa: E402
+from workers import Workers, result  # noqa: E402
 from world import WorldConfig, build_world  # noqa: E402
 
 # The reduced world and budgets of the shared pipeline (full size: 30 entities per group, 2000 base steps,
 # 250 safeguard steps, 150 outer steps at K = 64 with a TR point every 8). Here K = 16 with a TR point every 4
 # (K = 16 with every 8 leaves only 2 points); the outer lr and everything else are the defaults.
-MINI = dict(world_entities=12, base_steps=900, safeguard_steps=150, outer_steps=80, inner_steps=16, tr_every=4,
+MINI = dict(world_entities=12, base_steps=700, safeguard_steps=150, outer_steps=45, inner_steps=16, tr_every=4,
             attack_steps=50)
 
 
@@ -68,7 +69,7 @@ def small_world():
 @pytest.fixture(scope="session")
 def pipeline(tmp_path_factory):
     """Base (and the oracle, on the second core) -> safeguard -> TAR on a reduced world, then the reference attack
-    on each, all measured once. Returns the models, the world and every accuracy the accuracy tests assert on."""
+    on each (the models before TAR on the second core while TAR trains), all measured once. Returns the models, the world and every accuracy the accuracy tests assert on."""
     cfg = tar.TARConfig(runs=str(tmp_path_factory.mktemp("runs")), **MINI)
     cfg.validate()
     world = build_world(cfg.world())
@@ -77,12 +78,17 @@ def pipeline(tmp_path_factory):
     log = lambda *a: None
     base, key, theta0 = safeguard.stage_one(world, safeguard.BaseConfig(steps=cfg.base_steps),
                                             safeguard.SafeguardConfig(steps=cfg.safeguard_steps), run_dir, log)
-    model = copy.deepcopy(theta0)
-    tar.train_tar(model, copy.deepcopy(theta0), world, cfg, run_dir, log=log)
-    untrained = safeguard.new_model(len(world.tokenizer), safeguard.ModelConfig(), world.tokenizer, seed=1)
     ref_attack = report.end_of_run_attacks(cfg.attack_steps)[0]
+    with Workers(1) as pool:  # the saved models are attacked on the second core while TAR trains on this one
+        jobs = {n: pool.submit(redteam.run_job, redteam.Job(n, str(run_dir / n), ref_attack, world.config, every=25))
+                for n in ("base", "oracle", "safeguard")}
+        model = copy.deepcopy(theta0)
+        tar.train_tar(model, copy.deepcopy(theta0), world, cfg, run_dir, log=log)
+        untrained = safeguard.new_model(len(world.tokenizer), safeguard.ModelConfig(), world.tokenizer, seed=1)
+        curves = {n: redteam.attack_curve(m, ref_attack, world, seed=0, every=25)
+                  for n, m in {"untrained": untrained, "tar": model}.items()}
+        curves.update({n: result(job)["curve"] for n, job in jobs.items()})
     models = {"untrained": untrained, "base": base, "oracle": storage.load_model(run_dir / "oracle"),
               "safeguard": theta0, "tar": model}
     at_rest = {n: scoring.accuracies(m, world, scoring.REPORTED) for n, m in models.items()}
-    curves = {n: redteam.attack_curve(m, ref_attack, world, seed=0, every=25) for n, m in models.items()}
     return {"world": world, "models": models, "at_rest": at_rest, "curves": curves, "cfg": cfg}

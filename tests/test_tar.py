@@ -156,7 +156,7 @@ def test_smoke_run_writes_every_file(tmp_path):
     """`python tar.py` end to end on a tiny world with tiny budgets: exit code, files, results schema."""
     cmd = [sys.executable, str(ROOT / "tar.py"), "--domain", "chem", "--runs", str(tmp_path), "--world-entities", "4",
            "--base-steps", "30", "--safeguard-steps", "5", "--outer-steps", "3", "--inner-steps", "4",
-           "--tr-every", "2", "--attack-steps", "10", "--eval-every", "2", "--relearn-cap", "20"]
+           "--tr-every", "2", "--attack-steps", "10", "--eval-every", "2", "--relearn-cap", "10"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     run = tmp_path / "chem"
@@ -181,5 +181,5 @@ def test_smoke_run_writes_every_file(tmp_path):
                                                                                "G"}
     for key in ("relearning", "learnability"):  # 3 seeds per model, each a step count or None (> cap)
         assert {m: len(v) for m, v in r[key]["steps"].items()} == {m: 3 for m in r["models"]}
-        assert all(s is None or 0 <= s <= 20 for v in r[key]["steps"].values() for s in v)
+        assert all(s is None or 0 <= s <= 10 for v in r[key]["steps"].values() for s in v)
     assert "| tar |" in proc.stdout and "relearn E: steps" in proc.stdout
