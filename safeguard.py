@@ -105,6 +105,7 @@ class SafeguardConfig:
     per: str = "constant"  # random mapping: per 'token' id (paper), per 'position' (docs/paper.md §7), 'constant'
     absolute: bool = False  # random mapping: 1 − |cos| (paper) instead of 1 − cos
     all_layers: bool = True  # random mapping: every hidden state after the embeddings (paper) or the final one
+    retain: str = "Rt"  # the retain term's documents: Rt (retain-train cities) or benign (Rt and the rivers U)
     seed: int = 0
 
 
@@ -218,6 +219,7 @@ def for_method(method: str, **overrides) -> SafeguardConfig:
 
 
 DEFENCE_DATA = ("T", "Rt")  # what every single-level defence reads: forget documents of T, retain documents of Rt
+# (SafeguardConfig.retain="benign": Rt and U)
 
 
 def defend(model, ref, world, cfg: SafeguardConfig, every: int = 0, callback=None) -> list[float]:
@@ -245,7 +247,7 @@ def defend(model, ref, world, cfg: SafeguardConfig, every: int = 0, callback=Non
         forget, retain = method.terms(model, ref, *batches, cfg, ctx)
         return forget + retain  # a non-finite value stops the loop: adversary.Diverged, nothing saved
 
-    forget, retain = DEFENCE_DATA
+    forget, retain = DEFENCE_DATA[0], cfg.retain
     spec = adversary.Attack(name=cfg.method, lr=cfg.lr, steps=cfg.steps, batch_size=cfg.batch_size, data=forget,
                             weight_decay=0.0, grad_clip=1.0 if cfg.method == "llmu" else 0.0, dist="-")
     batches = zip(Stream(world.tokens[forget], cfg.batch_size, cfg.seed),

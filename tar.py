@@ -21,13 +21,11 @@ Run manual
     pass is θ0 (apply an initial safeguard first). A checkpoint is written every --checkpoint-every (10) steps
     and on SIGTERM or Ctrl-C; --resume continues exactly. A non-finite loss stops the run: nothing is saved.
 
-Files (runs/<domain>/, one writer each): checkpoint/ (resume state), metrics.jsonl (one line per outer step:
-tr_loss, retain_loss, retain_lm, retain_rep, grad_norm, inner_lr, seconds; every --eval-every steps dev_forget
-on the dev group V and dev_benign on G_dev (refusal world: ASR / harmless, and refusal), never E (with --model
-the real datasets have no dev split: WMDP and MMLU);
-metrics.partial.jsonl while training), tar/ (save_pretrained + tokenizer), results.json (schema in
-`report.run_results`), results.md, *.png.
-"""
+Files (runs/<domain>/, one writer each): checkpoint/ (resume state), metrics.jsonl (metrics.partial.jsonl while
+training; a line per outer step: tr_loss, retain_loss, retain_lm, retain_rep, grad_norm, inner_lr, seconds; every
+--eval-every steps dev_forget on the dev group V and dev_benign on G_dev (refusal: ASR / harmless, and refusal),
+never E; with --model WMDP and MMLU: no dev split), tar/ (save_pretrained + tokenizer), results.json (schema in
+`report.run_results`), results.md, *.png."""
 
 from __future__ import annotations
 
@@ -168,10 +166,9 @@ def outer_optimizer(model, cfg: TARConfig):
         return opt, get_constant_schedule_with_warmup(opt, 0)
     # deviation: plain AdamW, lr 1e-2 decayed to 0 by cosine, in the miniature preset (paper: Schedule-Free
     # AdamW, lr 2e-5, warmup 32, --preset paper) because the miniature recipe was measured with it; the outer lr
-    # mattered most. At a constant 1e-2 whether an attack on unseen entities recovers flips from one outer step to
-    # the next (docs/results.md); decayed, the run ends where its updates have died down (cyber held the
-    # reference attack on 4 of 5 seeds, 0 of 3 at a constant lr), though the verdict still turns on small
-    # differences.
+    # mattered most. At a constant 1e-2 whether an attack on unseen entities recovers flips from one outer step
+    # to the next (docs/results.md); decayed, the run ends where its updates have died down (cyber held the
+    # reference attack on 4 of 5 seeds, 0 of 3 at a constant lr), though the verdict turns on small differences.
     # deviation: Adam's ε = 1e-3 in the miniature preset (paper: 1e-8) because near a clipped gradient's typical
     # entry it gives weights with small gradients smaller steps, which kept held-out facts (docs/results.md).
     fused = (bool(params) and all(p.is_cuda for p in params)) or None  # GPU: one kernel
@@ -210,11 +207,12 @@ METRICS, PARTIAL = "metrics.jsonl", "metrics.partial.jsonl"  # the partial log b
 SHOWN = {"tr_loss": "TR", "retain_loss": "retain", "dev_forget": "forget V", "dev_benign": "G_dev"}  # progress
 
 
-def train_tar(model, ref, world, cfg: TARConfig, run_dir: Path, d: Dist = Dist(), log=print):
+def train_tar(model, ref, world, cfg: TARConfig, run_dir: Path, d: Dist = Dist(), log=print, on_step=None):
     """N outer steps of Alg. 1 from θ0 = `model` (in place). A line per step goes to metrics.partial.jsonl (the
     caller publishes it with the results: a failed rerun never touches the last run's log); a checkpoint every
     --checkpoint-every steps and on SIGTERM or Ctrl-C (then cli.Stopped). A non-finite loss or gradient stops the
-    run before the weights move (adversary.Diverged, naming the outer step); the caller then saves nothing."""
+    run before the weights move (adversary.Diverged, naming the outer step); the caller then saves nothing.
+    on_step(step, model) after each step sees the weights that would be saved (search.py scores snapshots)."""
     ref.eval().requires_grad_(False)
     opt, schedule = outer_optimizer(model, cfg)
     rng = random.Random(cfg.seed)  # attacks and their data orders; the same on every rank
@@ -250,6 +248,8 @@ def train_tar(model, ref, world, cfg: TARConfig, run_dir: Path, d: Dist = Dist()
                     averaged_weights(opt, False)
                     m.update(dev_forget=acc["forget"], dev_benign=acc["G" if "G" in acc else "retain"],
                              **({"refusal": acc["refusal"]} if "refusal" in acc else {}))  # (refusal world: on V)
+                if on_step is not None:  # at the weights that would be saved (Schedule-Free: the averaged ones)
+                    averaged_weights(opt, True), on_step(step, model), averaged_weights(opt, False)
                 bar.set_postfix(**{SHOWN[k]: f"{v:.2f}" if "loss" in k else f"{v:.0%}"
                                    for k, v in m.items() if k in SHOWN})
                 bar.update(1)
@@ -363,9 +363,8 @@ def run(cfg: TARConfig, log=print) -> dict:
 
 
 def run_real(cfg: TARConfig, run_dir: Path, d: Dist, log) -> dict:
-    """Alg. 1 on a Hugging Face model and the real datasets, in one process or sharded under torchrun. The
-    result is scored in memory (WMDP, MMLU minus the domain; lm-eval letter style, 0-shot) and written with
-    save_pretrained; red-team it with evaluate.py."""
+    """Alg. 1 on a Hugging Face model and the real datasets, in one process or sharded under torchrun. Scored in
+    memory (WMDP, MMLU minus the domain; lm-eval letter style, 0-shot), saved with save_pretrained (evaluate.py)."""
     t0 = time.time()
     world = load_real_world(cfg.world())
     model, ref = (storage.load_model(cfg.model, d, safetensors_only=True) for _ in range(2))  # ref: frozen θ0

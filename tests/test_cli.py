@@ -15,6 +15,7 @@ import evaluate
 import fsdp
 import plots
 import safeguard
+import search
 import selection
 import tar
 from benchmarks import gpu, tar_step
@@ -24,7 +25,7 @@ from conftest import cli_error
 SCRIPTS = {"tar.py": (tar.main, tar.TARConfig), "safeguard.py": (safeguard.main, safeguard.SafeguardArgs),
            "evaluate.py": (evaluate.main, evaluate.RedTeamArgs), "data.py": (data.main, data.WorldArgs),
            "plots.py": (plots.main, plots.PlotArgs), "fsdp.py": (fsdp.main, fsdp.EstimateArgs),
-           "selection.py": (selection.main, selection.SelectionArgs),
+           "selection.py": (selection.main, selection.SelectionArgs), "search.py": (search.main, search.SearchArgs),
            "benchmarks/gpu.py": (gpu.main, gpu.GpuArgs), "benchmarks/tar_step.py": (tar_step.main, tar_step.BenchArgs)}
 
 

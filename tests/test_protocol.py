@@ -15,12 +15,13 @@ import protocol
 import redteam
 import safeguard
 import scoring
+import search
 import selection
 import sweep
 import world
 from cli import UserError
 from config import TARConfig
-from conftest import tiny_model
+from conftest import cli_error, tiny_model
 from realdata import world_model
 
 
@@ -61,7 +62,9 @@ def test_who_reads_what_on_document_hashes(full_world):
     retain_choices = next(f for f in fields(TARConfig) if f.name == "retain_data").metadata["choices"]
     train = tar_cfg.train_attacks()
     readers = {
-        "defences": {*safeguard.DEFENCE_DATA, train.forget, train.retain, "T_tr", *retain_choices},
+        "defences": {*safeguard.DEFENCE_DATA, train.forget, train.retain, "T_tr", *retain_choices,
+                     *(s.get("retain", "Rt") for s, _, _ in search.CANDIDATES.values()),  # the search's stage 1
+                     *(t.get("retain_data", "Rt") for _, t, _ in search.CANDIDATES.values() if t is not None)},
         "red team": {s for a in adversary.ATTACKS.values() for s in (a.data, a.retain_data) if s} | set(sweep.DATA),
         "relearning": {protocol.RELEARN.data}, "learnability": {protocol.LEARN.data},
         "pretraining": {safeguard.BaseConfig().data, "oracle"},
@@ -132,6 +135,23 @@ def test_selection_runs_without_E_and_picks_by_the_rule(small_world, tmp_path, m
     made = json.loads((tmp_path / "run" / "selection.json").read_text())
     assert set(made["candidates"]) == {str(tmp_path / "run" / n) for n in ("a", "b")}
     assert made["pick"] in made["candidates"] and made["reference_attack"]["steps"] == 6
+
+
+def test_search_table_picks_by_the_rule_and_the_cli_refuses_what_it_cannot_run(tmp_path, capsys):
+    def row(name, step, v, g_rest, v_att, g_att):
+        return {"name": name, "step": step, "V": v, "G_dev": g_rest, "Rt": 1.0, "U": 1.0, "forget_V_rest": v,
+                "G_dev_rest": g_rest, "forget_V_attacked": v_att, "G_dev_attacked": g_att, "diverged": None,
+                "train_seconds": 60.0}
+    rows = [row("a", 0, 0.20, 0.95, 0.10, 0.95),  # θ0: stage 1 is no TAR candidate, however low
+            row("a", 25, 0.25, 0.90, 0.30, 0.80), row("a", 50, 0.22, 0.80, 0.20, 0.80),  # a@50 loses G_dev
+            row("b", 50, 0.25, 0.90, 0.40, 0.90)]
+    text = search.table(rows)
+    assert text.splitlines()[-1] == "pick: a@25" and "| **a** | 25 |" in text and "| a | 50 |" in text
+    assert "pick: none" in search.table([rows[0], rows[2]])
+    code, line = cli_error(capsys, search.main, ["--runs", str(tmp_path), "--only", "nonesuch"])
+    assert code == 2 and "unknown candidate(s) nonesuch" in line
+    code, line = cli_error(capsys, search.main, ["--runs", str(tmp_path)])
+    assert code == 1 and "no base model" in line and "python tar.py --domain bio" in line
 
 
 def test_interval_against_hand_computed_values():

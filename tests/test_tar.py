@@ -1,6 +1,7 @@
 """Alg. 1: exact restore, the first-order gradient it applies, the CLI's errors, and an end-to-end smoke run."""
 
 import copy
+import itertools
 import json
 import random
 import subprocess
@@ -15,6 +16,7 @@ import config
 import cli
 import adversary
 import losses
+import safeguard
 import tar
 from conftest import cli_error, tiny_model
 
@@ -120,12 +122,29 @@ def test_retain_data_chooses_the_retain_documents(small_world, retain_data, tmp_
     seen = []  # every x_r the outer steps receive
     monkeypatch.setattr(tar, "outer_step", lambda model, ref, opt, world, x_tr, x_r, *a, **k: seen.append(x_r) or {})
     cfg = tar.TARConfig(outer_steps=6, inner_steps=4, retain_batch=8, eval_every=0, retain_data=retain_data)
+    model, steps = tiny_model(len(small_world.tokenizer)), []
+    tar.train_tar(model, copy.deepcopy(model), small_world, cfg, tmp_path, log=lambda *_: None,
+                  on_step=lambda step, m: steps.append((step, m is model)))  # search.py's snapshots
+    assert steps == [(s, True) for s in range(1, 7)]
+    assert_retain_documents(small_world, seen, retain_data)
+
+
+@pytest.mark.parametrize("retain", ["Rt", "benign"])
+def test_safeguard_retain_chooses_the_retain_documents(small_world, retain, monkeypatch):
+    """Stage 1's retain term (SafeguardConfig.retain) reads Rt, or Rt and the rivers U."""
+    seen = []
+    monkeypatch.setattr(adversary, "attack", lambda model, spec, batches, **k: seen.extend(
+        r for _, r in itertools.islice(batches, 6)) or [])
     model = tiny_model(len(small_world.tokenizer))
-    tar.train_tar(model, copy.deepcopy(model), small_world, cfg, tmp_path, log=lambda *_: None)
+    safeguard.defend(model, copy.deepcopy(model), small_world, safeguard.SafeguardConfig(retain=retain, batch_size=8))
+    assert_retain_documents(small_world, seen, retain)
+
+
+def assert_retain_documents(world, batches, retain):
     ids = lambda t: set(t.ids[t.mask.bool()].tolist())
-    rivers = ids(small_world.tokens["U"]) - ids(small_world.tokens["Rt"])  # river names, river-only words
-    drawn = set(torch.cat([b.input_ids[b.attention_mask.bool()] for b in seen]).tolist())
-    assert drawn & ids(small_world.tokens["Rt"]) and bool(drawn & rivers) == (retain_data == "benign")
+    rivers = ids(world.tokens["U"]) - ids(world.tokens["Rt"])  # river names, river-only words
+    drawn = set(torch.cat([b.input_ids[b.attention_mask.bool()] for b in batches]).tolist())
+    assert drawn & ids(world.tokens["Rt"]) and bool(drawn & rivers) == (retain == "benign")
 
 
 @pytest.mark.parametrize("argv,message", [
