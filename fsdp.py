@@ -22,6 +22,7 @@ Run:  torchrun --nproc_per_node 8 tar.py --domain bio --model meta-llama/Meta-Ll
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import signal
 import sys
@@ -145,7 +146,9 @@ class Stop:
 
     def __init__(self):
         self.requested = None
-        self.previous = {s: signal.signal(s, self.request) for s in (signal.SIGTERM, signal.SIGINT)}
+        # a worker process (workers.py; search.py trains TAR in one) leaves both to its parent, which stops the pool
+        worker = multiprocessing.parent_process() is not None
+        self.previous = {} if worker else {s: signal.signal(s, self.request) for s in (signal.SIGTERM, signal.SIGINT)}
 
     def request(self, signum, _frame):
         self.requested = "Ctrl-C" if signum == signal.SIGINT else "SIGTERM"

@@ -130,11 +130,13 @@ def run_job(job: Job) -> dict:
 # --------------------------------------------------------------------------------------------------------
 def find_models(run_dir: Path) -> dict[str, Path]:
     """Every directory under `run_dir` holding a config.json is a model, named by its relative path
-    (base, safeguard, tar, baselines/rmu, ...); resume state (checkpoint/) and outputs are skipped."""
+    (base, safeguard, tar, baselines/rmu, ...); resume state (checkpoint/), outputs and search.py's candidates
+    (chosen on V: scoring them all on E would invite a choice on E) are skipped."""
     found = {}
     for cfg in sorted(Path(run_dir).rglob("config.json")):
         rel = cfg.parent.relative_to(run_dir)
-        if not any(part in ("checkpoint", "redteam") or part.endswith((".tmp", ".old")) for part in rel.parts):
+        skipped = ("checkpoint", "redteam", "search")
+        if not any(part in skipped or part.endswith((".tmp", ".old")) for part in rel.parts):
             found[str(rel) if str(rel) != "." else cfg.parent.name] = cfg.parent
     return found
 

@@ -69,7 +69,8 @@ def small_world():
 @pytest.fixture(scope="session")
 def pipeline(tmp_path_factory):
     """Base (and the oracle, on the second core) -> safeguard -> TAR on a reduced world, then the reference attack
-    on each (the models before TAR on the second core while TAR trains), all measured once. Returns the models, the world and every accuracy the accuracy tests assert on."""
+    on each (the models before TAR on the second core while TAR trains), all measured once. Returns the models,
+    the world and every accuracy the accuracy tests assert on."""
     cfg = tar.TARConfig(runs=str(tmp_path_factory.mktemp("runs")), **MINI)
     cfg.validate()
     world = build_world(cfg.world())

@@ -63,8 +63,8 @@ def test_who_reads_what_on_document_hashes(full_world):
     train = tar_cfg.train_attacks()
     readers = {
         "defences": {*safeguard.DEFENCE_DATA, train.forget, train.retain, "T_tr", *retain_choices,
-                     *(s.get("retain", "Rt") for s, _, _ in search.CANDIDATES.values()),  # the search's stage 1
-                     *(t.get("retain_data", "Rt") for _, t, _ in search.CANDIDATES.values() if t is not None)},
+                     *(s.get("retain", safeguard.SafeguardConfig.retain) for s, _ in search.STAGE1.values()),
+                     *(t.get("retain_data", "Rt") for _, t, _ in search.CANDIDATES.values())},  # the search's
         "red team": {s for a in adversary.ATTACKS.values() for s in (a.data, a.retain_data) if s} | set(sweep.DATA),
         "relearning": {protocol.RELEARN.data}, "learnability": {protocol.LEARN.data},
         "pretraining": {safeguard.BaseConfig().data, "oracle"},
@@ -139,19 +139,22 @@ def test_selection_runs_without_E_and_picks_by_the_rule(small_world, tmp_path, m
 
 def test_search_table_picks_by_the_rule_and_the_cli_refuses_what_it_cannot_run(tmp_path, capsys):
     def row(name, step, v, g_rest, v_att, g_att):
-        return {"name": name, "step": step, "V": v, "G_dev": g_rest, "Rt": 1.0, "U": 1.0, "forget_V_rest": v,
-                "G_dev_rest": g_rest, "forget_V_attacked": v_att, "G_dev_attacked": g_att, "diverged": None,
-                "train_seconds": 60.0}
-    rows = [row("a", 0, 0.20, 0.95, 0.10, 0.95),  # θ0: stage 1 is no TAR candidate, however low
+        return {"name": name, "stage1": "s", "step": step, "V": v, "G_dev": g_rest, "Rt": 1.0, "U": 1.0,
+                "forget_V_rest": v, "G_dev_rest": g_rest, "forget_V_attacked": v_att, "G_dev_attacked": g_att,
+                "diverged": None, "train_seconds": 60}
+    rows = [row("s", 0, 0.20, 0.95, 0.10, 0.95),  # θ0: stage 1 is no TAR candidate, however low
             row("a", 25, 0.25, 0.90, 0.30, 0.80), row("a", 50, 0.22, 0.80, 0.20, 0.80),  # a@50 loses G_dev
-            row("b", 50, 0.25, 0.90, 0.40, 0.90)]
+            row("b", 50, 0.25, 0.90, 0.40, 0.90), {"name": "c", "stage1": "s", "step": 7, "failed": "diverged"}]
     text = search.table(rows)
-    assert text.splitlines()[-1] == "pick: a@25" and "| **a** | 25 |" in text and "| a | 50 |" in text
-    assert "pick: none" in search.table([rows[0], rows[2]])
+    assert text.splitlines()[-1] == "pick: a@25" and "| **a** | s | 25 |" in text and "| a | s | 50 |" in text
+    assert "| c | s | 7 | diverged |" in text and "pick: none" in search.table([rows[0], rows[2]])
     code, line = cli_error(capsys, search.main, ["--runs", str(tmp_path), "--only", "nonesuch"])
     assert code == 2 and "unknown candidate(s) nonesuch" in line
-    code, line = cli_error(capsys, search.main, ["--runs", str(tmp_path)])
+    code, line = cli_error(capsys, search.main, ["--runs", str(tmp_path), "--world-entities", "2"])
     assert code == 1 and "no base model" in line and "python tar.py --domain bio" in line
+    # every TAR candidate starts from a stage 1 of the search, and reads no benign text but Rt and U
+    assert all(c[0] in search.STAGE1 for c in search.CANDIDATES.values())
+    assert {"E", "all", "Re", "G_test", "N"} <= set(search.UNSEEN) and not set(search.SEEN) & set(search.UNSEEN)
 
 
 def test_interval_against_hand_computed_values():

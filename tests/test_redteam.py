@@ -130,12 +130,12 @@ def test_aggregation_on_hand_made_results():
 
 def test_results_round_trip_and_resume(small_world, tmp_path, monkeypatch):
     run = tmp_path / "run"
-    for name, seed in (("safeguard", 0), ("tar", 1), ("tar_copy", 1)):
+    for name, seed in (("safeguard", 0), ("tar", 1), ("tar_copy", 1), ("search/s1b/tar", 2)):
         model = tiny_model(vocab_size=len(small_world.tokenizer), seed=seed)
         model.save_pretrained(run / name)
         small_world.tokenizer.save_pretrained(run / name)
     models = redteam.find_models(run)
-    assert list(models) == ["safeguard", "tar", "tar_copy"]
+    assert list(models) == ["safeguard", "tar", "tar_copy"]  # search.py's candidates are not the red team's
     models.pop("tar_copy")
     shared = redteam.redteam({"tar": models["tar"], "tar_copy": run / "tar_copy"}, [Attack("c", steps=1, batch_size=2)],
                               small_world.config, 1, 1, tmp_path / "shared", log=lambda *a: None)

@@ -2,6 +2,7 @@
 rerun keeps the last run's files, damaged files are one line each, Ctrl-C and SIGKILL leave no worker behind,
 a diverged attack is the attacker's failure, and the tokenizer keeps the spaces of what a model generates."""
 
+import dataclasses
 import json
 import os
 import shutil
@@ -17,8 +18,10 @@ import torch
 import adversary
 import cli
 import plots
+import protocol
 import redteam
 import safeguard
+import search
 import storage
 import tar
 from conftest import cli_error, tiny_model
@@ -78,6 +81,33 @@ def test_a_diverged_run_writes_nothing_and_a_failed_rerun_keeps_the_last_run(fin
     assert "base: " in capsys.readouterr().out
     assert [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3, 4, 5]
     assert storage.load_model(run / "base") is not None and not (run / "metrics.partial.jsonl").exists()
+
+
+def test_search_scores_snapshots_in_a_sealed_world_and_resumes(finished, tmp_path, monkeypatch):
+    """search.py on the tiny run's cached base: stage 1, TAR with its snapshots (scored on V and G_dev, with E,
+    Re, G_test and N sealed away), the rows kept; a rerun trains nothing, a changed setting runs again."""
+    runs = tmp_path / "runs"
+    shutil.copytree(finished, runs)
+    monkeypatch.setattr(protocol, "REFERENCE", dataclasses.replace(protocol.REFERENCE, steps=4))
+    monkeypatch.setitem(search.CANDIDATES, "tiny", ("stage1", {"outer_steps": 3, "inner_steps": 4, "tr_every": 2}, ""))
+    args = search.SearchArgs(domain="chem", runs=str(runs), world_entities=4, base_steps=30, safeguard_steps=5,
+                             snapshot_every=2, workers=1, only=["stage1", "tiny"])
+    worlds, real = [], search.stage_one
+    monkeypatch.setattr(search, "stage_one", lambda *a: worlds.append(made := real(*a)) or made)
+    rows = search.run_job(("stage1", args)) + search.run_job(("tiny", args))
+    assert [(r["name"], r["step"]) for r in rows] == [("stage1", 0), ("tiny", 2), ("tiny", 3)]
+    assert all({"V", "G_dev", "forget_V_attacked", "G_dev_attacked"} <= set(r) and "E" not in r for r in rows)
+    assert (runs / "chem" / "search" / "tiny" / "tar").is_dir()
+    for (world, *_), group in zip(worlds, ("E", "Re", "G_test", "N")):  # each read of these raises
+        with pytest.raises(cli.UserError, match="sealed"):
+            world.items[group]
+    out = runs / "chem" / "search" / "search.jsonl"
+    out.write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"name": "tiny", "ste')  # a torn last line
+    monkeypatch.setattr(search, "run_job", lambda job: pytest.fail(f"{job[0]} ran again"))
+    assert len(search.search(args)) == 3 and "| tiny | stage1 | 3 |" in (out.parent / "search.md").read_text()
+    monkeypatch.setattr(search, "Workers", lambda n: pytest.fail("a changed setting is run again") or None)
+    with pytest.raises(pytest.fail.Exception, match="run again"):
+        search.search(dataclasses.replace(args, snapshot_every=1))
 
 
 @pytest.mark.parametrize("damage", ["garbage state", "truncated rank file", "no state.pt"])
