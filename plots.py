@@ -276,6 +276,38 @@ def plot_sweep(summary_path: Path) -> Path:
     return _save(fig, summary_path.parent / "sweep.png")
 
 
+def plot_search(rows: list[dict], path: Path, g_dev_rest: float) -> Path:
+    """search.png beside search.md (search.py): every scored model as G_dev at rest against the reference attack's
+    maximum on V, each TAR candidate's snapshots joined in step order from its θ0 (a star); the rows search.py
+    marks admissible are filled. Lower right is what the search looks for: benign knowledge kept, V held."""
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    theta0 = {r["name"]: r for r in rows if r["step"] == 0}
+    tar = [n for n in dict.fromkeys(r["name"] for r in rows) if n not in theta0]
+    for i, name in enumerate(tar):
+        pts = [r for r in rows if r["name"] == name and "failed" not in r]
+        start = theta0.get(pts[0]["stage1"]) if pts else None
+        line = ([start] if start else []) + pts
+        ax.plot([r["G_dev"] for r in line], [r["forget_V_attacked"] for r in line], "-", color=f"C{i}", lw=1,
+                label=name)
+        for r in pts:
+            fill = None if r["admissible"] else "none"
+            ax.plot(r["G_dev"], r["forget_V_attacked"], "o", color=f"C{i}", ms=4, mfc=fill)
+            ax.annotate(str(r["step"]), (r["G_dev"], r["forget_V_attacked"]), fontsize=5, xytext=(2, 2),
+                        textcoords="offset points")
+    for r in theta0.values():
+        ax.plot(r["G_dev"], r["forget_V_attacked"], "*", color="k", ms=8)
+        ax.annotate(r["name"], (r["G_dev"], r["forget_V_attacked"]), fontsize=6, xytext=(3, -8),
+                    textcoords="offset points")
+    ax.axhline(CHANCE, ls="--", color="k", lw=1)
+    ax.axvline(g_dev_rest, ls=":", color="k", lw=1)
+    ax.set_xlabel("G_dev at rest (benign family no defence reads)", fontsize=8)
+    ax.set_ylabel("reference attack: max forget on V", fontsize=8)
+    ax.set(xlim=(0, 1.02), ylim=(0, 1.02))
+    ax.legend(fontsize=6, loc="upper left")
+    ax.set_title("TAR candidates on the dev split (filled: admissible; numbers: outer step)", fontsize=9)
+    return _save(fig, path)
+
+
 @dataclass
 class PlotArgs:
     results: str = arg("", "a results.json: tar.py's (runs/bio/results.json) or the red team's (runs/bio/redteam/)",

@@ -33,6 +33,7 @@ import torch
 
 import adversary
 import cli
+import plots
 import safeguard
 import scoring
 import selection
@@ -58,15 +59,9 @@ CANDIDATES = {
     "defaults": ("stage1", {}, "today's defaults: where G is lost"),
     "s1b": ("stage1_benign", {"retain_data": "benign"}, "stage 1 and TAR keep Rt and U: TAR must do more of the "
                                                         "forgetting (stage1_benign hides less of V)"),
-    "s1l": ("stage1_benign_lr_1e-3", {"retain_data": "benign"}, "stage 1 costs nothing benign; TAR does the "
-                                                                "forgetting"),
-    "s1b_lr_3e-3": ("stage1_benign", {"retain_data": "benign", "outer_lr": 3e-3}, "G_dev falls most in TAR's "
-                                                                                  "first 20 outer steps: smaller "
-                                                                                  "outer steps"),
-    "s1l_lr_3e-3": ("stage1_benign_lr_1e-3", {"retain_data": "benign", "outer_lr": 3e-3}, "the same"),
-    "s1b_ref_base": ("stage1_benign", {"retain_data": "benign", "reference": "base"}, "the retain term pulls "
-                                                                                      "towards the base, which "
-                                                                                      "knows G (the paper's)"),
+    "s1b_retain_rt": ("stage1_benign", {}, "stage 1 keeps Rt and U, TAR's retain set is Rt alone: which of the "
+                                            "two retain sets decides (s1b)"),
+    "retain_benign": ("stage1", {"retain_data": "benign"}, "today's stage 1, TAR's retain set Rt and U"),
 }
 UNSEEN = (*HOLDS_E, "Re", "G_test", "N")  # sealed: E and the base's stream, and the reported benign groups
 SEEN = ("T", "V", "Rt", "U", "G_dev")  # scored at rest
@@ -155,12 +150,14 @@ def run_job(job: tuple) -> list[dict]:
     return rows
 
 
+def admissible(row: dict) -> bool:
+    return "failed" not in row and selection.admissible(row, selection.Bounds())
+
+
 def table(rows: list[dict]) -> str:
     """search.md: one line per scored model (θ0 of each stage 1 at step 0), the admissible marked, the pick in bold."""
-    bounds = selection.Bounds()
-    ok = lambda r: "failed" not in r and selection.admissible(r, bounds)
     label = lambda r: f"{r['name']}@{r['step']}"
-    chosen = selection.pick({label(r): r for r in rows if r["step"] > 0 and "failed" not in r}, bounds)
+    chosen = selection.pick({label(r): r for r in rows if r["step"] > 0 and "failed" not in r}, selection.Bounds())
     out = ["| candidate | stage 1 | outer step | V at rest | G_dev at rest | Rt | U | reference attack: max V | "
            "min G_dev | admissible | TAR s |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
@@ -171,7 +168,7 @@ def table(rows: list[dict]) -> str:
         attacked = f"{r['forget_V_attacked']:.1%}{' ✝' if r['diverged'] else ''}"
         out.append(f"| {name} | {r['stage1']} | {r['step']} | {r['V']:.1%} | {r['G_dev']:.1%} | {r['Rt']:.1%} | "
                    f"{r['U']:.1%} | {attacked} | {r['G_dev_attacked']:.1%} | "
-                   f"{'θ0' if r['step'] == 0 else 'yes' if ok(r) else 'no'} | {r.get('train_seconds', '–')} |")
+                   f"{'θ0' if r['step'] == 0 else 'yes' if admissible(r) else 'no'} | {r.get('train_seconds', '–')} |")
     out.append(f"\npick: {chosen or 'none: no candidate keeps G_dev within the bounds'}")
     return "\n".join(out) + "\n"
 
@@ -208,9 +205,11 @@ def search(args: SearchArgs) -> list[dict]:
                         f.writelines(json.dumps(r) + "\n" for r in new)
                     rows += new
                     bar.update(1)
-    text = table(sorted(rows, key=lambda r: (known.index(r["name"]), r["step"])))
-    (out.parent / "search.md").write_text(text)
-    print(text)
+    rows = sorted(rows, key=lambda r: (known.index(r["name"]), r["step"]))
+    (out.parent / "search.md").write_text(text := table(rows))
+    plots.plot_search([{**r, "admissible": admissible(r)} for r in rows], out.parent / "search.png",
+                      selection.Bounds().g_dev_rest)
+    print(text + f"wrote {out.parent / 'search.md'} and search.png")
     return rows
 
 

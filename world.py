@@ -76,7 +76,7 @@ READERS = {  # group -> (family, who may read it): docs/protocol.md §1; python 
     "V": ("hazardous", "selection and the accuracies logged in training"),
     "A": ("hazardous", "the red team's attacks"), "E": ("hazardous", "reports only, and the relearning fine-tune"),
     "Rt": ("cities", "the retain losses"), "Re": ("cities", "reports only"),
-    "U": ("rivers", "the red team's benign-data attacks"),
+    "U": ("rivers", "the red team's benign-data attacks; retain losses of the benign retain set (Rt and U)"),
     "G_dev": ("composers", "selection bounds (nothing trains on G after pretraining)"),
     "G_test": ("composers", "reports only (nothing trains on G after pretraining)"),
     "N": ("moons", "the learnability fine-tune only (in no pretraining)"),
