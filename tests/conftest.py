@@ -29,9 +29,9 @@ from workers import Workers, result  # noqa: E402
 from world import WorldConfig, build_world  # noqa: E402
 
 # The reduced world and budgets of the shared pipeline (full size: 30 entities per group, 2000 base steps,
-# 250 safeguard steps, 150 outer steps at K = 64 with a TR point every 8). Here K = 16 with a TR point every 4
-# (K = 16 with every 8 leaves only 2 points); the outer lr and everything else are the defaults.
-MINI = dict(world_entities=12, base_steps=700, safeguard_steps=150, outer_steps=45, inner_steps=16, tr_every=4,
+# 250 safeguard steps, 150 outer steps at K = 64 with a TR point every 8). Here K = 12 with a TR point every 4
+# (3 points; K = 12 with every 8 would leave 1); the outer lr and everything else are the defaults.
+MINI = dict(world_entities=12, base_steps=550, safeguard_steps=120, outer_steps=45, inner_steps=12, tr_every=4,
             attack_steps=50)
 
 
