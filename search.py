@@ -64,7 +64,7 @@ CANDIDATES = {
     "retain_benign": ("stage1", {"retain_data": "benign"}, "today's stage 1, TAR's retain set Rt and U"),
 }
 UNSEEN = (*HOLDS_E, "Re", "G_test", "N")  # sealed: E and the base's stream, and the reported benign groups
-SEEN = ("T", "V", "Rt", "U", "G_dev")  # scored at rest
+SEEN = ("T", "Rt", "U")  # scored at rest besides V and G_dev (those come with selection's evidence, at step 0)
 
 
 @dataclass
@@ -83,6 +83,11 @@ class SearchArgs:
     workers: int = arg(cli.WORKERS, "processes (one torch thread each)", above=0)
 
 
+def parts(name: str) -> tuple[str, dict | None]:
+    """A candidate's stage 1 and TAR overrides (None: stage 1 alone)."""
+    return (name, None) if name in STAGE1 else CANDIDATES[name][:2]
+
+
 def tar_config(args: SearchArgs, overrides: dict) -> TARConfig:
     cfg = configure(domain=args.domain, runs=args.runs, world_seed=args.world_seed, world_entities=args.world_entities,
                     base_steps=args.base_steps, safeguard_steps=args.safeguard_steps, checkpoint_every=0,
@@ -94,7 +99,7 @@ def tar_config(args: SearchArgs, overrides: dict) -> TARConfig:
 def key(args: SearchArgs, name: str) -> str:
     """Every setting a row depends on (world, base, stage 1, and TAR's training settings with the snapshots): a row
     whose key differs was made otherwise and is run again."""
-    stage1, overrides = (name, None) if name in STAGE1 else CANDIDATES[name][:2]
+    stage1, overrides = parts(name)
     cfg = tar_config(args, overrides or {})
     made = [asdict(cfg.world()), cfg.base_steps, cfg.safeguard_steps, STAGE1[stage1][0]]
     if overrides is not None:
@@ -118,14 +123,15 @@ def score(model, world, row: dict) -> dict:
     """`row` with the model's accuracies at rest and selection's evidence under the reference attack."""
     with torch.random.fork_rng():  # the attack seeds torch: a snapshot must not change how TAR goes on
         evidence = {k: v for k, v in selection.dev_evidence(model, world).items() if k != "curve"}
-        return {**row, **scoring.accuracies(model, world, {g: g for g in SEEN}), **evidence}
+    return {**row, **scoring.accuracies(model, world, {g: g for g in SEEN}), **evidence,
+            "V": evidence["forget_V_rest"], "G_dev": evidence["G_dev_rest"]}
 
 
 def run_job(job: tuple) -> list[dict]:
     """One candidate in a worker: a stage 1 scored at step 0, or a TAR run scored at its snapshots and its end."""
     name, args = job
     torch.set_num_threads(1)
-    stage1, overrides = (name, None) if name in STAGE1 else CANDIDATES[name][:2]
+    stage1, overrides = parts(name)
     world, base, theta0 = stage_one(args, stage1)
     row = {"name": name, "key": key(args, name), "stage1": stage1, "overrides": overrides}
     if overrides is None:
