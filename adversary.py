@@ -112,15 +112,18 @@ class TrainAttacks:
     retain_then_forget: float = 0.0  # probability of a retain→forget attack (paper bio ⅓, cyber ½)
 
 
+def train_attack(dist: TrainAttacks, lr: float, switch: int | None = None) -> Attack:
+    """One attack of A_train: forget documents only, or (`switch` given) retain→forget switching there."""
+    spec = Attack(name=f"train_adamw_{lr:g}", lr=lr, steps=dist.steps, batch_size=dist.batch_size,
+                  data=dist.forget, dist="TRAIN")
+    return spec if switch is None else replace(spec, name=f"train_r2f_{lr:g}", retain_data=dist.retain, switch=switch)
+
+
 def sample_attack(rng: random.Random, dist: TrainAttacks) -> Attack:
     """Alg. 1 l.3: attack ~ A_train. A retain→forget attack switches at ⌊K · Beta(6, 3)⌋ (mean ≈ ⅔ K)."""
     lr = rng.choice(dist.lrs)
-    spec = Attack(name=f"train_adamw_{lr:g}", lr=lr, steps=dist.steps, batch_size=dist.batch_size,
-                  data=dist.forget, dist="TRAIN")
-    if rng.random() < dist.retain_then_forget:
-        spec = replace(spec, name=f"train_r2f_{lr:g}", retain_data=dist.retain,
-                       switch=int(dist.steps * rng.betavariate(6, 3)))
-    return spec
+    r2f = rng.random() < dist.retain_then_forget
+    return train_attack(dist, lr, int(dist.steps * rng.betavariate(6, 3)) if r2f else None)
 
 
 # --------------------------------------------------------------------------------------------------------
