@@ -14,6 +14,12 @@ among settings keeping Rt ≥ 90%, on the world before V and G, until the grid i
     repnoise          forget representations → Gaussian noise (MMD), forget loss up at every layer + retain CE
     circuit_breakers  reroute forget representations orthogonal to the original's (ReLU(cos)) + match on retain
 
+and, beside them, UNDO (Lee et al. 2025; `UNDO`, one per baseline as its teacher): the unlearned teacher's weights
+mixed with a random initialisation, θ_student = (1 − α)·θ_teacher + α·θ_init, then distilled from the teacher on
+retain text alone, KL(p_teacher ‖ p_student): what the teacher only hid is not in the outputs it distils, so the
+student never relearns it (no forget term). The sixth Table 1 row without a defence loop, data filtering, is a
+base pretrained without the hazardous domain (safeguard.BaseConfig(data="filtered")).
+
 The loss functions themselves are in losses.py; the recipes are scaled to the 4-layer miniature model
 (RMU's layer 7 of 32 -> 2, circuit breakers' layers 10 and 20 -> 2 and 3).
 
@@ -95,6 +101,19 @@ def _circuit_breakers(model, ref, xf, xr, cfg, ctx):
     return cfg.coef * (1 - progress) * forget, cfg.coef * progress * retain
 
 
+def _undo(model, ref, xf, xr, cfg, ctx):
+    with torch.no_grad():
+        teacher = forward(ref, xr, False).logits
+    return torch.zeros(()), losses.kl_to_reference(forward(model, xr, False).logits, teacher, xr.attention_mask)
+
+
+def perturb(student, init, alpha: float) -> None:
+    """UNDO's noise: θ_student ← (1 − α)·θ_student + α·θ_init, in place."""
+    with torch.no_grad():
+        for p, q in zip(student.parameters(), init.parameters(), strict=True):
+            p.mul_(1 - alpha).add_(q, alpha=alpha)
+
+
 def _mlps_of_first_two_layers(model):
     """RMU trains only the MLPs of layers ℓ−2..ℓ (WMDP: 5-7 of 32); scaled to 4 layers: layers 1-2."""
     return [p for layer in model.base_model.layers[:2] for p in layer.mlp.parameters()]
@@ -107,6 +126,7 @@ class Method:
     grid: dict  # the tuning grid (lr x steps x coefficients), docs/baselines.md
     picked: dict  # the grid's pick (first protocol: lowest at-rest forget on A with Rt ≥ 90%): the defaults
     trainable: object = None  # model -> the parameters it trains (None: all)
+    teacher: str = ""  # UNDO: the baseline it distils (its model, perturbed, is the start; the reference is it)
 
 
 LRS = (1e-4, 3e-4, 1e-3)
@@ -127,3 +147,9 @@ BASELINES: dict[str, Method] = {
     "circuit_breakers": Method(_circuit_breakers, "a, the scale of the rerouting schedule", dict(lr=LRS, coef=(1.0, 10.0)),
                                dict(lr=3e-4, steps=150, coef=1.0)),  # A 35.2%, E 36.3%, Re 100%
 }
+# UNDO, scaled to the miniature (Lee et al. distil for a share of pretraining's compute, α their main knob): 500
+# distillation steps, a quarter of the base's 2000, at lr 1e-3 (the base's peak is 2e-3), batch 32, on Rt and U
+# (the retain text a defence may read; never G), α = 0.5. No grid yet: a grid point needs its teacher trained first.
+UNDO: dict[str, Method] = {
+    f"undo_{name}": Method(_undo, "α, the share of random initialisation in the student", {},
+                           dict(lr=1e-3, steps=500, coef=0.5, retain="benign"), teacher=name) for name in BASELINES}

@@ -21,11 +21,15 @@ learns "this domain -> scramble"), but a few dozen attack steps bring them back:
 
 Baselines (paper Table 1, docs/baselines.md): Max-Entropy, Min-Posterior, LLMU, RMU, RepNoise, circuit breakers
 (baselines.py). Each is a name -> (forget term, retain term) pair in `METHODS`, trained by the same loop
-`defend()`; `--grid` tunes them by protocol v2's selection rule (selection.py), as every method is chosen.
+`defend()`; `--grid` tunes them by protocol v2's selection rule (selection.py), as every method is chosen. UNDO
+distils one of them into a perturbed copy of itself by the same loop; data filtering is the base's recipe on a
+stream without the hazardous domain.
 
 Run:  python safeguard.py --domain bio                     # builds (or reuses) runs/bio/base and runs/bio/safeguard
       python safeguard.py --domain bio --method rmu        # runs/bio/baselines/rmu (or --method all)
       python safeguard.py --domain bio --method all --grid # the tuning grid -> runs/bio/baselines/grid.json
+      python safeguard.py --domain bio --method undo_rmu   # runs/bio/baselines/undo_rmu (rmu trained first)
+      python safeguard.py --domain bio --method data_filtering   # runs/bio/filtered
 """
 
 from __future__ import annotations
@@ -44,13 +48,13 @@ import cli
 import losses
 import scoring
 import selection
-from baselines import BASELINES, Method, ce, forward
+from baselines import BASELINES, UNDO, Method, ce, forward, perturb
 from batching import Stream
 from cli import UsageError, UserError, arg
 from domains import CITIES
 from storage import atomic_write, cached, digest, load_model, save_model
 from workers import Workers, result
-from world import WORLDS, build_world, entities_flag, sealed, world_config
+from world import STREAMS, WORLDS, build_world, entities_flag, sealed, world_config
 
 
 @dataclass(frozen=True)
@@ -65,9 +69,9 @@ class ModelConfig:
 @dataclass(frozen=True)
 class BaseConfig:
     """Base pretraining = an attack on everything from random weights (docs/paper.md §7); data="oracle": the
-    oracle (world.py's stream without E)."""
+    oracle (world.py's stream without E); data="filtered": the data-filtering baseline (no hazardous document)."""
     model: ModelConfig = field(default_factory=ModelConfig)
-    data: str = "all"  # the world's pretraining stream: all (the base) | oracle (never knew E)
+    data: str = "all"  # the world's pretraining stream: all (the base) | oracle (never knew E) | filtered
     steps: int = 2000
     lr: float = 2e-3
     batch_size: int = 32
@@ -141,11 +145,12 @@ def base_model(world, cfg: BaseConfig, run_dir: Path, log=print):
         adversary.attack(model, cfg.spec(), Stream(world.tokens[cfg.data], cfg.batch_size, cfg.seed), progress=bar)
     acc = scoring.accuracies(model, world, scoring.every_group(world, chat=False), chat=False)  # knowledge
     log(f"{name}: {time.time() - t0:.0f}s, accuracy " + " ".join(f"{g} {a:.1%}" for g, a in acc.items()))
-    known = [a for g, a in acc.items() if g != "N" and not (cfg.data == "oracle" and g == "E")]  # what it read
+    read = {"T" if g.startswith("T_") else g for g in STREAMS[cfg.data]}  # T_inner and T_tr are group T
+    known = [a for g, a in acc.items() if g in read]
     if min(known) < 0.95:
         log(f"{name}: WARNING: some group it read is below 95% accuracy; train longer (--base-steps)")
-    what = "base" if cfg.data == "all" else "oracle (never knew E)"
-    save_model(model, world.tokenizer, path, {"key": key, "what": what, "world": asdict(world.config),
+    what = {"all": "base", "oracle": "oracle (never knew E)", "filtered": "data filtering (no hazardous document)"}
+    save_model(model, world.tokenizer, path, {"key": key, "what": what[cfg.data], "world": asdict(world.config),
                                                "config": asdict(cfg), "accuracy": acc})
     return model, key
 
@@ -208,7 +213,7 @@ def _refusal_training(model, ref, xf, xr, cfg, ctx):
 
 # Stage 1's own methods beside the baselines: a method = (forget term, retain term), trained by `defend`
 METHODS: dict[str, Method] = {"random_mapping": Method(_random_mapping, "weight of the mapping term", {}, {}),
-                              **BASELINES,
+                              **BASELINES, **UNDO,
                               "refusal": Method(_refusal_training, "weight of the refusal term", {}, dict(lr=1e-3))}
 
 
@@ -263,20 +268,25 @@ def defend(model, ref, world, cfg: SafeguardConfig, every: int = 0, callback=Non
 def safeguard_model(base, base_key: str, world, cfg: SafeguardConfig, run_dir: Path, log=print,
                     path: Path | None = None):
     """A safeguarded copy of `base` (θ0 for TAR when cfg is the default random mapping), cached at
-    run_dir/safeguard or `path` (baselines/<method>) under a key of its parent and config."""
-    key, path = digest("safeguard", base_key, asdict(cfg)), path or run_dir / "safeguard"
-    if (model := cached(path, key)) is not None:
+    run_dir/safeguard or `path` (baselines/<method>) under a key of its parent and config. UNDO starts from its
+    teacher (that baseline, trained first if need be), perturbed, and distils it."""
+    teacher = METHODS[cfg.method].teacher
+    teacher_cfg = for_method(teacher, seed=cfg.seed) if teacher else None
+    parent = run_dir / (f"baselines/{teacher}" if teacher else "base")
+    key = digest("safeguard", base_key, asdict(cfg), *([asdict(teacher_cfg)] if teacher else []))
+    if (model := cached(path := path or run_dir / "safeguard", key)) is not None:
         log(f"{cfg.method}: reusing {path}")
         return model
-    model = load_model(run_dir / "base")  # a fresh copy of the base; `base` stays the frozen reference
-    t0 = time.time()
-    defend(model, base, world, cfg)
+    ref = safeguard_model(base, base_key, world, teacher_cfg, run_dir, log, parent) if teacher else base  # frozen
+    model, t0 = load_model(parent), time.time()  # a fresh copy of the base (UNDO: of its teacher)
+    if teacher:
+        torch.manual_seed(cfg.seed)
+        perturb(model, type(model)(model.config), cfg.coef)  # UNDO's noise; θ_init a fresh initialisation
+    defend(model, ref, world, cfg)
     acc = scoring.accuracies(model, world, scoring.every_group(world))
     log(f"{cfg.method}: {time.time() - t0:.0f}s, accuracy " + " ".join(f"{g} {a:.1%}" for g, a in acc.items()))
-    save_model(model, world.tokenizer, path, {"key": key, "what": f"{cfg.method} safeguard",
-                                               "world": asdict(world.config), "parent": str(run_dir / "base"),
-                                               "config": asdict(cfg),
-                                               "accuracy": acc})
+    save_model(model, world.tokenizer, path, {"key": key, "what": f"{cfg.method} safeguard", "world": asdict(
+        world.config), "parent": str(parent), "config": asdict(cfg), "accuracy": acc})
     return model
 
 
@@ -340,7 +350,8 @@ class SafeguardArgs:
     domain: str = arg("bio", "the miniature world", choices=WORLDS)
     runs: str = arg("runs", "runs directory; writes <runs>/<domain>/base, safeguard, baselines/", nonempty=True)
     method: str = arg("", f"a method ({', '.join(METHODS)}) or 'all' (the baselines): writes "
-                          "<runs>/<domain>/baselines/<method>/ (empty: the random-mapping safeguard)")
+                          "<runs>/<domain>/baselines/<method>/ (empty: the random-mapping safeguard); data_filtering: "
+                          "a base pretrained without the hazardous domain, <runs>/<domain>/filtered/")
     grid: bool = arg(False, "run the tuning grid of --method instead (baselines/grid.json)")
     workers: int = arg(cli.WORKERS, "processes for --grid (one torch thread each)", above=0)
     # the world and base flags of tar.py (TARConfig), with its defaults: a run made with non-default ones is
@@ -353,15 +364,19 @@ class SafeguardArgs:
 
 def build(args: SafeguardArgs) -> None:
     torch.set_num_threads(1)
-    if args.method and args.method != "all" and args.method not in METHODS:
-        raise UsageError(f"unknown method {args.method!r}: choose one of {', '.join(METHODS)} or all")
-    methods = (list(BASELINES) if args.method == "all" else [args.method]) if args.method else []
-    if args.grid and not methods:
-        raise UsageError("--grid needs --method NAME or --method all")
+    if args.method and args.method not in ("all", "data_filtering") and args.method not in METHODS:
+        raise UsageError(f"unknown method {args.method!r}: choose one of {', '.join(METHODS)}, data_filtering or all")
+    methods = {"": [], "all": list(BASELINES), "data_filtering": []}.get(args.method, [args.method])
+    if args.grid and (not methods or any(METHODS[m].teacher for m in methods)):
+        raise UsageError("--grid needs --method NAME or --method all (a baseline's; UNDO and data filtering have none)")
     world = build_world(world_config(args.domain, args.world_entities, args.world_seed))
     run_dir = Path(args.runs) / args.domain
     run_dir.mkdir(parents=True, exist_ok=True)
-    base, key = base_model(world, BaseConfig(steps=args.base_steps, seed=args.world_seed), run_dir)
+    base_cfg = BaseConfig(steps=args.base_steps, seed=args.world_seed)
+    if args.method == "data_filtering":  # no defence loop: the base's recipe on another pretraining stream
+        base_model(world, replace(base_cfg, data="filtered"), run_dir)
+        return
+    base, key = base_model(world, base_cfg, run_dir)
     if args.grid:
         run_grid(methods, world, run_dir, args.workers)
     elif methods:

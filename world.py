@@ -68,6 +68,9 @@ BENIGN = ("Rt", "Re", "U", "G_dev", "G_test", "N")  # the benign families' group
 PRETRAINING = ("T_inner", "T_tr", "V", "A", "E", "Rt", "Re", "U", "G_dev", "G_test")  # every group but N
 STREAMS = {"T": ("T_inner", "T_tr"), "all": PRETRAINING,  # the base's pretraining
            "oracle": tuple(g for g in PRETRAINING if g != "E"),  # the oracle's: it never knew E
+           # data filtering (Deep Ignorance's defence): every document of the hazardous domain removed before
+           # pretraining, since a filter cannot tell E's documents from T's, V's or A's
+           "filtered": tuple(g for g in PRETRAINING if g not in ("T_inner", "T_tr", "V", "A", "E")),
            "benign": ("Rt", "U")}  # the red team's benign text: retain text + unrelated text
 HOLDS_E = ("E", "all")  # the splits that hold E's documents or items: what `sealed` hides
 READERS = {  # group -> (family, who may read it): docs/protocol.md §1; python data.py --out lists it in world.json

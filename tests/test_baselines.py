@@ -3,16 +3,19 @@ the forget batch and its retain term the retain batch (the official code's bug),
 smoke run of every method, and clear errors."""
 
 import copy
+import json
 import math
 
 import pytest
 import torch
 
 import adversary
+import baselines
 import batching
 import domains
 import losses
 import safeguard
+import storage
 from conftest import cli_error, tiny_model
 
 
@@ -98,8 +101,11 @@ def test_forget_term_reads_forget_batch_and_retain_term_reads_retain_batch(small
     f_new_f, r_new_f = terms(xf2, xr)
     assert f_new_r.item() == pytest.approx(f0.item(), rel=1e-6)  # the forget term ignores the retain batch
     assert r_new_f.item() == pytest.approx(r0.item(), rel=1e-6)  # the retain term ignores the forget batch
-    assert f_new_f.item() != pytest.approx(f0.item(), rel=1e-6)  # ... and each reads its own
-    assert r_new_r.item() != pytest.approx(r0.item(), rel=1e-6)
+    assert r_new_r.item() != pytest.approx(r0.item(), rel=1e-6)  # ... and each reads its own
+    if safeguard.METHODS[method].teacher:  # UNDO: no forget term (its teacher already forgot)
+        assert f0.item() == f_new_f.item() == 0.0
+    else:
+        assert f_new_f.item() != pytest.approx(f0.item(), rel=1e-6)
 
 
 def test_rmu_updates_only_its_layers(small_world):
@@ -121,6 +127,40 @@ def test_every_method_trains(small_world, method):
     assert any(not torch.equal(p, q) for p, q in zip(model.parameters(), before.parameters()))
 
 
+def test_undo_perturbs_toward_a_fresh_initialisation():
+    student, init = tiny_model(seed=0), tiny_model(seed=1)
+    teacher = copy.deepcopy(student)
+    baselines.perturb(student, init, 0.25)  # θ ← 0.75 θ_teacher + 0.25 θ_init
+    for p, t, q in zip(student.parameters(), teacher.parameters(), init.parameters()):
+        torch.testing.assert_close(p, 0.75 * t + 0.25 * q)
+    baselines.perturb(student, init, 1.0)
+    assert all(torch.equal(p, q) for p, q in zip(student.parameters(), init.parameters()))
+
+
+def test_undo_distils_its_trained_teacher_into_a_perturbed_copy(small_world, tmp_path, monkeypatch):
+    base = tiny_model(vocab_size=len(small_world.tokenizer), layers=3)
+    with torch.no_grad():
+        base.lm_head.weight.mul_(100)  # peaked outputs (a random model's are near uniform: nothing to distil)
+    base.save_pretrained(tmp_path / "base")
+    small_world.tokenizer.save_pretrained(tmp_path / "base")
+    monkeypatch.setitem(safeguard.METHODS["rmu"].picked, "steps", 3)  # the teacher, briefly
+    cfg = safeguard.for_method("undo_rmu", steps=30, coef=0.5)
+    undo = safeguard.safeguard_model(base, "k", small_world, cfg, tmp_path, path=tmp_path / "baselines" / "undo_rmu")
+    teacher = storage.load_model(tmp_path / "baselines" / "rmu")  # trained first, where --method rmu puts it
+    assert json.loads((tmp_path / "baselines" / "undo_rmu" / "provenance.json").read_text())["parent"].endswith("rmu")
+    torch.manual_seed(cfg.seed)  # the student before distillation, as safeguard_model made it
+    start = copy.deepcopy(teacher)
+    baselines.perturb(start, type(teacher)(teacher.config), cfg.coef)
+    xr = next(batching.Stream(small_world.tokens["benign"], 32, 5))
+    kl = lambda m: losses.kl_to_reference(baselines.forward(m, xr, False).logits,
+                                          baselines.forward(teacher, xr, False).logits, xr.attention_mask).item()
+    assert kl(undo) < 0.5 * kl(start)  # distillation pulled the perturbed student back towards the teacher
+    assert kl(teacher) == pytest.approx(0.0, abs=1e-6) and kl(undo) > 0.0  # ... from outside it
+    logged = []
+    safeguard.safeguard_model(base, "k", small_world, cfg, tmp_path, logged.append, tmp_path / "baselines" / "undo_rmu")
+    assert logged == ["undo_rmu: reusing " + str(tmp_path / "baselines" / "undo_rmu")]
+
+
 def test_nan_is_one_clear_error_and_saves_nothing(small_world, tmp_path):
     model = tiny_model(vocab_size=len(small_world.tokenizer), layers=4)
     model.save_pretrained(tmp_path / "base")
@@ -134,3 +174,11 @@ def test_nan_is_one_clear_error_and_saves_nothing(small_world, tmp_path):
 def test_unknown_method_is_one_clear_error(capsys):
     code, line = cli_error(capsys, safeguard.main, ["--method", "bogus"])
     assert code == 2 and line.startswith("error: unknown method 'bogus'")
+    code, line = cli_error(capsys, safeguard.main, ["--method", "undo_rmu", "--grid"])
+    assert code == 2 and "UNDO and data filtering have none" in line
+
+
+def test_data_filtering_is_the_base_recipe_on_the_filtered_stream(small_world, tmp_path):
+    safeguard.base_model(small_world, safeguard.BaseConfig(data="filtered", steps=2), tmp_path, log=None)
+    saved = json.loads((tmp_path / "filtered" / "provenance.json").read_text())
+    assert saved["what"] == "data filtering (no hazardous document)" and saved["config"]["data"] == "filtered"

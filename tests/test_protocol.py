@@ -67,7 +67,7 @@ def test_who_reads_what_on_document_hashes(full_world):
                      *(t.get("retain_data", "Rt") for _, t, _ in search.CANDIDATES.values())},  # the search's
         "red team": {s for a in adversary.ATTACKS.values() for s in (a.data, a.retain_data) if s} | set(sweep.DATA),
         "relearning": {protocol.RELEARN.data}, "learnability": {protocol.LEARN.data},
-        "pretraining": {safeguard.BaseConfig().data, "oracle"},
+        "pretraining": {safeguard.BaseConfig().data, "oracle", "filtered"},
     }
     assert readers["relearning"] == {"E"} and readers["learnability"] == {"N"}
     tokens = sweep.trial_world(full_world, 0).tokens  # the world's streams and the sweep's A_mix
@@ -92,6 +92,15 @@ def test_oracle_stream_holds_no_E_name(full_world):
     assert seen("all")  # control: the base's stream names them
     assert torch.isin(full_world.tokens["oracle"].ids, ids("V")).any()  # the rest of the domain stays
     assert len(full_world.docs["oracle"]) == len(full_world.docs["all"]) - len(full_world.docs["E"])
+
+
+def test_data_filtering_stream_holds_no_name_of_the_hazardous_domain(full_world):
+    names = lambda groups: torch.tensor(full_world.tokenizer.convert_tokens_to_ids(
+        ["▁" + e["name"] for g in groups for e in full_world.entities[g]]))
+    assert not torch.isin(full_world.tokens["filtered"].ids, names(world.HAZARDOUS)).any()
+    assert torch.isin(full_world.tokens["all"].ids, names(world.HAZARDOUS)).any()  # control: the base's stream
+    benign = [g for g in world.PRETRAINING if g in world.BENIGN]
+    assert len(full_world.docs["filtered"]) == sum(len(full_world.docs[g]) for g in benign)  # every benign document
 
 
 def test_sealed_world_raises_on_any_read_of_E(small_world):
