@@ -17,7 +17,7 @@ among settings keeping Rt ≥ 90%, on the world before V and G, until the grid i
 and, beside them, UNDO (Lee et al. 2025; `UNDO`, one per baseline as its teacher): the unlearned teacher's weights
 mixed with a random initialisation, θ_student = (1 − α)·θ_teacher + α·θ_init, then distilled from the teacher on
 retain text alone, KL(p_teacher ‖ p_student): what the teacher only hid is not in the outputs it distils, so the
-student never relearns it (no forget term). The sixth Table 1 row without a defence loop, data filtering, is a
+student never relearns it (no forget term). The Table 1 row without any defence loop, data filtering, is a
 base pretrained without the hazardous domain (safeguard.BaseConfig(data="filtered")).
 
 The loss functions themselves are in losses.py; the recipes are scaled to the 4-layer miniature model

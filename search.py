@@ -62,6 +62,16 @@ CANDIDATES = {
     "s1b_retain_rt": ("stage1_benign", {}, "stage 1 keeps Rt and U, TAR's retain set is Rt alone: which of the "
                                             "two retain sets decides (s1b)"),
     "retain_benign": ("stage1", {"retain_data": "benign"}, "today's stage 1, TAR's retain set Rt and U"),
+    "s1lr_retain_rt": ("stage1_benign_lr_1e-3", {}, "the stage 1 that keeps G_dev at 100%, TAR on Rt (as "
+                                                    "s1b_retain_rt, the only one that resisted)"),
+    "s1b_lambda_retain_1": ("stage1_benign", {"retain_data": "benign", "lambda_retain": 1.0},
+                            "as s1b with the paper's λ_retain = 1: U kept, the TR term 4× stronger against it"),
+    "s1lr_lambda_retain_1": ("stage1_benign_lr_1e-3", {"retain_data": "benign", "lambda_retain": 1.0},
+                             "the same from the stage 1 that keeps G_dev at 100%"),
+    "s1b_all": ("stage1_benign", {"retain_data": "benign", "outer_params": "all"},
+                "as s1b, the outer step training every weight (the paper), not the MLPs alone"),
+    "s1b_retain_rt_outer_lr_3e-3": ("stage1_benign", {"outer_lr": 3e-3}, "as s1b_retain_rt at a third of the "
+                                                                          "outer lr: G lost more slowly?"),
 }
 UNSEEN = (*HOLDS_E, "Re", "G_test", "N")  # sealed: E and the base's stream, and the reported benign groups
 SEEN = ("T", "Rt", "U")  # scored at rest besides V and G_dev (those come with selection's evidence, at step 0)
