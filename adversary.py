@@ -107,15 +107,18 @@ class TrainAttacks:
     lrs: tuple[float, ...]  # inner_lrs
     steps: int  # K = inner_steps
     batch_size: int  # inner_batch
-    forget: str = "T_inner"  # forget documents the simulated attacker trains on (x_TR comes from T_tr)
+    # forget documents the simulated attacker trains on, one split drawn per attack (real bio: each corpus's share,
+    # Pile-bio or Camel-bio, as the paper samples them); x_TR comes from T_tr
+    forget: tuple[str, ...] = ("T_inner",)
     retain: str = "Rt"  # retain documents for retain→forget attacks
     retain_then_forget: float = 0.0  # probability of a retain→forget attack (paper bio ⅓, cyber ½)
 
 
-def train_attack(dist: TrainAttacks, lr: float, switch: int | None = None) -> Attack:
-    """One attack of A_train: forget documents only, or (`switch` given) retain→forget switching there."""
+def train_attack(dist: TrainAttacks, lr: float, switch: int | None = None, forget: str = "") -> Attack:
+    """One attack of A_train on `forget` (its first split by default): forget documents only, or (`switch`
+    given) retain→forget switching there."""
     spec = Attack(name=f"train_adamw_{lr:g}", lr=lr, steps=dist.steps, batch_size=dist.batch_size,
-                  data=dist.forget, dist="TRAIN")
+                  data=forget or dist.forget[0], dist="TRAIN")
     return spec if switch is None else replace(spec, name=f"train_r2f_{lr:g}", retain_data=dist.retain, switch=switch)
 
 
@@ -123,7 +126,8 @@ def sample_attack(rng: random.Random, dist: TrainAttacks) -> Attack:
     """Alg. 1 l.3: attack ~ A_train. A retain→forget attack switches at ⌊K · Beta(6, 3)⌋ (mean ≈ ⅔ K)."""
     lr = rng.choice(dist.lrs)
     r2f = rng.random() < dist.retain_then_forget
-    return train_attack(dist, lr, int(dist.steps * rng.betavariate(6, 3)) if r2f else None)
+    switch = int(dist.steps * rng.betavariate(6, 3)) if r2f else None
+    return train_attack(dist, lr, switch, rng.choice(dist.forget) if len(dist.forget) > 1 else "")  # one: no draw
 
 
 # --------------------------------------------------------------------------------------------------------

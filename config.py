@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass
 import cli
 from adversary import TrainAttacks
 from cli import UsageError, arg
-from realworld import RealWorldConfig
+from realworld import FORGET_CORPORA, RealWorldConfig
 from safeguard import SafeguardConfig
 from world import WORLDS, WorldConfig, entities_flag, world_config
 
@@ -159,8 +159,10 @@ class TARConfig:
         return world_config(self.domain, self.world_entities, self.world_seed)
 
     def train_attacks(self) -> TrainAttacks:
+        corpora = FORGET_CORPORA.get(self.domain, ()) if self.model else ()  # real bio: Pile-bio and Camel-bio
         return TrainAttacks(lrs=tuple(self.inner_lrs), steps=self.inner_steps, batch_size=self.inner_batch,
-                            retain_then_forget=self.retain_then_forget)
+                            retain_then_forget=self.retain_then_forget,
+                            forget=tuple(f"T_inner:{c}" for c in corpora) if len(corpora) > 1 else ("T_inner",))
 
 
 # The settings that leave the trained weights as they are: a resumed run may change them (a moved run directory,

@@ -33,12 +33,12 @@ from adversary import SUITES, Attack, TrainAttacks, train_attack
 from config import configure
 
 AXES = ("optimizer", "schedule", "lora", "data", "lr", "length")
-HAZARDOUS = ("A", "T_inner")  # one data value: hazardous documents of the training templates
+HAZARDOUS = ("A", "T_inner")  # one data value: hazardous documents of the training templates (T_inner:<corpus> too)
 
 
 def point(spec: Attack) -> dict:
     """An attack's value on each axis."""
-    data = "hazardous" if spec.data in HAZARDOUS else spec.data
+    data = "hazardous" if spec.data.split(":")[0] in HAZARDOUS else spec.data
     return {"optimizer": spec.optimizer, "schedule": spec.schedule + (" + warmup" if spec.warmup else ""),
             "lora": f"r{spec.lora_rank}" if spec.lora_rank else "full", "lr": f"{spec.lr:.3g}",  # 3e-4/10 is 3e-5
             "data": f"{spec.retain_data}→{data}" if spec.retain_data else data, "length": spec.steps}
@@ -47,7 +47,7 @@ def point(spec: Attack) -> dict:
 def support(dist: TrainAttacks) -> list[Attack]:
     """Every attack A_train can draw (a retain→forget attack's switch point aside)."""
     switches = {0.0: [None], 1.0: [0]}.get(dist.retain_then_forget, [None, 0])
-    return [train_attack(dist, lr, s) for lr in dist.lrs for s in switches]
+    return [train_attack(dist, lr, s, f) for lr in dist.lrs for s in switches for f in dist.forget]
 
 
 def values(dist: TrainAttacks) -> dict[str, set]:

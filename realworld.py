@@ -5,8 +5,9 @@ has the same groups (T_inner, T_tr, A, Rt as documents; E, Re as MC items in the
 lm-eval's letter style instead of the miniature's cloze style. Roles per domain (docs/data.md §1):
 
     T_inner / T_tr  80% / 20% of each forget corpus (train_test_split(test_size=0.2, seed=42), as the
-                    official code): the train-time attacker's data and x_TR
-    A               the red team's documents: the same 80% (no public disjoint corpus exists; docs/data.md)
+                    official code), less A: the train-time attacker's data (per corpus too, T_inner:<corpus>,
+                    which it draws from as the paper does) and x_TR
+    A               the red team's documents: an eighth of each corpus's 80% (10% of it), which TAR never reads
     Rt              retain: Pile-bio label=False + Magpie chats (chat template)
     E / Re          WMDP-<domain> / MMLU minus the domain's subjects, scored in lm-eval's letter style
 
@@ -294,7 +295,7 @@ def load_real_world(cfg: RealWorldConfig) -> World:
         if not getattr(tokenizer, "chat_template", None):
             raise UserError(f"--domain refusal needs a chat model: {cfg.tokenizer}'s tokenizer has no chat template")
         return _real_refusal(cfg, tokenizer, rows)
-    inner, tr = [], []
+    docs = {"T_inner": [], "T_tr": [], "A": []}
     for corpus in FORGET_CORPORA[cfg.domain]:
         if corpus == "chem-forget":  # private in the paper (docs/data.md): one passage per non-empty line
             path = Path(cfg.data_dir or ".") / "chem-forget.txt"
@@ -310,18 +311,18 @@ def load_real_world(cfg: RealWorldConfig) -> World:
         else:
             texts = [r["txt_chunk"] for r in rows(corpus) if r["label"]] if corpus == "pile-bio" else \
                 [r["text_chunk"] for r in rows(corpus)]
-        a, b = split_forget(texts)
-        inner += a
-        tr += b
+        train, tr = split_forget(texts)
+        # deviation: TAR's attacker trains on 70% of each forget corpus (official code: the 80% train split) because
+        # an eighth of that split is the red team's (A): no public hazardous corpus disjoint from TAR's exists, so
+        # a held-out attack's data is carved from the same corpora (docs/data.md §1).
+        inner, red = [t for i, t in enumerate(train) if i % 8 != 7], train[7::8]  # every eighth row: A
+        docs |= {"T_inner": docs["T_inner"] + inner, "T_tr": docs["T_tr"] + tr, "A": docs["A"] + red}
+        if len(FORGET_CORPORA[cfg.domain]) > 1:  # the train-time attacker draws a corpus (config.train_attacks)
+            docs[f"T_inner:{corpus}"] = inner
     pile = rows("pile-bio")
     retain = [r["txt_chunk"] for r in pile if not r["label"]] + [render_chat(r["conversations"], tokenizer)
                                                                 for r in rows("magpie")]
-    cap = lambda xs: xs[:cfg.max_docs] if cfg.max_docs else xs
-    docs = {"T_inner": cap(inner), "T_tr": cap(tr), "Rt": cap(retain)}
-    # deviation: on real data the red team's documents (A) are TAR's own T_inner split, not a disjoint group as in
-    # the miniature world, because no public hazardous corpus disjoint from TAR's training data exists; a
-    # real-scale "held-out" attack is held out in optimizer, LR and length, not in data (docs/data.md §1).
-    docs["A"] = docs["T_inner"]
+    docs = {split: texts[:cfg.max_docs] if cfg.max_docs else texts for split, texts in {**docs, "Rt": retain}.items()}
     items = {"E": mc_items(rows(f"wmdp-{cfg.domain}")), "Re": mc_items(rows("mmlu"), MMLU_DROP[cfg.domain])}
     for split, texts in docs.items():
         if not texts:

@@ -62,7 +62,7 @@ def test_who_reads_what_on_document_hashes(full_world):
     retain_choices = next(f for f in fields(TARConfig) if f.name == "retain_data").metadata["choices"]
     train = tar_cfg.train_attacks()
     readers = {
-        "defences": {*safeguard.DEFENCE_DATA, train.forget, train.retain, "T_tr", *retain_choices,
+        "defences": {*safeguard.DEFENCE_DATA, *train.forget, train.retain, "T_tr", *retain_choices,
                      *(s.get("retain", safeguard.SafeguardConfig.retain) for s, _ in search.STAGE1.values()),
                      *(t.get("retain_data", "Rt") for _, t, _ in search.CANDIDATES.values())},  # the search's
         "red team": {s for a in adversary.ATTACKS.values() for s in (a.data, a.retain_data) if s} | set(sweep.DATA),

@@ -1,7 +1,8 @@
 """realworld.py's loaders for the real datasets (docs/data.md), on small local files in each dataset's exact
 schema (tests/realdata.py writes them) as .jsonl, .json and .parquet; the 80/20 split against `datasets` itself;
-and the offline hub error. Bad files and rows: tests/test_inputs.py."""
+the red team's documents disjoint from TAR's (document hashes); and the offline hub error. Bad files and rows: tests/test_inputs.py."""
 
+import hashlib
 import json
 
 import pytest
@@ -10,6 +11,7 @@ import torch
 import batching
 import chats
 import cli
+import config
 import realworld
 import realdata
 
@@ -67,9 +69,18 @@ def test_real_worlds_have_every_role(fx):
         # college_chemistry; each domain drops its own 4
         assert w.style == "letter" and len(w.items["E"]) == 8 and len(w.items["Re"]) == 12
         forget = {"bio": 20 + 20, "cyber": 20, "chem": 20}[domain]  # pile-bio label=True (20) + camel-bio (20)
-        assert len(w.docs["T_inner"]) + len(w.docs["T_tr"]) == forget
+        assert len(w.docs["T_inner"]) + len(w.docs["T_tr"]) + len(w.docs["A"]) == forget
         assert len(w.docs["T_tr"]) == {"bio": 4 + 4, "cyber": 4, "chem": 4}[domain]  # 20% of each corpus
-        assert not set(w.docs["T_inner"]) & set(w.docs["T_tr"]) and w.docs["A"] == w.docs["T_inner"]
+        assert len(w.docs["A"]) == {"bio": 2 + 2, "cyber": 2, "chem": 2}[domain]  # an eighth of the other 80%
+        # the red team's documents are none that TAR reads (its attacker, x_TR, the retain batch), by hash
+        hashes = lambda *splits: {hashlib.sha256(d.encode()).hexdigest() for s in splits for d in w.docs[s]}
+        tar_reads = [s for s in w.docs if s.startswith("T_")] + ["Rt"]
+        assert hashes("A") and not hashes("A") & hashes(*tar_reads) and not hashes("T_inner") & hashes("T_tr")
+        corpora = [s for s in w.docs if s.startswith("T_inner:")]
+        assert corpora == (["T_inner:pile-bio", "T_inner:camel-bio"] if domain == "bio" else [])
+        assert hashes(*corpora) == (hashes("T_inner") if corpora else set())  # the attacker's sources, split up
+        sources = config.configure(domain=domain, model=str(model)).train_attacks().forget
+        assert set(sources) <= set(w.tokens) and sources == (tuple(corpora) or ("T_inner",))
         assert len(w.docs["Rt"]) == 20 + 20  # pile-bio label=False + Magpie chats
         assert w.tokens["Rt"].ids.shape[1] <= 16 and not w.tokens["T_tr"].fact.any()
     bio = realworld.load_real_world(realworld.RealWorldConfig("bio", str(model), str(root), seq_len=16))
