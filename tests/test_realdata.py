@@ -29,7 +29,7 @@ def fx(tmp_path_factory):
 
 def test_each_loader_returns_the_schema_values(fx):
     root, _ = fx
-    for name, (hub_id, config, split, fields) in realworld.SOURCES.items():
+    for name, (hub_id, subset, split, fields) in realworld.SOURCES.items():
         rows = realworld.load_rows(name, str(root))
         written = [json.loads(line) for line in (root / f"{name}.jsonl").read_text().splitlines()]
         assert len(rows) == len(written) and all(set(fields) <= set(r) for r in rows), name
