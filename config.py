@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass
 import cli
 from adversary import TrainAttacks
 from cli import UsageError, arg
-from realworld import FORGET_CORPORA, RealWorldConfig
+from realworld import FORGET_CORPORA, SOURCES, RealWorldConfig
 from safeguard import SafeguardConfig
 from world import WORLDS, WorldConfig, entities_flag, world_config
 
@@ -38,6 +38,8 @@ class TARConfig:
                             "(names in realworld.SOURCES)")
     seq_len: int = arg(256, "with --model: documents are cut to this many tokens", above=0)
     max_docs: int = arg(0, "with --model: at most this many documents per split (0 = all)", at_least=0)
+    wmdp_revision: str = arg("", "with --model: the hub revision (commit or tag) of WMDP to score on; empty: the "
+                                 "newest (its rows changed on 2024-04-23; docs/data.md). In the model card")
     runs: str = arg("runs", "runs directory; this run reads and writes <runs>/<domain>/", nonempty=True)
     seed: int = arg(0, "training seed of TAR: its sampled attacks and data order (the world, base, oracle and "
                        "safeguard come from --world-seed, so a seed study keeps one world and one θ0)", at_least=0)
@@ -155,8 +157,17 @@ class TARConfig:
 
     def world(self) -> WorldConfig | RealWorldConfig:
         if self.model:
-            return RealWorldConfig(self.domain, self.model, self.data_dir, self.seq_len, self.max_docs)
+            return RealWorldConfig(self.domain, self.model, self.data_dir, self.seq_len, self.max_docs,
+                                   self.wmdp_revision or None)
         return world_config(self.domain, self.world_entities, self.world_seed)
+
+    def datasets(self) -> list[str]:
+        """The hub datasets a real run reads (its model card), WMDP at --wmdp-revision; none in the miniature."""
+        names = ["hh-golden", "toxic-dpo", "harmbench", "magpie"] if self.domain == "refusal" else \
+            [*FORGET_CORPORA[self.domain], "pile-bio", "magpie", f"wmdp-{self.domain}", "mmlu"]
+        at = f"@{self.wmdp_revision}" if self.wmdp_revision else ""  # chem's forget corpus is private: no hub id
+        return list(dict.fromkeys(SOURCES[n][0] + (at if n.startswith("wmdp") else "") for n in names
+                                  if n in SOURCES)) if self.model else []
 
     def train_attacks(self) -> TrainAttacks:
         corpora = FORGET_CORPORA.get(self.domain, ()) if self.model else ()  # real bio: Pile-bio and Camel-bio
@@ -167,7 +178,8 @@ class TARConfig:
 
 # The settings that leave the trained weights as they are: a resumed run may change them (a moved run directory,
 # more workers, a longer end-of-run attack or another order of its data)
-NOT_TRAINING = ("runs", "resume", "checkpoint_every", "workers", "attack_steps", "attack_seed", "relearn_cap")
+NOT_TRAINING = ("runs", "resume", "checkpoint_every", "workers", "attack_steps", "attack_seed", "relearn_cap",
+                "wmdp_revision")  # WMDP is only scored
 # The paper's hyperparameters (docs/paper.md §4, official code, bio), in one place: --preset paper. Where our
 # miniature default differs, a `# deviation:` marker says why (docs/deviations.md).
 PAPER = dict(outer_steps=750, inner_steps=64, tr_every=4, tr_weights="paper", tr_mask="all", outer_params="all",
@@ -208,7 +220,7 @@ def paper_value(f) -> str:
 def parse_args(argv=None) -> TARConfig:
     given = cli.flags(TARConfig, argv, "TAR (Alg. 1): on the built-in miniature world, or on any Hugging Face "
                                        "causal LM with --model (under torchrun: FSDP2).", paper_value)
-    real_only = [k for k in ("data_dir", "seq_len", "max_docs") if k in given and not given.get("model")]
+    real_only = [k for k in ("data_dir", "seq_len", "max_docs", "wmdp_revision") if k in given and not given.get("model")]
     if real_only:  # the miniature world has no such setting: a flag given and silently ignored misleads
         raise UsageError(f"{', '.join(cli.flag(k) for k in real_only)} only apply to a real --model")
     return configure(**given)

@@ -10,7 +10,7 @@ hold what `--resume` needs to continue exactly: model, optimizer, and every rank
     read_json / read_jsonl    a JSON / JSONL file, or one error line naming the file, the line and the fix
     digest(*parts)            sha256 of a JSON rendering, 16 hex digits: the key of every cache
     file_digest(path)         sha256 of a model's weight files: the red team's key of a model
-    save_model / load_model   a model directory, single process or FSDP2
+    save_model / load_model   a model directory (with provenance.json and a model card), single process or FSDP2
     cached(path, key)         the model at path if it was made from exactly `key`, else None
     save_checkpoint / load_checkpoint / load_rank_state   resume state (torch.distributed.checkpoint under torchrun)
 
@@ -158,8 +158,41 @@ def save_model(model, tokenizer, path: Path, provenance: dict, d: Dist = Dist())
                 saved.write_text(json.dumps({**settings, "model_max_length": positions}, indent=2))
             # the weights' digest: a cache whose files changed since (truncated, edited) is rebuilt, not trusted
             (tmp / "provenance.json").write_text(json.dumps({**provenance, "weights": file_digest(tmp)}, indent=1))
+            (tmp / "README.md").write_text(model_card(provenance))
     if d.distributed:
         dist.barrier()
+
+
+def model_card(provenance: dict) -> str:
+    """README.md of a saved model: a Hugging Face model card (YAML metadata: base_model, datasets) saying what made
+    it, from what, with which settings and library versions, and its accuracies where they were measured."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    def installed(package: str) -> str:
+        try:
+            return version(package)
+        except PackageNotFoundError:
+            return "not installed"
+
+    world, parent = provenance.get("world", {}), provenance.get("parent", "")
+    meta = [f"base_model: {json.dumps(str(parent))}"] if parent else []
+    meta += ["datasets:", *(f"- {json.dumps(n.split('@')[0])}" for n in provenance["datasets"])] \
+        if provenance.get("datasets") else []
+    data = ("the hub datasets " + ", ".join(provenance.get("datasets", [])) + (
+        f", from local files in their schemas ({world['data_dir']})" if world.get("data_dir") else "")) \
+        if "tokenizer" in world else f"the built-in miniature world ({world.get('domain', '?')}, seed "  \
+                                     f"{world.get('seed', '?')}), not real data"
+    lines = ["---", *meta, "library_name: transformers", "tags:", "- tamper-resistance", "---", "",
+             f"# {provenance.get('what', 'model')}", "",
+             "Made by the reference implementation of TAR (Tamirisa et al., 2024, \"Tamper-Resistant Safeguards "
+             "for Open-Weight LLMs\").", "", f"- made from: {parent or 'random initialisation'}", f"- data: {data}",
+             "- versions: " + ", ".join(f"{p} {installed(p)}" for p in ("torch", "transformers", "lm_eval", "peft")),
+             "", "## Settings", "", "```json", json.dumps({k: provenance[k] for k in ("config", "world")
+                                                           if k in provenance}, indent=1), "```"]
+    if "accuracy" in provenance:
+        lines += ["", "## Accuracy when saved", "", "| group | accuracy |", "|---|---|",
+                  *(f"| {g} | {a:.1%} |" for g, a in provenance["accuracy"].items())]
+    return "\n".join(lines) + "\n"
 
 
 def load_model(name: str | Path, d: Dist = Dist(), safetensors_only: bool = False):

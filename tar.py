@@ -377,8 +377,8 @@ def run_real(cfg: TARConfig, run_dir: Path, d: Dist, log) -> dict:
     train_tar(model, ref, world, cfg, run_dir, d, log)
     timings = {"tar": round(time.time() - t0, 1)}
     at_rest = {"tar": report.at_rest(model, world, scoring.reported(world))}  # in memory (sharded), ranks in step
-    storage.save_model(model, world.tokenizer, run_dir / "tar",
-                       {"what": "TAR", "parent": cfg.model, "world": asdict(cfg.world()), "config": asdict(cfg)}, d)
+    storage.save_model(model, world.tokenizer, run_dir / "tar", {"what": "TAR", "parent": cfg.model, "world": asdict(
+        cfg.world()), "config": asdict(cfg), "datasets": cfg.datasets()}, d)
     timings["total"] = round(time.time() - t0, 1)
     publish_metrics(run_dir, d)
     results = report.run_results(run_dir, world, cfg, {}, timings, at_rest)

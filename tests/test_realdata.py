@@ -4,16 +4,19 @@ the red team's documents disjoint from TAR's (document hashes); and the offline 
 
 import hashlib
 import json
+from dataclasses import asdict
 
 import pytest
 import torch
+import transformers
 
 import batching
 import chats
 import cli
 import config
-import realworld
 import realdata
+import realworld
+import storage
 
 
 def right_padded(t: batching.Tokens) -> bool:
@@ -169,3 +172,20 @@ def test_every_real_document_starts_with_one_bos(fx, tmp_path):
         assert all(f[0] == tok.bos_token_id and f[1] != tok.bos_token_id for f in first), split
         assert right_padded(t), split
     assert realworld.tokenize_texts([], tok, 8).ids.shape[0] == 0
+
+
+def test_a_saved_model_carries_its_model_card(fx, tmp_path):
+    root, model = fx
+    cfg = config.configure(domain="bio", model=str(model), data_dir=str(root), wmdp_revision="r1")
+    assert cfg.world().revision == "r1" and "cais/wmdp@r1" in cfg.datasets()
+    provenance = {"what": "TAR", "key": "k", "parent": str(model), "world": asdict(cfg.world()), "config": asdict(cfg),
+                  "datasets": cfg.datasets()}
+    storage.save_model(storage.load_model(model), realworld.model_tokenizer(str(model)), tmp_path / "m", provenance)
+    card = (tmp_path / "m" / "README.md").read_text()
+    meta = card.split("---")[1]  # the Hugging Face card's YAML header
+    assert f'base_model: "{model}"' in meta and '- "cais/wmdp"' in meta and '- "lapisrocks/camel-bio"' in meta
+    assert "cais/wmdp@r1" in card and f"transformers {transformers.__version__}" in card and "from local files" in card
+    assert json.loads(card.split("```json")[1].split("```")[0])["config"]["wmdp_revision"] == "r1"
+    assert storage.cached(tmp_path / "m", "k") is not None  # the card leaves the cache key and the weights' digest
+    with pytest.raises(cli.UsageError, match="--wmdp-revision only apply to a real --model"):
+        config.parse_args(["--wmdp-revision", "r1"])
