@@ -20,6 +20,7 @@ import cli
 from adversary import TrainAttacks
 from cli import UsageError, arg
 from realworld import FORGET_CORPORA, SOURCES, RealWorldConfig
+from storage import recorded_parent
 from safeguard import SafeguardConfig
 from world import WORLDS, WorldConfig, entities_flag, world_config
 
@@ -102,8 +103,10 @@ class TARConfig:
                               choices=("constant", "cosine"))
     grad_clip: float = arg(1.0, "clip the outer gradient to this norm (0 = off)", at_least=0)
     squared_distance: bool = arg(True, "squared hidden-state distance in the retain loss")
-    reference: str = arg("safeguard", "frozen reference of the retain loss: safeguard (θ0) | base (with --model "
-                                      "both are the model given)", choices=("safeguard", "base"))
+    reference: str = arg("safeguard", "frozen reference of the retain loss: safeguard (θ0) | base (the model θ0 "
+                                      "was made from: the miniature's base; with --model the parent θ0's "
+                                      "provenance.json or model card names, else θ0) | with --model, a model dir or id",
+                         nonempty=True)
     # scale (fsdp.py): memory, accumulation, checkpoints
     micro_batch: int = arg(0, "rows per forward/backward on each process; larger batches are accumulated "
                               "(0 = a process's whole share)", at_least=0)
@@ -129,6 +132,8 @@ class TARConfig:
         """Every flag in its domain (cli.check: finite, bounds, choices), then the checks that join two flags;
         run before any work, so a bad value never costs a trained base."""
         cli.check(self)  # --domain among them: one of world.WORLDS
+        if not self.model and self.reference not in ("safeguard", "base"):
+            raise UsageError("--reference takes a model directory or hub id only with --model (here: safeguard, base)")
         if self.outer_warmup >= self.outer_steps:
             raise UsageError("--outer-warmup must be shorter than --outer-steps")
         if self.tr_every > self.inner_steps:
@@ -160,6 +165,14 @@ class TARConfig:
             return RealWorldConfig(self.domain, self.model, self.data_dir, self.seq_len, self.max_docs,
                                    self.wmdp_revision or None)
         return world_config(self.domain, self.world_entities, self.world_seed)
+
+    def reference_model(self) -> tuple[str, str]:
+        """With --model: (the model the retain loss's frozen reference loads, why that one)."""
+        if self.reference not in ("safeguard", "base"):
+            return self.reference, "--reference"
+        parent = recorded_parent(self.model) if self.reference == "base" else None
+        return (parent, "θ0's recorded parent") if parent else \
+            (self.model, "θ0" + (" (it records no parent model)" if self.reference == "base" else ""))
 
     def datasets(self) -> list[str]:
         """The hub datasets a real run reads (its model card), WMDP at --wmdp-revision; none in the miniature."""
@@ -220,7 +233,8 @@ def paper_value(f) -> str:
 def parse_args(argv=None) -> TARConfig:
     given = cli.flags(TARConfig, argv, "TAR (Alg. 1): on the built-in miniature world, or on any Hugging Face "
                                        "causal LM with --model (under torchrun: FSDP2).", paper_value)
-    real_only = [k for k in ("data_dir", "seq_len", "max_docs", "wmdp_revision") if k in given and not given.get("model")]
+    real_only = [k for k in ("data_dir", "seq_len", "max_docs", "wmdp_revision")
+                 if k in given and not given.get("model")]
     if real_only:  # the miniature world has no such setting: a flag given and silently ignored misleads
         raise UsageError(f"{', '.join(cli.flag(k) for k in real_only)} only apply to a real --model")
     return configure(**given)

@@ -195,6 +195,18 @@ def model_card(provenance: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def recorded_parent(model: str) -> str | None:
+    """The model a saved model was made from: provenance.json's parent, else its model card's base_model; None for a
+    hub id or a directory that records neither."""
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        return json.loads((Path(model) / "provenance.json").read_text()).get("parent") or None
+    with contextlib.suppress(OSError, IndexError):
+        for line in (Path(model) / "README.md").read_text().split("---")[1].splitlines():  # the card's YAML header
+            if line.startswith("base_model:"):
+                return line.split(":", 1)[1].strip().strip('"') or None
+    return None
+
+
 def load_model(name: str | Path, d: Dist = Dist(), safetensors_only: bool = False):
     """A Hugging Face causal LM (hub id or directory) in fp32; sharded under torchrun (each layer cut as it is
     wrapped), else moved to d.device. Every rank reads the file; the OS page cache shares it. safetensors_only:

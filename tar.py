@@ -68,9 +68,8 @@ def tr_loss(model, ref, b, cfg: TARConfig) -> torch.Tensor:
     pairs; b.fact_mask marks the response tokens)."""
     logits = model(input_ids=b.input_ids, attention_mask=b.attention_mask).logits  # (B, T, V)
     if cfg.tr_loss == "entropy":
-        # deviation: entropy on fact positions by default (official code: every position, padding included)
-        # because the hazard is the fact, and padding is not text (docs/paper.md §8, pitfall 8); --tr-mask all:
-        # the code's.
+        # deviation: entropy on fact positions by default (official code: every position, padding included) because
+        # the hazard is the fact, and padding is not text (docs/paper.md §8, pitfall 8); --tr-mask all: the code's.
         mask = {"fact": b.fact_mask, "tokens": b.attention_mask.bool(), "all": torch.ones_like(b.fact_mask)}
         return losses.entropy_tr_loss(logits, mask[cfg.tr_mask])
     if b.input_ids.shape[0] % 2:
@@ -367,11 +366,13 @@ def run_real(cfg: TARConfig, run_dir: Path, d: Dist, log) -> dict:
     memory (WMDP, MMLU minus the domain; lm-eval letter style, 0-shot), saved with save_pretrained (evaluate.py)."""
     t0 = time.time()
     world = load_real_world(cfg.world())
-    model, ref = (storage.load_model(cfg.model, d, safetensors_only=True) for _ in range(2))  # ref: frozen θ0
+    (reference, why), model = cfg.reference_model(), storage.load_model(cfg.model, d, safetensors_only=True)
+    ref = storage.load_model(reference, d, safetensors_only=True)  # frozen: θ0, its parent, or --reference
     model.config.use_cache = ref.config.use_cache = False  # training forwards keep no KV cache
     if d.is_main:
         micro = cfg.micro_batch or max(cfg.inner_batch, cfg.tr_batch, cfg.retain_batch) // d.world_size
         log(fsdp.estimate_here(model.config, cfg.model, d, micro, cfg.seq_len, cfg.snapshot_offload))
+        log(f"reference of the retain loss: {reference} ({why})")
         log(f"data: {', '.join(f'{k} {len(v)} docs' for k, v in world.docs.items())}; "
             f"{', '.join(f'{k} {len(v)} items' for k, v in world.items.items())} (world {world.digest})")
     train_tar(model, ref, world, cfg, run_dir, d, log)

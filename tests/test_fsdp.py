@@ -5,6 +5,7 @@ the memory estimate. Three torchrun launches in all (each checks several things)
 
 import json
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -137,6 +138,31 @@ def test_kill_and_resume_in_one_process_is_exact(setup):
     # a changed training setting is refused rather than silently mixed into the resumed run
     bad = subprocess.run(args + ["--outer-lr", "0.5", "--resume"], cwd=ROOT, capture_output=True, text=True)
     assert bad.returncode == 1 and "other settings (outer_lr)" in bad.stderr
+
+
+def test_the_retain_reference_is_theta0_its_recorded_parent_or_a_given_model(setup):
+    root, fx, models = setup
+    theta0, parent = root / "theta0", realdata.tiny_model(root / "parent", "llama", seed=1)  # another base
+    shutil.copytree(models["llama"], theta0)
+    (theta0 / "provenance.json").write_text(json.dumps({"what": "random_mapping safeguard", "parent": str(parent)}))
+    of = lambda **kw: config.configure(model=str(theta0), **kw).reference_model()
+    assert of(reference="base") == (str(parent), "θ0's recorded parent") == of()  # the paper preset's reference
+    assert of(reference="safeguard") == (str(theta0), "θ0")
+    assert of(reference=str(parent)) == (str(parent), "--reference")
+    card = root / "carded"  # no provenance.json: the model card's base_model names the parent
+    shutil.copytree(models["llama"], card)
+    (card / "README.md").write_text(f'---\nbase_model: "{parent}"\nlibrary_name: transformers\n---\n# θ0\n')
+    assert config.configure(model=str(card), reference="base").reference_model()[0] == str(parent)
+    assert config.configure(model=str(models["llama"]), reference="base").reference_model() == \
+        (str(models["llama"]), "θ0 (it records no parent model)")
+    with pytest.raises(cli.UserError, match="only with --model"):
+        config.configure(reference=str(parent)).validate()
+    # the run trains against it: at outer step 1 θ is θ0, so the hidden-state distance is 0 to θ0 alone
+    rep = {}
+    for reference in ("safeguard", "base"):
+        run = single(root, fx, theta0, f"ref_{reference}", outer_steps=1, reference=reference)
+        rep[reference] = json.loads((run / "metrics.jsonl").read_text().splitlines()[0])["retain_rep"]
+    assert rep["safeguard"] == pytest.approx(0.0, abs=1e-10) and rep["base"] > 1e-3
 
 
 def test_presets_and_flag_precedence():
