@@ -35,7 +35,6 @@ Run:  python safeguard.py --domain bio                     # builds (or reuses) 
 from __future__ import annotations
 
 import contextlib
-import json
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -47,14 +46,13 @@ import adversary
 import cli
 import losses
 import scoring
-import selection
 from baselines import BASELINES, UNDO, Method, ce, forward, perturb
 from batching import Stream
 from cli import UsageError, UserError, arg
 from domains import CITIES
-from storage import atomic_write, cached, digest, load_model, save_model
+from storage import cached, digest, load_model, save_model
 from workers import Workers, result
-from world import STREAMS, WORLDS, build_world, entities_flag, sealed, world_config
+from world import STREAMS, WORLDS, build_world, entities_flag, world_config
 
 
 @dataclass(frozen=True)
@@ -290,61 +288,6 @@ def safeguard_model(base, base_key: str, world, cfg: SafeguardConfig, run_dir: P
     return model
 
 
-# --------------------------------------------------------------------------------------------------------
-# Honest tuning (docs/baselines.md): a small grid per method, picked by protocol v2's selection rule (selection.py)
-# in a world with E sealed away: the lowest forget on the dev group V under the reference attack, among settings
-# that keep the held-out benign family's dev half G_dev within its bounds
-# --------------------------------------------------------------------------------------------------------
-def _grid_point(job) -> list[dict]:
-    """Trains one grid setting for its longest step count, measuring at every step count of the grid on the way
-    (at rest on every group but E, and selection's evidence)."""
-    method, overrides, steps, world_cfg, base_path = job
-    world = sealed(build_world(world_cfg))  # nothing here can read E
-    cfg = SafeguardConfig(method=method, **{**overrides, "steps": max(steps)})
-    base, model = load_model(base_path), load_model(base_path)
-    rows = []
-
-    def record(step):
-        if step in steps:
-            acc = scoring.accuracies(model, world, scoring.every_group(world))
-            evidence = {k: v for k, v in selection.dev_evidence(model, world).items() if k != "curve"}
-            rows.append({**overrides, "steps": step, **{g: round(a, 4) for g, a in acc.items()}, **evidence})
-
-    try:
-        defend(model, base, world, cfg, every=min(steps), callback=record)
-    except adversary.Diverged as e:  # a diverging setting is a grid result, not a crash
-        rows.append({**overrides, "steps": None, "error": str(e)})
-    return rows
-
-
-def run_grid(methods: list[str], world, run_dir: Path, workers: int, log=print) -> dict:
-    import itertools
-    path = run_dir / "baselines" / "grid.json"
-    saved = json.loads(path.read_text()) if path.exists() else {}
-    jobs = []
-    for m in methods:
-        axes = METHODS[m].grid
-        for values in itertools.product(*axes.values()):
-            jobs.append((m, dict(zip(axes, values)), (150, 300), world.config, str(run_dir / "base")))
-    log(f"grid: {len(jobs)} settings x 2 step counts over {', '.join(methods)} on {workers} worker(s)")
-    t0, bounds = time.time(), selection.Bounds()
-    with Workers(min(workers, len(jobs))) as pool:
-        results = list(pool.map(_grid_point, jobs))
-    for m in methods:
-        rows = [r for (jm, *_), rs in zip(jobs, results) if jm == m for r in rs]
-        scored = {str(i): r for i, r in enumerate(rows) if r.get("steps")}
-        chosen = selection.pick(scored, bounds)
-        pick = scored[chosen] if chosen is not None else None
-        saved[m] = {"rule": f"selection.py: lowest forget on V under the reference attack among settings with "
-                            f"G_dev >= {bounds.g_dev_rest:.0%} at rest and >= {bounds.g_dev_attacked:.0%} under it",
-                    "grid": rows, "pick": pick, "default": METHODS[m].picked}
-        log(f"grid {m}: pick {pick}" if pick else f"grid {m}: no setting keeps G_dev within the bounds")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, json.dumps(saved, indent=1))
-    log(f"grid: {time.time() - t0:.0f}s; wrote {path}")
-    return saved
-
-
 @dataclass
 class SafeguardArgs:
     domain: str = arg("bio", "the miniature world", choices=WORLDS)
@@ -378,7 +321,8 @@ def build(args: SafeguardArgs) -> None:
         return
     base, key = base_model(world, base_cfg, run_dir)
     if args.grid:
-        run_grid(methods, world, run_dir, args.workers)
+        import grid  # grid.py imports this module
+        grid.run_grid(methods, world, run_dir, args.workers)
     elif methods:
         t0 = time.time()
         for m in methods:

@@ -11,6 +11,7 @@ import torch
 
 import adversary
 import domains
+import grid
 import protocol
 import redteam
 import safeguard
@@ -223,7 +224,7 @@ def test_baseline_grid_points_carry_selection_evidence_and_never_read_E(small_wo
     attack) in a world with E sealed away; run_grid then picks with selection.pick."""
     monkeypatch.setattr(protocol, "REFERENCE", replace(protocol.REFERENCE, steps=4))
     world_model(small_world, tmp_path / "base")
-    rows = safeguard._grid_point(("max_entropy", {"lr": 1e-3}, (2, 4), small_world.config, str(tmp_path / "base")))
+    rows = grid.grid_point(("max_entropy", {"lr": 1e-3}, (2, 4), small_world.config, str(tmp_path / "base")))
     assert [r["steps"] for r in rows] == [2, 4]
     for r in rows:
         assert {"forget_V_attacked", "G_dev_rest", "G_dev_attacked", "V", "G_dev"} <= set(r) and "E" not in r
