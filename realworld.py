@@ -1,7 +1,7 @@
 """The paper's real datasets, or local files in their schemas, returned as the same `World` as the miniature.
 
 Paper: Sec. 5 and App. (datasets). tar.py and evaluate.py do not care which world they run on: a real world
-has the same groups (T_inner, T_tr, A, Rt as documents; E, Re as MC items in the WMDP schema), scored in
+has the same groups (T = T_inner + T_tr, A, Rt as documents; E, Re as MC items in the WMDP schema), scored in
 lm-eval's letter style instead of the miniature's cloze style. Roles per domain (docs/data.md §1):
 
     T_inner / T_tr  80% / 20% of each forget corpus (train_test_split(test_size=0.2, seed=42), as the
@@ -319,10 +319,10 @@ def load_real_world(cfg: RealWorldConfig) -> World:
         docs |= {"T_inner": docs["T_inner"] + inner, "T_tr": docs["T_tr"] + tr, "A": docs["A"] + red}
         if len(FORGET_CORPORA[cfg.domain]) > 1:  # the train-time attacker draws a corpus (config.train_attacks)
             docs[f"T_inner:{corpus}"] = inner
-    pile = rows("pile-bio")
-    retain = [r["txt_chunk"] for r in pile if not r["label"]] + [render_chat(r["conversations"], tokenizer)
-                                                                for r in rows("magpie")]
-    docs = {split: texts[:cfg.max_docs] if cfg.max_docs else texts for split, texts in {**docs, "Rt": retain}.items()}
+    retain = [r["txt_chunk"] for r in rows("pile-bio") if not r["label"]] + \
+        [render_chat(r["conversations"], tokenizer) for r in rows("magpie")]
+    docs = {split: texts[:cfg.max_docs] if cfg.max_docs else texts  # T: what stage 1 (safeguard.py --model) reads
+            for split, texts in {**docs, "T": docs["T_inner"] + docs["T_tr"], "Rt": retain}.items()}
     items = {"E": mc_items(rows(f"wmdp-{cfg.domain}")), "Re": mc_items(rows("mmlu"), MMLU_DROP[cfg.domain])}
     for split, texts in docs.items():
         if not texts:

@@ -44,11 +44,14 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 import adversary
 import cli
+import fsdp
 import losses
 import scoring
 from baselines import BASELINES, UNDO, Method, ce, forward, perturb
-from batching import Stream
+from batching import Stream, shard_batch
 from cli import UsageError, UserError, arg
+from fsdp import Dist
+from realworld import FORGET_CORPORA, RealWorldConfig, load_real_world
 from domains import CITIES
 from storage import cached, digest, load_model, save_model
 from workers import Workers, result
@@ -225,21 +228,24 @@ DEFENCE_DATA = ("T", "Rt")  # what every single-level defence reads: forget docu
 # (SafeguardConfig.retain="benign": Rt and U)
 
 
-def defend(model, ref, world, cfg: SafeguardConfig, every: int = 0, callback=None) -> list[float]:
+def defend(model, ref, world, cfg: SafeguardConfig, every: int = 0, callback=None, d: Dist = Dist(),
+           micro_batch: int = 0) -> list[float]:
     """THE defence loop: trains `model` in place on forget term(T) + retain term(Rt) with `adversary.attack()`
-    (no attacker: the "attack" here is the defender's own fine-tuning); `ref` is the frozen original model."""
+    (no attacker: the "attack" here is the defender's own fine-tuning); `ref` is the frozen original model. Under
+    torchrun (or with micro_batch) each step's batches are cut into this rank's micro-batches, as TAR's are."""
     method = METHODS[cfg.method]
     ref.eval().requires_grad_(False)
     gen = torch.Generator().manual_seed(cfg.seed)
-    d = model.config.hidden_size
+    width = model.config.hidden_size
     rows = {"constant": 1, "position": model.config.max_position_embeddings, "token": model.config.vocab_size}
-    table = torch.randn(rows[cfg.per], d, generator=gen)  # random-mapping targets r ~ N(0, I)
-    u = torch.rand(d, generator=gen)
-    city_values = [v for vals, _ in CITIES.attributes.values() for v in vals]
+    table = torch.randn(rows[cfg.per], width, generator=gen).to(d.device)  # random-mapping targets r ~ N(0, I)
+    u = torch.rand(width, generator=gen).to(d.device)
+    city_values = [v for vals, _ in CITIES.attributes.values() for v in vals]  # LLMU's wrong answers (miniature)
     ctx = {"gen": gen, "step": 0, "table": table,
            "u": u / u.norm(),  # RMU's fixed random unit vector (uniform [0, 1), normalised)
            "rmu_layer": 2, "cb_layers": (2, 3),  # of 4 layers: RMU ℓ = 7 of 32 -> 2; circuit breakers 10, 20 -> 2, 3
-           "retain_values": torch.tensor(world.tokenizer.convert_tokens_to_ids(["▁" + v for v in city_values]))}
+           "retain_values": torch.tensor(world.tokenizer.convert_tokens_to_ids(["▁" + v for v in city_values]))
+           if cfg.method == "llmu" else None}
     if method.trainable is not None:
         keep = {id(p) for p in method.trainable(model)}
         for p in model.parameters():
@@ -255,8 +261,11 @@ def defend(model, ref, world, cfg: SafeguardConfig, every: int = 0, callback=Non
                             weight_decay=0.0, grad_clip=1.0 if cfg.method == "llmu" else 0.0, dist="-")
     batches = zip(Stream(world.tokens[forget], cfg.batch_size, cfg.seed),
                   Stream(world.tokens[retain], cfg.batch_size, cfg.seed + 1))
+    if d.distributed or micro_batch or d.device.type != "cpu":  # this rank's (forget, retain) micro-batch pairs
+        cut = lambda b: shard_batch(b, d.rank, d.world_size, micro_batch, d.device)
+        batches = (list(zip(cut(xf), cut(xr))) for xf, xr in batches)
     try:
-        with cli.progress(cfg.steps, cfg.method) as bar:
+        with cli.progress(cfg.steps, cfg.method, enabled=d.is_main) as bar:
             return adversary.attack(model, spec, batches, loss_fn=loss_fn, progress=bar, every=every,
                                     callback=callback)
     finally:
@@ -290,7 +299,14 @@ def safeguard_model(base, base_key: str, world, cfg: SafeguardConfig, run_dir: P
 
 @dataclass
 class SafeguardArgs:
-    domain: str = arg("bio", "the miniature world", choices=WORLDS)
+    domain: str = arg("bio", "the miniature world (with --model: bio, chem or cyber)", choices=WORLDS)
+    model: str = arg("", "a Hugging Face causal LM (hub id or directory) to safeguard on the real datasets (under "
+                         "torchrun: FSDP2), writing <runs>/<domain>/safeguard; empty: the miniature world")
+    data_dir: str = arg("", "with --model: local files in the real datasets' schemas (tar.py's --data-dir)")
+    seq_len: int = arg(256, "with --model: documents are cut to this many tokens", above=0)
+    max_docs: int = arg(0, "with --model: at most this many documents per split (0 = all)", at_least=0)
+    micro_batch: int = arg(0, "with --model: rows per forward/backward on each process (0 = its whole share)",
+                           at_least=0)
     runs: str = arg("runs", "runs directory; writes <runs>/<domain>/base, safeguard, baselines/", nonempty=True)
     method: str = arg("", f"a method ({', '.join(METHODS)}) or 'all' (the baselines): writes "
                           "<runs>/<domain>/baselines/<method>/ (empty: the random-mapping safeguard); data_filtering: "
@@ -307,6 +323,8 @@ class SafeguardArgs:
 
 def build(args: SafeguardArgs) -> None:
     torch.set_num_threads(1)
+    if args.model:
+        return build_real(args)
     if args.method and args.method not in ("all", "data_filtering") and args.method not in METHODS:
         raise UsageError(f"unknown method {args.method!r}: choose one of {', '.join(METHODS)}, data_filtering or all")
     methods = {"": [], "all": list(BASELINES), "data_filtering": []}.get(args.method, [args.method])
@@ -332,6 +350,40 @@ def build(args: SafeguardArgs) -> None:
     else:
         safeguard_model(base, key, world, for_method("random_mapping", steps=args.safeguard_steps,
                                                      seed=args.world_seed), run_dir)
+
+
+# Stage 1 at real scale: the methods whose terms read only outputs and hidden states (LLMU needs the miniature's
+# facts, RMU and circuit breakers its layer choices, RepNoise the norm outside the forward, which FSDP shards)
+REAL_METHODS = ("random_mapping", "max_entropy", "min_posterior")
+# deviation: at real scale random mapping takes the paper's form (a random row per token id, |cos|) at lr 2e-5,
+# 250 steps, because the paper publishes no stage-1 learning rate or length: TAR's outer lr is our choice.
+REAL_RANDOM_MAPPING = dict(per="token", absolute=True, lr=2e-5)
+
+
+def build_real(args: SafeguardArgs) -> None:
+    """Stage 1 on a Hugging Face model and the real corpora, in one process or sharded under torchrun (FSDP2), by
+    the same defend loop; saved with save_pretrained, its tokenizer and a model card naming the parent (so that
+    tar.py --reference base finds it)."""
+    from config import configure  # config.py imports this module
+    method = args.method or "random_mapping"
+    if method not in REAL_METHODS or args.grid or args.domain not in FORGET_CORPORA:
+        raise UsageError(f"--model takes --domain {' | '.join(FORGET_CORPORA)} and --method "
+                         f"{' | '.join(REAL_METHODS)}, no --grid")
+    d = fsdp.setup_dist()
+    try:
+        world_cfg = RealWorldConfig(args.domain, args.model, args.data_dir, args.seq_len, args.max_docs)
+        world = load_real_world(world_cfg)
+        model, ref = (load_model(args.model, d, safetensors_only=True) for _ in range(2))  # ref: frozen original
+        model.config.use_cache = ref.config.use_cache = False
+        cfg = for_method(method, **(REAL_RANDOM_MAPPING if method == "random_mapping" else {}),
+                         steps=args.safeguard_steps, seed=args.world_seed)
+        defend(model, ref, world, cfg, d=d, micro_batch=args.micro_batch)
+        path = Path(args.runs) / args.domain / ("safeguard" if method == "random_mapping" else f"baselines/{method}")
+        save_model(model, world.tokenizer, path, {"what": f"{method} safeguard", "parent": args.model, "world": asdict(
+            world_cfg), "config": asdict(cfg), "datasets": configure(model=args.model, domain=args.domain).datasets()},
+                   d)
+    finally:
+        fsdp.teardown()
 
 
 def main(argv=None):

@@ -1,7 +1,8 @@
 """Real scale on CPU: tar.py --model under `torchrun --nproc_per_node 2` (FSDP2, gloo) equals one process with the
-same global batch and seed, for a tiny Llama and a tiny GPT-2; SIGTERM + --resume under FSDP and SIGKILL +
---resume in one process equal an uninterrupted run; the saved model reloads and scores the same; presets;
-the memory estimate. Three torchrun launches in all (each checks several things)."""
+same global batch and seed, for a tiny Llama and a tiny GPT-2, and so does stage 1 (safeguard.py --model); SIGTERM
++ --resume under FSDP and SIGKILL + --resume in one process equal an uninterrupted run; the saved model reloads
+and scores the same; the retain reference; presets; the memory estimate. Four torchrun launches in all (each checks
+several things)."""
 
 import json
 import random
@@ -23,6 +24,7 @@ import fsdp
 import realdata
 import realworld
 import report
+import safeguard
 import scoring
 import tar
 
@@ -55,13 +57,13 @@ def single(root, fx, model, name, domain="bio", **kw) -> Path:
     return root / name / domain
 
 
-def torchrun(args: list[str], **popen):
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(ROOT / "tar.py"), *args]
+def torchrun(args: list[str], script: str = "tar.py", **popen):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(ROOT / script), *args]
     return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **popen)
 
 
-def max_diff(a: Path, b: Path) -> float:
-    x, y = load_file(a / "tar" / "model.safetensors"), load_file(b / "tar" / "model.safetensors")
+def max_diff(a: Path, b: Path, model: str = "tar") -> float:
+    x, y = load_file(a / model / "model.safetensors"), load_file(b / model / "model.safetensors")
     assert x.keys() == y.keys()
     return max((x[k] - y[k]).abs().max().item() for k in x)
 
@@ -138,6 +140,29 @@ def test_kill_and_resume_in_one_process_is_exact(setup):
     # a changed training setting is refused rather than silently mixed into the resumed run
     bad = subprocess.run(args + ["--outer-lr", "0.5", "--resume"], cwd=ROOT, capture_output=True, text=True)
     assert bad.returncode == 1 and "other settings (outer_lr)" in bad.stderr
+
+
+def test_stage_one_at_real_scale_under_fsdp_equals_one_process(setup):
+    """safeguard.py --model: random mapping on the real corpora by the same defend loop, 2 gloo ranks = 1 process;
+    the saved θ0 names its parent, so tar.py --reference base (the paper preset's) trains against the original."""
+    root, fx, models = setup
+    kw = dict(model=models["llama"], data_dir=fx, domain="bio", seq_len=32, micro_batch=1, safeguard_steps=3)
+    safeguard.main(flags(runs=root / "sg_single", **kw))
+    proc = torchrun(flags(runs=root / "sg_fsdp", **kw), script="safeguard.py")
+    out = proc.communicate(timeout=300)[0]
+    assert proc.returncode == 0, out[-3000:]
+    single_run, sharded_run = root / "sg_single" / "bio", root / "sg_fsdp" / "bio"
+    assert max_diff(single_run, sharded_run, "safeguard") <= 1e-5
+    moved = load_file(sharded_run / "safeguard" / "model.safetensors")
+    start = load_file(models["llama"] / "model.safetensors")
+    assert max((moved[k] - start[k]).abs().max().item() for k in start) > 1e-5  # stage 1 did move the weights
+    saved = json.loads((sharded_run / "safeguard" / "provenance.json").read_text())
+    assert saved["parent"] == str(models["llama"]) and saved["config"]["per"] == "token" and saved["config"]["absolute"]
+    assert f'base_model: "{models["llama"]}"' in (sharded_run / "safeguard" / "README.md").read_text()
+    theta0 = config.configure(model=str(sharded_run / "safeguard"))  # the paper preset: reference = base
+    assert theta0.reference_model() == (str(models["llama"]), "θ0's recorded parent")
+    with pytest.raises(cli.UsageError, match="--method random_mapping"):
+        safeguard.build_real(safeguard.SafeguardArgs(model=str(models["llama"]), method="rmu"))
 
 
 def test_the_retain_reference_is_theta0_its_recorded_parent_or_a_given_model(setup):

@@ -77,11 +77,12 @@ def test_real_worlds_have_every_role(fx):
         assert len(w.docs["A"]) == {"bio": 2 + 2, "cyber": 2, "chem": 2}[domain]  # an eighth of the other 80%
         # the red team's documents are none that TAR reads (its attacker, x_TR, the retain batch), by hash
         hashes = lambda *splits: {hashlib.sha256(d.encode()).hexdigest() for s in splits for d in w.docs[s]}
-        tar_reads = [s for s in w.docs if s.startswith("T_")] + ["Rt"]
+        tar_reads = [s for s in w.docs if s.startswith("T")] + ["Rt"]  # stage 1's T, TAR's T_inner and T_tr
         assert hashes("A") and not hashes("A") & hashes(*tar_reads) and not hashes("T_inner") & hashes("T_tr")
         corpora = [s for s in w.docs if s.startswith("T_inner:")]
         assert corpora == (["T_inner:pile-bio", "T_inner:camel-bio"] if domain == "bio" else [])
         assert hashes(*corpora) == (hashes("T_inner") if corpora else set())  # the attacker's sources, split up
+        assert w.docs["T"] == w.docs["T_inner"] + w.docs["T_tr"]
         sources = config.configure(domain=domain, model=str(model)).train_attacks().forget
         assert set(sources) <= set(w.tokens) and sources == (tuple(corpora) or ("T_inner",))
         assert len(w.docs["Rt"]) == 20 + 20  # pile-bio label=False + Magpie chats
