@@ -11,11 +11,12 @@ Use:  batch = next(Stream(world.tokens["A"], batch_size=16, seed=0))     # Batch
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import torch
 
-from cli import UserError
+from cli import UsageError, UserError
 
 
 @dataclass
@@ -76,6 +77,16 @@ class Stream:
     def load_state_dict(self, state: dict) -> None:
         self.gen.set_state(state["gen"])
         self.perm, self.pos = state["perm"], state["pos"]
+
+
+def check_split(batches: dict[str, int], micro: int) -> None:
+    """Before any work: each global batch ({flag name: rows}) splits evenly over the processes (torchrun's
+    WORLD_SIZE) and each process's share into micro-batches of `micro` rows (0: the whole share)."""
+    ranks = int(os.environ.get("WORLD_SIZE", 1))
+    for name, n in batches.items():
+        if n % ranks or (micro and (n // ranks) % micro):
+            raise UsageError(f"{name} {n} rows do not split over {ranks} process(es) in micro-batches of "
+                             f"{micro or 'a whole share'}")
 
 
 def shard_batch(batch: Batch, rank: int = 0, world_size: int = 1, micro: int = 0,

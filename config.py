@@ -13,11 +13,11 @@ Use:  cfg = configure(domain="bio", outer_steps=10); cfg.validate()
 
 from __future__ import annotations
 
-import os
 from dataclasses import asdict, dataclass
 
 import cli
 from adversary import TrainAttacks
+from batching import check_split
 from cli import UsageError, arg
 from realworld import FORGET_CORPORA, SOURCES, RealWorldConfig
 from storage import recorded_parent
@@ -144,14 +144,8 @@ class TARConfig:
             raise UsageError("--tr-loss dpo needs (refusal, compliance) pairs: use it with --domain refusal")
         if self.tr_loss == "dpo" and self.micro_batch % 2:
             raise UsageError("--tr-loss dpo keeps (chosen, rejected) rows together: --micro-batch must be even")
-        # each global batch splits evenly over the processes (torchrun's WORLD_SIZE), each share into micro-batches
-        ranks = int(os.environ.get("WORLD_SIZE", 1))
-        rows = {"inner-batch": self.inner_batch, "retain-batch": self.retain_batch,
-                "tr-batch": self.tr_batch * (2 if self.tr_loss == "dpo" else 1)}  # DPO: 2 rows a pair
-        for name, n in rows.items():
-            if n % ranks or (self.micro_batch and (n // ranks) % self.micro_batch):
-                raise UsageError(f"--{name} {n} rows do not split over {ranks} process(es) in micro-batches of "
-                                 f"{self.micro_batch or 'a whole share'}")
+        check_split({"--inner-batch": self.inner_batch, "--retain-batch": self.retain_batch,
+                     "--tr-batch": self.tr_batch * (2 if self.tr_loss == "dpo" else 1)}, self.micro_batch)  # DPO: pairs
         if self.model and self.tr_mask == "fact" and self.tr_loss == "entropy":
             raise UsageError("real text has no fact positions: use --tr-mask tokens or all with --model")
 

@@ -48,7 +48,7 @@ import fsdp
 import losses
 import scoring
 from baselines import BASELINES, UNDO, Method, ce, forward, perturb
-from batching import Stream, shard_batch
+from batching import Stream, check_split, shard_batch
 from cli import UsageError, UserError, arg
 from fsdp import Dist
 from realworld import FORGET_CORPORA, RealWorldConfig, load_real_world
@@ -369,6 +369,7 @@ def build_real(args: SafeguardArgs) -> None:
     if method not in REAL_METHODS or args.grid or args.domain not in FORGET_CORPORA:
         raise UsageError(f"--model takes --domain {' | '.join(FORGET_CORPORA)} and --method "
                          f"{' | '.join(REAL_METHODS)}, no --grid")
+    check_split({"the safeguard's batches of": SafeguardConfig.batch_size}, args.micro_batch)  # before any work
     d = fsdp.setup_dist()
     try:
         world_cfg = RealWorldConfig(args.domain, args.model, args.data_dir, args.seq_len, args.max_docs)

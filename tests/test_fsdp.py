@@ -27,6 +27,7 @@ import report
 import safeguard
 import scoring
 import tar
+from conftest import cli_error
 
 ROOT = Path(__file__).resolve().parents[1]
 # Tiny everything; micro-batch 1 so the 2 ranks and the single process see the same micro-batches. Outer lr 1e-3:
@@ -188,6 +189,17 @@ def test_the_retain_reference_is_theta0_its_recorded_parent_or_a_given_model(set
         run = single(root, fx, theta0, f"ref_{reference}", outer_steps=1, reference=reference)
         rep[reference] = json.loads((run / "metrics.jsonl").read_text().splitlines()[0])["retain_rep"]
     assert rep["safeguard"] == pytest.approx(0.0, abs=1e-10) and rep["base"] > 1e-3
+
+
+def test_bad_batch_arithmetic_fails_before_any_work(monkeypatch, capsys):
+    monkeypatch.setenv("WORLD_SIZE", "8")  # as torchrun --nproc_per_node 8 sets it
+    # the paper preset's attacker batch 32 is 4 rows a rank: micro-batches of 16 cannot be cut from it
+    code, line = cli_error(capsys, tar.main, ["--model", "no/such/model", "--micro-batch", "16"])
+    assert code == 2 and line.startswith("error: --inner-batch 32 rows do not split over 8 process(es) in "
+                                         "micro-batches of 16")
+    config.configure(model="m", micro_batch=4).validate()  # 4 rows a rank: fits
+    code, line = cli_error(capsys, safeguard.main, ["--model", "no/such/model", "--micro-batch", "3"])
+    assert code == 2 and "the safeguard's batches of 32 rows do not split over 8" in line  # not a load error
 
 
 def test_presets_and_flag_precedence():
