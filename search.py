@@ -13,7 +13,8 @@ selection.py's rule:
 
 Each stage 1 is trained and scored once (its θ0 is step 0 of every TAR run from it), then the TAR candidates run
 in parallel workers. Rows go to <runs>/<domain>/search/search.jsonl as each run finishes, keyed by every setting
-that made them: a rerun skips what is there (an interrupted search resumes) and redoes what changed. search.md
+that made them and the base's weights: a rerun skips what is there (an interrupted search resumes) and redoes what
+changed. search.md
 beside it is the table docs/search.md copies.
 
 Run:  python tar.py --domain bio                                   # the base, cached in runs/bio/base
@@ -40,7 +41,7 @@ import selection
 import tar
 from cli import UsageError, UserError, arg
 from config import NOT_TRAINING, TARConfig, configure
-from storage import cached, digest, read_jsonl, save_model
+from storage import cached, digest, file_digest, read_jsonl, save_model
 from workers import Workers, result
 from world import HOLDS_E, build_world, entities_flag, sealed
 
@@ -143,7 +144,8 @@ def run_job(job: tuple) -> list[dict]:
     torch.set_num_threads(1)
     stage1, overrides = parts(name)
     world, base, theta0 = stage_one(args, stage1)
-    row = {"name": name, "key": key(args, name), "stage1": stage1, "overrides": overrides}
+    row = {"name": name, "key": key(args, name), "stage1": stage1, "overrides": overrides,
+           "base": file_digest(Path(args.runs) / args.domain / "base")}
     if overrides is None:
         return [score(theta0, world, {**row, "step": 0})]
     cfg, out = tar_config(args, overrides), Path(args.runs) / args.domain / "search" / name
@@ -164,6 +166,12 @@ def run_job(job: tuple) -> list[dict]:
     save_model(model, world.tokenizer, out / "tar", {"what": f"TAR, search candidate {name}", "key": row["key"],
                                                      "world": asdict(world.config), "config": asdict(cfg)})
     return rows
+
+
+def current(rows: list[dict], keys: dict[str, str], base: str) -> list[dict]:
+    """The rows made by today's settings ({candidate: key}) from this base (its weights' digest): the rest, of
+    another setting, candidate or base (the same recipe pretrained on another machine differs), are made again."""
+    return [r for r in rows if keys.get(r["name"]) == r["key"] and r.get("base") == base]
 
 
 def admissible(row: dict) -> bool:
@@ -204,8 +212,7 @@ def search(args: SearchArgs) -> list[dict]:
     out = run_dir / "search" / "search.jsonl"
     out.parent.mkdir(parents=True, exist_ok=True)
     rows = read_jsonl(out, ("name", "key", "step"), torn_tail=True) if out.exists() else []
-    keys = {n: key(args, n) for n in known}
-    rows = [r for r in rows if keys.get(r["name"]) == r["key"]]  # rows of another setting or candidate: made again
+    rows = current(rows, {n: key(args, n) for n in known}, file_digest(run_dir / "base"))
     done = {r["name"] for r in rows}
     todo = [n for n in names if n not in done]
     # each stage 1 first, once (two workers must not train the same one), then every TAR run from the caches

@@ -158,6 +158,10 @@ def test_search_table_picks_by_the_rule_and_the_cli_refuses_what_it_cannot_run(t
     text = search.table(rows)
     assert text.splitlines()[-1] == "pick: a@25" and "| **a** | s | 25 |" in text and "| a | s | 50 |" in text
     assert "| c | s | 7 | diverged |" in text and "pick: none" in search.table([rows[0], rows[2]])
+    # a row is rerun when its settings (key) or its base's weights changed
+    made = [{"name": "a", "key": "k1", "base": "b1"}, {"name": "a", "key": "k0", "base": "b1"},
+            {"name": "b", "key": "k2", "base": "b0"}, {"name": "b", "key": "k2"}, {"name": "gone", "key": "k3"}]
+    assert search.current(made, {"a": "k1", "b": "k2"}, "b1") == made[:1]
     code, line = cli_error(capsys, search.main, ["--runs", str(tmp_path), "--only", "nonesuch"])
     assert code == 2 and "unknown candidate(s) nonesuch" in line
     code, line = cli_error(capsys, search.main, ["--runs", str(tmp_path), "--world-entities", "2"])
