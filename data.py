@@ -7,14 +7,14 @@ Paper: Sec. 5 (experimental setup). The pieces live in modules of their own:
     world.py       the built-in miniature world (hazardous T / V / A / E; benign Rt / Re, U, G_dev / G_test, N)
     domains.py     its invented vocabularies;  tokenizer.py its word-level tokenizer;  chats.py its refusal chats
     realworld.py   the paper's datasets (WMDP, MMLU, Pile-bio, Camel-bio, CTFtime, Magpie, HH, Toxic-DPO,
-                   HarmBench) from the hub or local files, and the miniature world read back from this export
+                   HarmBench) from the hub or local files
     batching.py    tokens, batches, the seeded stream of batches
 
 A directory of local data holds one of two layouts (`data_layout`, docs/data.md §3):
 
     export   what `python data.py --out DIR` writes: world.json (its config and digest, every group and family
              with its entities and who may read it), docs_<split>.jsonl, mc_<group>.jsonl, chats_<group>.jsonl
-             (refusal), tokenizer/                              -> realworld.LocalWorldConfig
+             (refusal), tokenizer/                              -> LocalWorldConfig (below)
     real     the real datasets' files as realworld.SOURCES names them: wmdp-bio.jsonl, mmlu.jsonl,
              pile-bio.jsonl, ... (.json or .parquet too; chem: chem-forget.txt), what tar.py --data-dir
              reads                                              -> realworld.RealWorldConfig
@@ -25,15 +25,85 @@ Use:  world = load_world(WorldConfig(domain="bio"))
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import torch
+
 import cli
+from chats import HAZARD, refusal_tokens
 from cli import UserError, arg
-from realworld import SOURCES, LocalWorldConfig, RealWorldConfig, load_local_world, load_real_world
-from storage import atomic_write, write_jsonl
-from world import READERS, STREAMS, WORLDS, World, build_world, entities_flag, world_config
+from domains import DOMAINS
+from realworld import SOURCES, RealWorldConfig, load_real_world, mc_items, model_tokenizer, read_rows
+from storage import atomic_write, digest, read_json, write_jsonl
+from tokenizer import tokenize
+from world import READERS, STREAMS, WORLDS, World, WorldConfig, build_world, entities_flag, world_config
+
+
+# --------------------------------------------------------------------------------------------------------
+# A miniature world that `python data.py --out DIR` wrote, read back (evaluate.py --data-dir DIR)
+# --------------------------------------------------------------------------------------------------------
+MC_FIELDS = ("question", "choices", "answer")
+CHAT_FIELDS = ("prompt", "answer", "fact", "harmful")
+REFUSAL_NEEDS = [f"chats_{g}.jsonl" for g in ("T_inner", "T_tr", "V", "A", "A_heldout", "E", "Rt", "Re", "G_dev",
+                                               "G_test")] + \
+    ["docs_all.jsonl", "docs_U.jsonl"]  # what chats.refusal_tokens reads
+
+
+@dataclass(frozen=True)
+class LocalWorldConfig:
+    """A world written by `python data.py --out DIR` (data.write_world): world.json (its WorldConfig),
+    docs_<split>.jsonl {text}, mc_<group>.jsonl {question, choices, answer, fact_id} (E and Re at least) and, for the
+    refusal world, chats_<group>.jsonl {prompt, answer, fact, harmful}. Read back it is the world build_world
+    makes (scored cloze style), its text encoded by `tokenizer`'s."""
+    data_dir: str
+    tokenizer: str  # the model (directory or hub id) whose tokenizer encodes the text
+
+
+@functools.lru_cache(maxsize=4)
+def load_local_world(cfg: LocalWorldConfig) -> World:
+    """The exported world as a World: the same documents, items, chats and token tensors as build_world's
+    when `tokenizer` is the world's own (a test checks it); a tokenizer that cannot spell the world's words
+    (a model of another world: another seed, size or domain) is one error line, not scores on <unk>."""
+    root = Path(cfg.data_dir)
+    fix = f"write it again with python data.py --out {root}"
+    meta = read_json(root / "world.json", fix)
+    try:
+        config = WorldConfig(**meta["config"])
+    except (TypeError, KeyError, UserError) as e:
+        raise UserError(f"{root / 'world.json'} holds no world config ({type(e).__name__}: {e}); {fix}") from None
+    read = lambda prefix, fields: {p.stem[len(prefix):]: read_rows(p, fields, fix)
+                                   for p in sorted(root.glob(f"{prefix}*.jsonl"))}
+    docs = {split: [r["text"] for r in rows] for split, rows in read("docs_", ("text",)).items()}
+    items = {group: mc_items(rows) for group, rows in read("mc_", MC_FIELDS).items()}
+    talks = read("chats_", CHAT_FIELDS) or None
+    present = {p.name for p in root.iterdir()}
+    need = REFUSAL_NEEDS if config.domain == "refusal" else ["mc_E.jsonl", "mc_Re.jsonl"]
+    if not set(need) <= present:
+        raise UserError(f"{root} lacks {', '.join(n for n in need if n not in present)}; {fix}")
+    tokenizer = model_tokenizer(cfg.tokenizer)
+    if talks and not getattr(tokenizer, "chat_template", None):
+        raise UserError(f"the refusal world needs a chat model: {cfg.tokenizer}'s tokenizer has no chat template")
+    # the fact mask (the entropy TR loss's positions) of build_world: the domain's values as whole-word tokens
+    domain, vocab = DOMAINS[HAZARD.get(config.domain, config.domain)], tokenizer.get_vocab()
+    fact_ids = torch.tensor([vocab[t] for t in ("▁" + v for vals, _ in domain.attributes.values() for v in vals)
+                             if t in vocab], dtype=torch.long)
+    tokens = {split: tokenize(texts, tokenizer, fact_ids) for split, texts in docs.items()}
+    if talks:
+        tokens.update(refusal_tokens(talks, tokenizer, tokens))
+    unk = tokenizer.unk_token_id
+    if unk is not None and unk not in (tokenizer.pad_token_id, tokenizer.eos_token_id, tokenizer.bos_token_id):
+        texts = [f"{it['question']} {' '.join(it['choices'])}" for group in items.values() for it in group]
+        unknown = sum(int(((t.ids == unk) & t.mask).any(1).sum()) for t in tokens.values()) + \
+            sum(unk in ids for ids in tokenizer(texts)["input_ids"])
+        if unknown:
+            raise UserError(f"the tokenizer of {cfg.tokenizer} cannot spell {unknown} documents and items of the "
+                            f"world in {root} (unknown words): the model was made in another world")
+    key = digest(asdict(config), vocab, docs, items, talks)  # build_world's key: equal for the same world
+    return World(config, tokenizer, meta.get("entities", {}), docs, items, tokens, key, topic=domain.topic,
+                 chats=talks)
 
 
 def load_world(cfg) -> World:

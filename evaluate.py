@@ -34,8 +34,8 @@ import plots
 import redteam
 import sweep
 from cli import UsageError, UserError, arg
-from data import data_layout, load_world
-from realworld import LocalWorldConfig, RealWorldConfig, model_tokenizer
+from data import LocalWorldConfig, data_layout, load_world
+from realworld import RealWorldConfig, model_tokenizer
 from storage import atomic_write, read_json
 from domains import DOMAINS
 from world import WORLDS, WorldConfig

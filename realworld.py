@@ -14,11 +14,10 @@ lm-eval's letter style instead of the miniature's cloze style. Roles per domain 
 Every dataset loads from the hub, or with `--data-dir` from local files named as `SOURCES` names them (the
 tests build such files in the real schemas). Every row is checked, from the hub or a file (`check_rows`: each
 field present and of its type, an MC answer one of its choices); any failure is one UserError naming the
-dataset or file, the row and what to do. `LocalWorldConfig` reads back a miniature world that
-`python data.py --out DIR` wrote, for red-teaming (evaluate.py --data-dir DIR).
+dataset or file, the row and what to do. (A miniature world that `python data.py --out DIR` wrote is read back by
+data.py: `data.LocalWorldConfig`.)
 
 Use:  world = load_real_world(RealWorldConfig("bio", tokenizer="meta-llama/Meta-Llama-3-8B-Instruct"))
-      world = load_local_world(LocalWorldConfig("world/", tokenizer="runs/bio/tar"))
 """
 
 from __future__ import annotations
@@ -33,11 +32,9 @@ import numpy as np
 import torch
 
 from batching import Tokens
-from chats import HAZARD, pair_tokens, refusal_tokens, tokenize_chats
+from chats import pair_tokens, tokenize_chats
 from cli import UserError, reason
-from domains import DOMAINS
 from storage import digest, read_json, read_jsonl
-from tokenizer import tokenize
 from world import World, WorldConfig
 
 
@@ -334,67 +331,3 @@ def load_real_world(cfg: RealWorldConfig) -> World:
     topic = {"bio": "biology", "chem": "chemistry", "cyber": "cybersecurity"}[cfg.domain]
     return World(WorldConfig(domain=cfg.domain), tokenizer, {}, docs, items, tokens, digest(asdict(cfg), docs, items),
                  style="letter", topic=topic)
-
-
-# --------------------------------------------------------------------------------------------------------
-# A miniature world that `python data.py --out DIR` wrote, read back (evaluate.py --data-dir DIR)
-# --------------------------------------------------------------------------------------------------------
-MC_FIELDS = ("question", "choices", "answer")
-CHAT_FIELDS = ("prompt", "answer", "fact", "harmful")
-REFUSAL_NEEDS = [f"chats_{g}.jsonl" for g in ("T_inner", "T_tr", "V", "A", "A_heldout", "E", "Rt", "Re", "G_dev",
-                                               "G_test")] + \
-    ["docs_all.jsonl", "docs_U.jsonl"]  # what chats.refusal_tokens reads
-
-
-@dataclass(frozen=True)
-class LocalWorldConfig:
-    """A world written by `python data.py --out DIR` (data.write_world): world.json (its WorldConfig),
-    docs_<split>.jsonl {text}, mc_<group>.jsonl {question, choices, answer, fact_id} (E and Re at least) and, for the
-    refusal world, chats_<group>.jsonl {prompt, answer, fact, harmful}. Read back it is the world build_world
-    makes (scored cloze style), its text encoded by `tokenizer`'s."""
-    data_dir: str
-    tokenizer: str  # the model (directory or hub id) whose tokenizer encodes the text
-
-
-@functools.lru_cache(maxsize=4)
-def load_local_world(cfg: LocalWorldConfig) -> World:
-    """The exported world as a World: the same documents, items, chats and token tensors as build_world's
-    when `tokenizer` is the world's own (a test checks it); a tokenizer that cannot spell the world's words
-    (a model of another world: another seed, size or domain) is one error line, not scores on <unk>."""
-    root = Path(cfg.data_dir)
-    fix = f"write it again with python data.py --out {root}"
-    meta = read_json(root / "world.json", fix)
-    try:
-        config = WorldConfig(**meta["config"])
-    except (TypeError, KeyError, UserError) as e:
-        raise UserError(f"{root / 'world.json'} holds no world config ({type(e).__name__}: {e}); {fix}") from None
-    read = lambda prefix, fields: {p.stem[len(prefix):]: read_rows(p, fields, fix)
-                                   for p in sorted(root.glob(f"{prefix}*.jsonl"))}
-    docs = {split: [r["text"] for r in rows] for split, rows in read("docs_", ("text",)).items()}
-    items = {group: mc_items(rows) for group, rows in read("mc_", MC_FIELDS).items()}
-    talks = read("chats_", CHAT_FIELDS) or None
-    present = {p.name for p in root.iterdir()}
-    need = REFUSAL_NEEDS if config.domain == "refusal" else ["mc_E.jsonl", "mc_Re.jsonl"]
-    if not set(need) <= present:
-        raise UserError(f"{root} lacks {', '.join(n for n in need if n not in present)}; {fix}")
-    tokenizer = model_tokenizer(cfg.tokenizer)
-    if talks and not getattr(tokenizer, "chat_template", None):
-        raise UserError(f"the refusal world needs a chat model: {cfg.tokenizer}'s tokenizer has no chat template")
-    # the fact mask (the entropy TR loss's positions) of build_world: the domain's values as whole-word tokens
-    domain, vocab = DOMAINS[HAZARD.get(config.domain, config.domain)], tokenizer.get_vocab()
-    fact_ids = torch.tensor([vocab[t] for t in ("▁" + v for vals, _ in domain.attributes.values() for v in vals)
-                             if t in vocab], dtype=torch.long)
-    tokens = {split: tokenize(texts, tokenizer, fact_ids) for split, texts in docs.items()}
-    if talks:
-        tokens.update(refusal_tokens(talks, tokenizer, tokens))
-    unk = tokenizer.unk_token_id
-    if unk is not None and unk not in (tokenizer.pad_token_id, tokenizer.eos_token_id, tokenizer.bos_token_id):
-        texts = [f"{it['question']} {' '.join(it['choices'])}" for group in items.values() for it in group]
-        unknown = sum(int(((t.ids == unk) & t.mask).any(1).sum()) for t in tokens.values()) + \
-            sum(unk in ids for ids in tokenizer(texts)["input_ids"])
-        if unknown:
-            raise UserError(f"the tokenizer of {cfg.tokenizer} cannot spell {unknown} documents and items of the "
-                            f"world in {root} (unknown words): the model was made in another world")
-    key = digest(asdict(config), vocab, docs, items, talks)  # build_world's key: equal for the same world
-    return World(config, tokenizer, meta.get("entities", {}), docs, items, tokens, key, topic=domain.topic,
-                 chats=talks)

@@ -8,8 +8,9 @@ suite and how to report it (worst case first).
 sub-directory with a config.json) with every attack of the suite (adversary.SUITES) and seeds 0..N-1, in
 worker processes with one torch thread each, recording forget (E), retain (Re) and benign G (G_test, where the
 world has it) accuracy at step 0 and at 8 more evenly spaced steps; `--model PATH` attacks one saved model,
-`--data-dir DIR` uses local JSONL files instead of the miniature world (realworld.LocalWorldConfig). Writes <run_dir>/redteam/: results.json,
-results.md (worst case first, then per attack x model mean ± std over seeds) and plots (plots.py).
+`--data-dir DIR` uses local JSONL files instead of the miniature world (data.LocalWorldConfig). Writes
+<run_dir>/redteam/: results.json, results.md (worst case first, then per attack x model mean ± std over seeds) and
+plots (plots.py).
 
 results.json (schema "tar-redteam/1"):
     {"schema", "updated", "models": {name: {"path", "digest"}}, "world": {"config", "digest", "style", "items"},
@@ -45,8 +46,7 @@ import adversary
 import cli
 import protocol
 from cli import UserError
-from data import load_world
-from realworld import LocalWorldConfig
+from data import LocalWorldConfig, load_world
 from scoring import accuracies, reported
 from storage import atomic_write, file_digest, load_model, read_json
 from workers import Workers

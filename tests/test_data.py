@@ -13,7 +13,6 @@ import batching
 import data
 import domains
 import realdata
-import realworld
 import scoring
 import world
 from conftest import cli_error, tiny_model
@@ -138,7 +137,7 @@ def test_export_reads_back_as_the_same_world(domain, tmp_path):
     data.main(["--domain", domain, "--world-entities", "4", "--out", str(tmp_path / "w")])
     built = world.build_world(world.world_config(domain, 4))
     model = realdata.world_model(built, tmp_path / "m")
-    back = realworld.load_local_world(realworld.LocalWorldConfig(str(tmp_path / "w"), str(tmp_path / "m")))
+    back = data.load_local_world(data.LocalWorldConfig(str(tmp_path / "w"), str(tmp_path / "m")))
     assert back.digest == built.digest and back.config == built.config and back.style == "cloze"
     assert back.docs == built.docs and back.items == built.items and back.chats == built.chats
     assert back.entities == built.entities and back.topic == built.topic and back.tokens.keys() == built.tokens.keys()
