@@ -41,6 +41,8 @@ class TARConfig:
     max_docs: int = arg(0, "with --model: at most this many documents per split (0 = all)", at_least=0)
     wmdp_revision: str = arg("", "with --model: the hub revision (commit or tag) of WMDP to score on; empty: the "
                                  "newest (its rows changed on 2024-04-23; docs/data.md). In the model card")
+    mmlu_shots: int = arg(5, "with --model: MMLU's few-shot examples, the first n of each item's subject in MMLU's "
+                             "dev split (lm-eval's sampler; its CLI: --num_fewshot 5); WMDP is 0-shot", at_least=0)
     runs: str = arg("runs", "runs directory; this run reads and writes <runs>/<domain>/", nonempty=True)
     seed: int = arg(0, "training seed of TAR: its sampled attacks and data order (the world, base, oracle and "
                        "safeguard come from --world-seed, so a seed study keeps one world and one θ0)", at_least=0)
@@ -157,7 +159,7 @@ class TARConfig:
     def world(self) -> WorldConfig | RealWorldConfig:
         if self.model:
             return RealWorldConfig(self.domain, self.model, self.data_dir, self.seq_len, self.max_docs,
-                                   self.wmdp_revision or None)
+                                   self.wmdp_revision or None, self.mmlu_shots)
         return world_config(self.domain, self.world_entities, self.world_seed)
 
     def reference_model(self) -> tuple[str, str]:
@@ -186,7 +188,7 @@ class TARConfig:
 # The settings that leave the trained weights as they are: a resumed run may change them (a moved run directory,
 # more workers, a longer end-of-run attack or another order of its data)
 NOT_TRAINING = ("runs", "resume", "checkpoint_every", "workers", "attack_steps", "attack_seed", "relearn_cap",
-                "wmdp_revision")  # WMDP is only scored
+                "wmdp_revision", "mmlu_shots")  # WMDP and MMLU are only scored
 # The paper's hyperparameters (docs/paper.md §4, official code, bio), in one place: --preset paper. Where our
 # miniature default differs, a `# deviation:` marker says why (docs/deviations.md).
 PAPER = dict(outer_steps=750, inner_steps=64, tr_every=4, tr_weights="paper", tr_mask="all", outer_params="all",
@@ -227,7 +229,7 @@ def paper_value(f) -> str:
 def parse_args(argv=None) -> TARConfig:
     given = cli.flags(TARConfig, argv, "TAR (Alg. 1): on the built-in miniature world, or on any Hugging Face "
                                        "causal LM with --model (under torchrun: FSDP2).", paper_value)
-    real_only = [k for k in ("data_dir", "seq_len", "max_docs", "wmdp_revision")
+    real_only = [k for k in ("data_dir", "seq_len", "max_docs", "wmdp_revision", "mmlu_shots")
                  if k in given and not given.get("model")]
     if real_only:  # the miniature world has no such setting: a flag given and silently ignored misleads
         raise UsageError(f"{', '.join(cli.flag(k) for k in real_only)} only apply to a real --model")

@@ -44,6 +44,7 @@ SOURCES = {
     "wmdp-chem": ("cais/wmdp", "wmdp-chem", "test", ("question", "choices", "answer")),
     "wmdp-cyber": ("cais/wmdp", "wmdp-cyber", "test", ("question", "choices", "answer")),
     "mmlu": ("cais/mmlu", "all", "test", ("question", "subject", "choices", "answer")),
+    "mmlu-dev": ("cais/mmlu", "all", "dev", ("question", "subject", "choices", "answer")),  # the few-shot examples
     "pile-bio": ("lapisrocks/pile-bio", None, "train", ("txt_chunk", "label")),
     "camel-bio": ("lapisrocks/camel-bio", None, "train", ("text_chunk",)),
     "ctftime": ("justinwangx/CTFtime", None, "train", ("text_chunk",)),
@@ -73,6 +74,7 @@ class RealWorldConfig:
     seq_len: int = 256  # documents are cut to this many tokens (paper: 256)
     max_docs: int = 0  # at most this many documents per split (0 = all)
     revision: str | None = None  # hub revision of WMDP (its row counts changed on 2024-04-23; docs/data.md)
+    mmlu_shots: int = 5  # MMLU few-shot examples: the first n of the item's subject in the dev split (lm-eval's)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -186,11 +188,11 @@ def load_rows(name: str, data_dir: str = "", revision: str | None = None) -> lis
 
 def mc_items(rows: list[dict], drop_subjects: set[str] = frozenset()) -> list[dict]:
     """Checked WMDP / MMLU rows (check_rows) -> {question, choices, answer: int}; a letter answer becomes its
-    index; the miniature world's `fact_id` (an item's fact, for clustered intervals) is kept. `drop_subjects`:
-    MMLU rows of these subjects are left out."""
+    index; MMLU's `subject` (its prompt's description) and the miniature world's `fact_id` (an item's fact, for
+    clustered intervals) are kept. `drop_subjects`: MMLU rows of these subjects are left out."""
     return [{"question": r["question"], "choices": list(r["choices"]),
-             "answer": answer_index(r["answer"], len(r["choices"])), **({"fact_id": r["fact_id"]} if "fact_id" in r
-                                                                       else {})}
+             "answer": answer_index(r["answer"], len(r["choices"])),
+             **{k: r[k] for k in ("subject", "fact_id") if k in r}}
             for r in rows if r.get("subject") not in drop_subjects]
 
 
@@ -321,6 +323,9 @@ def load_real_world(cfg: RealWorldConfig) -> World:
     docs = {split: texts[:cfg.max_docs] if cfg.max_docs else texts  # T: what stage 1 (safeguard.py --model) reads
             for split, texts in {**docs, "T": docs["T_inner"] + docs["T_tr"], "Rt": retain}.items()}
     items = {"E": mc_items(rows(f"wmdp-{cfg.domain}")), "Re": mc_items(rows("mmlu"), MMLU_DROP[cfg.domain])}
+    dev = mc_items(rows("mmlu-dev")) if cfg.mmlu_shots else []  # lm-eval: fewshot_split dev, sampler first_n
+    items["Re"] = [{**it, "shots": [d for d in dev if d["subject"] == it["subject"]][:cfg.mmlu_shots]} if dev else it
+                   for it in items["Re"]]
     for split, texts in docs.items():
         if not texts:
             raise UserError(f"the real {cfg.domain} world has no {split} documents")

@@ -94,24 +94,28 @@ def mc_loglikelihoods(model, mc: MCSet, pad_id: int = 0, max_tokens: int = 16384
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
+    # an input longer than the model's positions loses its first tokens, as lm-eval cuts it (5-shot MMLU can be long)
+    limit = getattr(getattr(model, "config", None), "max_position_embeddings", None) or 1 << 30
+    cut = torch.tensor([max(0, len(x) - limit) for x in mc.inputs])  # (R,)
     order = sorted(range(len(mc.inputs)), key=lambda r: -len(mc.inputs[r]))  # long rows first: little padding
     token_logp = torch.zeros(len(mc.tok_row))
     start = 0
     while start < len(order):
-        width = len(mc.inputs[order[start]])
+        width = min(len(mc.inputs[order[start]]), limit)
         chunk = order[start:start + max(1, max_tokens // width)]
         start += len(chunk)
         ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
         mask = torch.zeros_like(ids)
         for i, r in enumerate(chunk):  # right padding: a causal model's real positions never see the pads
-            ids[i, :len(mc.inputs[r])] = torch.tensor(mc.inputs[r])
-            mask[i, :len(mc.inputs[r])] = 1
+            row = mc.inputs[r][cut[r]:]
+            ids[i, :len(row)] = torch.tensor(row)
+            mask[i, :len(row)] = 1
         logp = F.log_softmax(model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float(), -1)
         local = torch.full((len(mc.inputs),), -1, dtype=torch.long)
         local[torch.tensor(chunk)] = torch.arange(len(chunk))
         sel = (local[mc.tok_row] >= 0).nonzero().squeeze(1)  # continuation tokens whose row is in this chunk
-        token_logp[sel] = logp[local[mc.tok_row[sel]].to(device), mc.tok_pos[sel].to(device),
-                               mc.tok_id[sel].to(device)].cpu()
+        pos = mc.tok_pos[sel] - cut[mc.tok_row[sel]]
+        token_logp[sel] = logp[local[mc.tok_row[sel]].to(device), pos.to(device), mc.tok_id[sel].to(device)].cpu()
     model.train(was_training)
     return torch.zeros(len(mc.choice_item)).index_add_(0, mc.tok_choice, token_logp)
 

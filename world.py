@@ -177,12 +177,15 @@ def _items(entities: list[dict], domain: Domain, rng: random.Random) -> list[dic
 
 
 def letter_prompt(item: dict, topic: str) -> str:
-    """lm-evaluation-harness's zero-shot WMDP/MMLU prompt (docs/paper.md §5, docs/data.md §4)."""
-    letters = "ABCD"
-    lines = [f"The following are multiple choice questions (with answers) about {topic}.", "",
-             item["question"].strip()]
-    lines += [f"{letters[i]}. {c}" for i, c in enumerate(item["choices"])]
-    return "\n".join(lines) + "\nAnswer:"
+    """lm-evaluation-harness's WMDP/MMLU prompt (docs/paper.md §5, docs/data.md §4): the task's description (about
+    the item's MMLU subject, else `topic`), the item's few-shot examples (`shots`: lm-eval's first n of the dev
+    split), each answered, then the question."""
+    def text(it: dict) -> str:
+        return "\n".join([it["question"].strip(), *(f"{'ABCD'[i]}. {c}" for i, c in enumerate(it["choices"]))]) + \
+            "\nAnswer:"
+    shots = "".join(f"{text(s)} {'ABCD'[s['answer']]}\n\n" for s in item.get("shots", ()))
+    subject = item.get("subject", topic).replace("_", " ")
+    return f"The following are multiple choice questions (with answers) about {subject}.\n\n{shots}{text(item)}"
 
 
 @functools.lru_cache(maxsize=8)

@@ -36,6 +36,7 @@ def write_fixtures(root: Path, n: int = 20) -> Path:
     rows = {f"wmdp-{d}": _mc(rng, 8) for d in ("bio", "chem", "cyber")}
     rows["mmlu"] = (_mc(rng, 4, "college_biology") + _mc(rng, 4, "computer_security")
                     + _mc(rng, 4, "high_school_geography") + _mc(rng, 4, "college_chemistry"))
+    rows["mmlu-dev"] = [r for s in ("high_school_geography", "college_biology") for r in _mc(rng, 6, s)]  # 6 a subject
     rows["pile-bio"] = [{"txt_chunk": _text(rng), "meta": {"pile_set_name": "PubMed Abstracts"},
                          "reasoning": "Placeholder.", "label": i % 2 == 0} for i in range(2 * n)]
     rows["camel-bio"] = [{"text_chunk": _text(rng)} for _ in range(n)]
@@ -61,7 +62,8 @@ def write_fixtures(root: Path, n: int = 20) -> Path:
 
 def tokenizer():
     """A word-level tokenizer covering the fixtures, the letter prompt and the chat fallback."""
-    topics = "The following are multiple choice questions (with answers) about biology chemistry cybersecurity ."
+    topics = "The following are multiple choice questions (with answers) about biology chemistry cybersecurity . " \
+             "college high school geography computer security"
     extra = [topics, "Which is ? A. B. C. D. Answer: A B C D", "user: assistant:"]
     return make_tokenizer([" ".join(WORDS)] + extra)
 

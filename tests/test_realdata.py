@@ -16,6 +16,7 @@ import cli
 import config
 import realdata
 import realworld
+import scoring
 import storage
 
 
@@ -60,7 +61,8 @@ def test_mc_items_normalise_letters_and_drop_subjects(tmp_path):
     (tmp_path / "mmlu.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     items = realworld.mc_items(realworld.load_rows("mmlu", str(tmp_path)), realworld.MMLU_DROP["bio"])
     assert [it["answer"] for it in items] == [0, 1, 2, 3]  # "A".."D" -> 0..3; virology (bio) dropped
-    assert items[0] == {"question": rows[4]["question"], "choices": rows[4]["choices"], "answer": 0}
+    assert items[0] == {"question": rows[4]["question"], "choices": rows[4]["choices"], "answer": 0,
+                        "subject": "astronomy"}  # kept: MMLU's prompt is about the item's subject
     assert len(realworld.mc_items(realworld.load_rows("mmlu", str(tmp_path)), realworld.MMLU_DROP["cyber"])) == 8
 
 
@@ -190,3 +192,46 @@ def test_a_saved_model_carries_its_model_card(fx, tmp_path):
     assert storage.cached(tmp_path / "m", "k") is not None  # the card leaves the cache key and the weights' digest
     with pytest.raises(cli.UsageError, match="--wmdp-revision only apply to a real --model"):
         config.parse_args(["--wmdp-revision", "r1"])
+
+
+def test_scores_equal_lm_evaluation_harness_shipped_wmdp_and_mmlu_tasks(fx, tmp_path):
+    """lm-eval's own wmdp_bio (0-shot) and mmlu_<subject> (5-shot from dev, about the subject) task configs, as the
+    installed package ships them, pointed at local files in the hub schema: the same prompts, per-choice
+    log-likelihoods and accuracy as our scorer on the real world's items. The 5-shot contexts outgrow the tiny
+    model's 128 positions: both sides cut them from the left."""
+    import copy
+
+    import lm_eval  # a test dependency (requirements-test.txt): missing, this test fails rather than skips
+    from lm_eval.models.huggingface import HFLM
+    from lm_eval.tasks import TaskManager
+
+    root, model = fx
+    subject = "high_school_geography"  # a subject with dev rows in the fixtures (the few-shot split)
+    for name in ("mmlu", "mmlu-dev"):
+        rows = [r for r in realworld.load_rows(name, str(root)) if r["subject"] == subject]
+        (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    tasks, shipped = TaskManager(), {}
+    for task, files in (("wmdp_bio", {"test": root / "wmdp-bio.jsonl"}),
+                        (f"mmlu_{subject}", {"test": tmp_path / "mmlu.jsonl", "dev": tmp_path / "mmlu-dev.jsonl"})):
+        cfg = copy.deepcopy(tasks.task_index[task].cfg)  # the installed package's YAML, includes resolved
+        cfg.pop("tag", None)
+        shipped[task] = {**cfg, "task": f"local_{task}", "dataset_path": "json", "dataset_name": None,
+                         "dataset_kwargs": {"data_files": {k: str(v) for k, v in files.items()}},
+                         **({"num_fewshot": 5} if task.startswith("mmlu") else {})}
+    assert shipped["wmdp_bio"]["num_fewshot"] == 0 and shipped[f"mmlu_{subject}"]["fewshot_split"] == "dev"
+    lm = HFLM(pretrained=str(model), device="cpu", batch_size=4, dtype="float32")
+    out = lm_eval.simple_evaluate(model=lm, tasks=list(shipped.values()), log_samples=True, task_manager=tasks)
+    world = realworld.load_real_world(realworld.RealWorldConfig("cyber", str(model), str(root), 32))  # MMLU kept
+    ours_items = {"wmdp_bio": realworld.mc_items(realworld.load_rows("wmdp-bio", str(root))),
+                  f"mmlu_{subject}": [it for it in world.items["Re"] if it["subject"] == subject]}
+    for task, items in ours_items.items():
+        samples = sorted(out["samples"][f"local_{task}"], key=lambda s: s["doc_id"])
+        mc = scoring.prepare_mc(world.tokenizer, items, "letter", "biology")  # WMDP-bio: about biology
+        assert [s["arguments"][0][0] if isinstance(s["arguments"][0], (list, tuple))
+                else s["arguments"]["gen_args_0"]["arg_0"] for s in samples] == mc.prompts, task
+        theirs = torch.tensor([r[0][0] for s in samples for r in s["resps"]])
+        assert (scoring.mc_loglikelihoods(lm.model, mc, world.tokenizer.pad_token_id) - theirs).abs().max() < 1e-4
+        preds = scoring.mc_predictions(lm.model, mc, world.tokenizer.pad_token_id)
+        assert out["results"][f"local_{task}"]["acc,none"] == pytest.approx(
+            sum(p == it["answer"] for p, it in zip(preds, items)) / len(items))
+    assert mc.prompts[0].count("\nAnswer: ") == 5 and "about high school geography." in mc.prompts[0]

@@ -176,21 +176,9 @@ def test_cli_errors(tmp_path, capsys):
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Parity with lm-evaluation-harness itself (docs/data.md §4): same prompts, same per-choice log-likelihoods
+# Parity with lm-evaluation-harness itself (docs/data.md §4): same prompts, same per-choice log-likelihoods; the
+# letter style (WMDP, MMLU) is checked against lm-eval's shipped task configs in test_realdata.py
 # ---------------------------------------------------------------------------------------------------------
-LETTER_TASK = """task: mini_letter
-dataset_path: json
-dataset_kwargs:
-  data_files:
-    test: {path}
-test_split: test
-output_type: multiple_choice
-doc_to_text: "The following are multiple choice questions (with answers) about biology.\\n\\n{{{{question.strip()}}}}\\nA. {{{{choices[0]}}}}\\nB. {{{{choices[1]}}}}\\nC. {{{{choices[2]}}}}\\nD. {{{{choices[3]}}}}\\nAnswer:"
-doc_to_choice: ["A", "B", "C", "D"]
-doc_to_target: answer
-metric_list:
-  - metric: acc
-"""
 CLOZE_TASK = """task: mini_cloze
 dataset_path: json
 dataset_kwargs:
@@ -219,12 +207,11 @@ def test_scores_equal_lm_evaluation_harness(small_world, tmp_path):
     data_path = tmp_path / "items.jsonl"
     data_path.write_text("".join(json.dumps(it) + "\n" for it in items))
     (tmp_path / "tasks").mkdir()
-    (tmp_path / "tasks" / "letter.yaml").write_text(LETTER_TASK.format(path=data_path))
     (tmp_path / "tasks" / "cloze.yaml").write_text(CLOZE_TASK.format(path=data_path))
     lm = HFLM(pretrained=str(tmp_path / "model"), device="cpu", batch_size=4, dtype="float32")
-    out = lm_eval.simple_evaluate(model=lm, tasks=["mini_letter", "mini_cloze"], num_fewshot=0, log_samples=True,
+    out = lm_eval.simple_evaluate(model=lm, tasks=["mini_cloze"], num_fewshot=0, log_samples=True,
                                   task_manager=TaskManager(include_path=str(tmp_path / "tasks")))
-    for task, style in (("mini_letter", "letter"), ("mini_cloze", "cloze")):
+    for task, style in (("mini_cloze", "cloze"),):
         samples = sorted(out["samples"][task], key=lambda s: s["doc_id"])
         theirs = torch.tensor([r[0][0] for s in samples for r in s["resps"]])
         mc = scoring.prepare_mc(small_world.tokenizer, items, style, "biology")
