@@ -101,7 +101,8 @@ def load_local_world(cfg: LocalWorldConfig) -> World:
         if unknown:
             raise UserError(f"the tokenizer of {cfg.tokenizer} cannot spell {unknown} documents and items of the "
                             f"world in {root} (unknown words): the model was made in another world")
-    key = digest(asdict(config), vocab, docs, items, talks)  # build_world's key: equal for the same world
+    key = digest(asdict(config), vocab, {g: d for g, d in docs.items() if g not in STREAMS}, items,
+                 talks)  # build_world's key: equal for the same world
     return World(config, tokenizer, meta.get("entities", {}), docs, items, tokens, key, topic=domain.topic,
                  chats=talks)
 

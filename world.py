@@ -238,7 +238,9 @@ def build_world(config: WorldConfig = WorldConfig()) -> World:
                                           (tokens[g] for g in parts))
     if talks:
         tokens.update(chats.refusal_tokens(talks, tokenizer, tokens))
-    key = digest(asdict(config), tokenizer.get_vocab(), docs, items, talks)  # a world's identity
+    # a world's identity: its groups (the streams are concatenations of them: a new stream changes no world)
+    key = digest(asdict(config), tokenizer.get_vocab(), {g: d for g, d in docs.items() if g not in STREAMS}, items,
+                 talks)
     return World(config, tokenizer, groups, docs, items, tokens, key, topic=domain.topic, chats=talks)
 
 

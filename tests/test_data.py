@@ -26,6 +26,12 @@ def test_world_is_deterministic_and_seeded(small_world):
     assert other.digest != small_world.digest
 
 
+def test_a_world_is_its_groups_a_new_stream_changes_no_cache_key(small_world, monkeypatch):
+    monkeypatch.setitem(world.STREAMS, "extra", ("Rt", "U"))  # as "filtered" was added: no cache went stale
+    rebuilt = world.build_world.__wrapped__(small_world.config)
+    assert "extra" in rebuilt.docs and rebuilt.digest == small_world.digest  # (another seed's differs: above)
+
+
 def test_groups_are_disjoint_and_sized(small_world):
     names = {g: {e["name"] for e in small_world.entities[g]} for g in ("T", "V", "A", "E", "Rt", "Re", "U", "G_dev",
                                                                        "G_test", "N")}
