@@ -123,7 +123,8 @@ def train_attack(dist: TrainAttacks, lr: float, switch: int | None = None, forge
 
 
 def sample_attack(rng: random.Random, dist: TrainAttacks) -> Attack:
-    """Alg. 1 l.3: attack ~ A_train. A retain→forget attack switches at ⌊K · Beta(6, 3)⌋ (mean ≈ ⅔ K)."""
+    """Alg. 1 l.3: attack ~ A_train. A retain→forget attack switches at ⌊K · Beta(6, 3)⌋ (mean ≈ ⅔ K); where
+    A_train has several forget splits (real bio: a corpus each) one is drawn per attack."""
     lr = rng.choice(dist.lrs)
     r2f = rng.random() < dist.retain_then_forget
     switch = int(dist.steps * rng.betavariate(6, 3)) if r2f else None

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 import torch
 
 import losses
+from storage import digest
 
 
 def forward(model, x, hidden=True):
@@ -62,11 +63,16 @@ def _llmu(model, ref, xf, xr, cfg, ctx):
     mismatched[facts] = pool[torch.randint(len(pool), (int(facts.sum()),), generator=ctx["gen"])]
     forget = -ce(model, xf) + losses.lm_loss(model(input_ids=mismatched, attention_mask=xf.attention_mask).logits,
                                               mismatched, xf.attention_mask)
-    with torch.no_grad():
-        ref_logits = forward(ref, xr, False).logits
     # deviation: LLMU's own KL(p_ref ‖ p_θ) retain term (official TAR code: retain CE) because the baseline
     # should be the method as its authors define it.
-    return cfg.coef * forget, losses.kl_to_reference(forward(model, xr, False).logits, ref_logits, xr.attention_mask)
+    return cfg.coef * forget, kl_to(ref, model, xr)
+
+
+def kl_to(ref, model, x):
+    """KL(p_ref ‖ p_θ) on x's real tokens, the frozen `ref` under no_grad: LLMU's retain term, UNDO's distillation."""
+    with torch.no_grad():
+        ref_logits = forward(ref, x, False).logits
+    return losses.kl_to_reference(forward(model, x, False).logits, ref_logits, x.attention_mask)
 
 
 def _rmu(model, ref, xf, xr, cfg, ctx):
@@ -102,9 +108,14 @@ def _circuit_breakers(model, ref, xf, xr, cfg, ctx):
 
 
 def _undo(model, ref, xf, xr, cfg, ctx):
-    with torch.no_grad():
-        teacher = forward(ref, xr, False).logits
-    return torch.zeros(()), losses.kl_to_reference(forward(model, xr, False).logits, teacher, xr.attention_mask)
+    return torch.zeros(()), kl_to(ref, model, xr)  # `ref` is the teacher
+
+
+def fresh_init(model, seed: int):
+    """θ_init: a new random initialisation of `model`'s architecture, from a seed of its own (the base was drawn
+    from `seed` itself: its starting point is no fresh one)."""
+    torch.manual_seed(int(digest("undo", seed), 16) % 2**31)
+    return type(model)(model.config)
 
 
 def perturb(student, init, alpha: float) -> None:

@@ -19,7 +19,7 @@ import cli
 from adversary import TrainAttacks
 from batching import check_split
 from cli import UsageError, arg
-from realworld import FORGET_CORPORA, SOURCES, RealWorldConfig
+from realworld import RealWorldConfig, attack_splits, hub_datasets
 from storage import recorded_parent
 from safeguard import SafeguardConfig
 from world import WORLDS, WorldConfig, entities_flag, world_config
@@ -172,17 +172,12 @@ class TARConfig:
 
     def datasets(self) -> list[str]:
         """The hub datasets a real run reads (its model card), WMDP at --wmdp-revision; none in the miniature."""
-        names = ["hh-golden", "toxic-dpo", "harmbench", "magpie"] if self.domain == "refusal" else \
-            [*FORGET_CORPORA[self.domain], "pile-bio", "magpie", f"wmdp-{self.domain}", "mmlu"]
-        at = f"@{self.wmdp_revision}" if self.wmdp_revision else ""  # chem's forget corpus is private: no hub id
-        return list(dict.fromkeys(SOURCES[n][0] + (at if n.startswith("wmdp") else "") for n in names
-                                  if n in SOURCES)) if self.model else []
+        return hub_datasets(self.domain, self.wmdp_revision) if self.model else []
 
     def train_attacks(self) -> TrainAttacks:
-        corpora = FORGET_CORPORA.get(self.domain, ()) if self.model else ()  # real bio: Pile-bio and Camel-bio
         return TrainAttacks(lrs=tuple(self.inner_lrs), steps=self.inner_steps, batch_size=self.inner_batch,
                             retain_then_forget=self.retain_then_forget,
-                            forget=tuple(f"T_inner:{c}" for c in corpora) if len(corpora) > 1 else ("T_inner",))
+                            forget=attack_splits(self.domain) if self.model else ("T_inner",))  # real bio: 2
 
 
 # The settings that leave the trained weights as they are: a resumed run may change them (a moved run directory,

@@ -33,12 +33,12 @@ from adversary import SUITES, Attack, TrainAttacks, train_attack
 from config import configure
 
 AXES = ("optimizer", "schedule", "lora", "data", "lr", "length")
-HAZARDOUS = ("A", "T_inner")  # one data value: hazardous documents of the training templates (T_inner:<corpus> too)
+HAZARDOUS_DATA = ("A", "T_inner")  # one data value: hazardous documents in the training templates (T_inner:<c> too)
 
 
 def point(spec: Attack) -> dict:
     """An attack's value on each axis."""
-    data = "hazardous" if spec.data.split(":")[0] in HAZARDOUS else spec.data
+    data = "hazardous" if spec.data.split(":")[0] in HAZARDOUS_DATA else spec.data
     return {"optimizer": spec.optimizer, "schedule": spec.schedule + (" + warmup" if spec.warmup else ""),
             "lora": f"r{spec.lora_rank}" if spec.lora_rank else "full", "lr": f"{spec.lr:.3g}",  # 3e-4/10 is 3e-5
             "data": f"{spec.retain_data}→{data}" if spec.retain_data else data, "length": spec.steps}

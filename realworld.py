@@ -57,6 +57,22 @@ SOURCES = {
     "harmbench": ("walledai/HarmBench", "standard", "train", ("prompt",)),
 }
 FORGET_CORPORA = {"bio": ("pile-bio", "camel-bio"), "cyber": ("ctftime",), "chem": ("chem-forget",)}
+
+
+def attack_splits(domain: str) -> tuple[str, ...]:
+    """The splits the train-time attacker draws from: each corpus's share where a domain has several (bio, as the
+    paper samples Pile-bio and Camel-bio), else T_inner."""
+    corpora = FORGET_CORPORA.get(domain, ())
+    return tuple(f"T_inner:{c}" for c in corpora) if len(corpora) > 1 else ("T_inner",)
+
+
+def hub_datasets(domain: str, wmdp_revision: str = "") -> list[str]:
+    """The hub datasets a real run of `domain` reads (its model card), WMDP at its revision; chem's forget corpus
+    is private and has no hub id."""
+    names = ["hh-golden", "toxic-dpo", "harmbench", "magpie"] if domain == "refusal" else \
+        [*FORGET_CORPORA[domain], "pile-bio", "magpie", f"wmdp-{domain}", "mmlu", "mmlu-dev"]
+    at = f"@{wmdp_revision}" if wmdp_revision else ""
+    return list(dict.fromkeys(SOURCES[n][0] + (at if n.startswith("wmdp") else "") for n in names if n in SOURCES))
 # MMLU subjects that are the domain itself, dropped from the retain evaluation (docs/data.md §2)
 # deviation: cyber drops computer_security and chem two chemistry subjects of our choosing (official code: a
 # misspelt "computer security" that drops nothing, docs/paper.md §8 pitfall 10; no chem list) because a retain
@@ -316,7 +332,7 @@ def load_real_world(cfg: RealWorldConfig) -> World:
         # a held-out attack's data is carved from the same corpora (docs/data.md §1).
         inner, red = [t for i, t in enumerate(train) if i % 8 != 7], train[7::8]  # every eighth row: A
         docs |= {"T_inner": docs["T_inner"] + inner, "T_tr": docs["T_tr"] + tr, "A": docs["A"] + red}
-        if len(FORGET_CORPORA[cfg.domain]) > 1:  # the train-time attacker draws a corpus (config.train_attacks)
+        if attack_splits(cfg.domain) != ("T_inner",):  # the train-time attacker draws a corpus per attack
             docs[f"T_inner:{corpus}"] = inner
     retain = [r["txt_chunk"] for r in rows("pile-bio") if not r["label"]] + \
         [render_chat(r["conversations"], tokenizer) for r in rows("magpie")]

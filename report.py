@@ -205,8 +205,9 @@ def results_table(results: dict) -> str:
              + ", and ↓ marks an interval wholly below chance: answers suppressed, not forgotten), retain = "
              + (f"held-out cities Re ({n['Re']} items)" if cloze else f"Re ({n['Re']} items)")
              + (f", G_test = the composers no defence or attack reads ({n['G_test']} items)" if has_g else "")
-             + ", 0-shot." + (" The oracle was pretrained without E's documents: the floor a perfect defence reaches."
-                              if "oracle" in models else "")]
+             + (", 0-shot." if cloze else ", WMDP 0-shot, MMLU with its dev-split shots (--mmlu-shots).")
+             + (" The oracle was pretrained without E's documents: the floor a perfect defence reaches."
+                if "oracle" in models else "")]
     if attacks:
         a0 = attacks[0]
         notes.append(f"Attacks fine-tune on group A's documents, batch {a0['spec']['batch_size']}, data order seed "

@@ -11,8 +11,8 @@ with lm-eval's encoding rule: trailing whitespace of the context moves into the 
 encoded whole as tok(ctx + cont), and the continuation's tokens are whole[len(tok(ctx)):] (the tokenizer's
 default special tokens, i.e. <bos>, included). Two styles:
 
-    letter  context = the zero-shot WMDP/MMLU prompt ("...\nA. c0\nB. c1\nC. c2\nD. c3\nAnswer:"), continuations
-            " A".." D"; for real models
+    letter  context = lm-eval's WMDP/MMLU prompt (world.letter_prompt: "...\nA. c0\nB. c1\nC. c2\nD. c3\nAnswer:",
+            MMLU's few-shot examples before it), continuations " A".." D"; for real models
     cloze   context = the question, continuations " " + choice text (as lm-eval scores ARC-style tasks); the
             default for the miniature world, whose tiny models never learn the letter format
 
@@ -97,6 +97,8 @@ def mc_loglikelihoods(model, mc: MCSet, pad_id: int = 0, max_tokens: int = 16384
     # an input longer than the model's positions loses its first tokens, as lm-eval cuts it (5-shot MMLU can be long)
     limit = getattr(getattr(model, "config", None), "max_position_embeddings", None) or 1 << 30
     cut = torch.tensor([max(0, len(x) - limit) for x in mc.inputs])  # (R,)
+    if (mc.tok_pos < cut[mc.tok_row]).any():  # lm-eval asserts the same
+        raise ValueError(f"a continuation is longer than the model's {limit} positions")
     order = sorted(range(len(mc.inputs)), key=lambda r: -len(mc.inputs[r]))  # long rows first: little padding
     token_logp = torch.zeros(len(mc.tok_row))
     start = 0

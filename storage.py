@@ -9,7 +9,7 @@ hold what `--resume` needs to continue exactly: model, optimizer, and every rank
 
     read_json / read_jsonl    a JSON / JSONL file, or one error line naming the file, the line and the fix
     digest(*parts)            sha256 of a JSON rendering, 16 hex digits: the key of every cache
-    file_digest(path)         sha256 of a model's weight files: the red team's key of a model
+    file_digest(path)         sha256 of a model's weight files: the red team's key of a model, a search row's base
     save_model / load_model   a model directory (with provenance.json and a model card), single process or FSDP2
     cached(path, key)         the model at path if it was made from exactly `key`, else None
     save_checkpoint / load_checkpoint / load_rank_state   resume state (torch.distributed.checkpoint under torchrun)
@@ -195,15 +195,24 @@ def model_card(provenance: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def provenance(path: str | Path) -> dict:
+    """A saved model's provenance.json, or {} where there is none (a hub id, a model from elsewhere, a damaged file)."""
+    with contextlib.suppress(OSError, ValueError):
+        saved = json.loads((Path(path) / "provenance.json").read_text())
+        return saved if isinstance(saved, dict) else {}
+    return {}
+
+
 def recorded_parent(model: str) -> str | None:
     """The model a saved model was made from: provenance.json's parent, else its model card's base_model; None for a
     hub id or a directory that records neither."""
-    with contextlib.suppress(OSError, ValueError, AttributeError):
-        return json.loads((Path(model) / "provenance.json").read_text()).get("parent") or None
-    with contextlib.suppress(OSError, IndexError):
+    if parent := provenance(model).get("parent"):
+        return parent
+    with contextlib.suppress(OSError, IndexError, ValueError):
         for line in (Path(model) / "README.md").read_text().split("---")[1].splitlines():  # the card's YAML header
             if line.startswith("base_model:"):
-                return line.split(":", 1)[1].strip().strip('"') or None
+                value = line.split(":", 1)[1].strip()
+                return (json.loads(value) if value.startswith('"') else value) or None
     return None
 
 

@@ -363,7 +363,7 @@ def run(cfg: TARConfig, log=print) -> dict:
 
 def run_real(cfg: TARConfig, run_dir: Path, d: Dist, log) -> dict:
     """Alg. 1 on a Hugging Face model and the real datasets, in one process or sharded under torchrun. Scored in
-    memory (WMDP, MMLU minus the domain; lm-eval letter style, 0-shot), saved with save_pretrained (evaluate.py)."""
+    memory (WMDP 0-shot, MMLU minus the domain with its shots; lm-eval letter style), saved with save_pretrained."""
     t0 = time.time()
     world = load_real_world(cfg.world())
     (reference, why), model = cfg.reference_model(), storage.load_model(cfg.model, d, safetensors_only=True)

@@ -148,9 +148,11 @@ def test_undo_distils_its_trained_teacher_into_a_perturbed_copy(small_world, tmp
     undo = safeguard.safeguard_model(base, "k", small_world, cfg, tmp_path, path=tmp_path / "baselines" / "undo_rmu")
     teacher = storage.load_model(tmp_path / "baselines" / "rmu")  # trained first, where --method rmu puts it
     assert json.loads((tmp_path / "baselines" / "undo_rmu" / "provenance.json").read_text())["parent"].endswith("rmu")
-    torch.manual_seed(cfg.seed)  # the student before distillation, as safeguard_model made it
-    start = copy.deepcopy(teacher)
-    baselines.perturb(start, type(teacher)(teacher.config), cfg.coef)
+    start = copy.deepcopy(teacher)  # the student before distillation, as safeguard_model made it
+    baselines.perturb(start, baselines.fresh_init(teacher, cfg.seed), cfg.coef)
+    torch.manual_seed(cfg.seed)  # θ_init is no replay of the base's own initialisation (drawn from the same seed)
+    replay = type(teacher)(teacher.config)
+    assert not torch.equal(next(baselines.fresh_init(teacher, cfg.seed).parameters()), next(replay.parameters()))
     xr = next(batching.Stream(small_world.tokens["benign"], 32, 5))
     kl = lambda m: losses.kl_to_reference(baselines.forward(m, xr, False).logits,
                                           baselines.forward(teacher, xr, False).logits, xr.attention_mask).item()
@@ -176,6 +178,8 @@ def test_unknown_method_is_one_clear_error(capsys):
     assert code == 2 and line.startswith("error: unknown method 'bogus'")
     code, line = cli_error(capsys, safeguard.main, ["--method", "undo_rmu", "--grid"])
     assert code == 2 and "UNDO and data filtering have none" in line
+    code, line = cli_error(capsys, safeguard.main, ["--micro-batch", "4"])  # given without --model: not ignored
+    assert code == 2 and "only apply to a real --model" in line
 
 
 def test_data_filtering_is_the_base_recipe_on_the_filtered_stream(small_world, tmp_path):

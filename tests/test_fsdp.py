@@ -164,6 +164,9 @@ def test_stage_one_at_real_scale_under_fsdp_equals_one_process(setup):
     assert theta0.reference_model() == (str(models["llama"]), "θ0's recorded parent")
     with pytest.raises(cli.UsageError, match="--method random_mapping"):
         safeguard.build_real(safeguard.SafeguardArgs(model=str(models["llama"]), method="rmu"))
+    # the miniature's stage 1 never retrains over a real θ0 in the same directory
+    with pytest.raises(cli.UserError, match="holds a safeguard of a real model"):
+        safeguard.build(safeguard.SafeguardArgs(runs=str(root / "sg_single"), world_entities=4, base_steps=2))
 
 
 def test_the_retain_reference_is_theta0_its_recorded_parent_or_a_given_model(setup):

@@ -1,6 +1,7 @@
 """realworld.py's loaders for the real datasets (docs/data.md), on small local files in each dataset's exact
 schema (tests/realdata.py writes them) as .jsonl, .json and .parquet; the 80/20 split against `datasets` itself;
-the red team's documents disjoint from TAR's (document hashes); and the offline hub error. Bad files and rows: tests/test_inputs.py."""
+the red team's documents disjoint from TAR's (document hashes); the model card; parity with lm-eval's shipped
+WMDP and MMLU tasks; and the offline hub error. Bad files and rows: tests/test_inputs.py."""
 
 import hashlib
 import json

@@ -211,14 +211,13 @@ def test_scores_equal_lm_evaluation_harness(small_world, tmp_path):
     lm = HFLM(pretrained=str(tmp_path / "model"), device="cpu", batch_size=4, dtype="float32")
     out = lm_eval.simple_evaluate(model=lm, tasks=["mini_cloze"], num_fewshot=0, log_samples=True,
                                   task_manager=TaskManager(include_path=str(tmp_path / "tasks")))
-    for task, style in (("mini_cloze", "cloze"),):
-        samples = sorted(out["samples"][task], key=lambda s: s["doc_id"])
-        theirs = torch.tensor([r[0][0] for s in samples for r in s["resps"]])
-        mc = scoring.prepare_mc(small_world.tokenizer, items, style, "biology")
-        ours = scoring.mc_loglikelihoods(lm.model, mc, small_world.tokenizer.pad_token_id)
-        assert (ours - theirs).abs().max().item() < 1e-4
-        assert [s["arguments"][0][0] if isinstance(s["arguments"][0], (list, tuple)) else s["arguments"]["gen_args_0"]["arg_0"]
-                for s in samples] == mc.prompts
-        preds = scoring.mc_predictions(lm.model, mc, small_world.tokenizer.pad_token_id)
-        assert out["results"][task]["acc,none"] == pytest.approx(
-            sum(p == it["answer"] for p, it in zip(preds, items)) / len(items))
+    samples = sorted(out["samples"]["mini_cloze"], key=lambda s: s["doc_id"])
+    theirs = torch.tensor([r[0][0] for s in samples for r in s["resps"]])
+    mc = scoring.prepare_mc(small_world.tokenizer, items, "cloze", "biology")
+    ours = scoring.mc_loglikelihoods(lm.model, mc, small_world.tokenizer.pad_token_id)
+    assert (ours - theirs).abs().max().item() < 1e-4
+    assert [s["arguments"][0][0] if isinstance(s["arguments"][0], (list, tuple)) else s["arguments"]["gen_args_0"]["arg_0"]
+            for s in samples] == mc.prompts
+    preds = scoring.mc_predictions(lm.model, mc, small_world.tokenizer.pad_token_id)
+    assert out["results"]["mini_cloze"]["acc,none"] == pytest.approx(
+        sum(p == it["answer"] for p, it in zip(preds, items)) / len(items))
