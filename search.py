@@ -14,8 +14,7 @@ selection.py's rule:
 Each stage 1 is trained and scored once (its θ0 is step 0 of every TAR run from it), then the TAR candidates run
 in parallel workers. Rows go to <runs>/<domain>/search/search.jsonl as each run finishes, keyed by every setting
 that made them and the base's weights: a rerun skips what is there (an interrupted search resumes) and redoes what
-changed. search.md
-beside it is the table docs/search.md copies.
+changed. search.md beside it is the table docs/search.md copies.
 
 Run:  python tar.py --domain bio                                   # the base, cached in runs/bio/base
       python search.py --domain bio --workers 2 [--only s1b s1b_lr_3e-3]
@@ -71,8 +70,10 @@ CANDIDATES = {
                              "the same from the stage 1 that keeps G_dev at 100%"),
     "s1b_all": ("stage1_benign", {"retain_data": "benign", "outer_params": "all"},
                 "as s1b, the outer step training every weight (the paper), not the MLPs alone"),
-    "s1b_retain_rt_outer_lr_3e-3": ("stage1_benign", {"outer_lr": 3e-3}, "as s1b_retain_rt at a third of the "
-                                                                          "outer lr: G lost more slowly?"),
+    "s1b_lambda_retain_2": ("stage1_benign", {"retain_data": "benign", "lambda_retain": 2.0},
+                            "between λ_retain 1 (resists, G_dev 62%) and 4 (s1b: G_dev 75-81%, no resistance)"),
+    "s1lr_all": ("stage1_benign_lr_1e-3", {"retain_data": "benign", "outer_params": "all"},
+                 "s1b_all from the stage 1 that keeps G_dev at 99-100%"),
 }
 UNSEEN = (*HOLDS_E, "Re", "G_test", "N")  # sealed: E and the base's stream, and the reported benign groups
 SEEN = ("T", "Rt", "U")  # scored at rest besides V and G_dev (those come with selection's evidence, at step 0)
