@@ -37,9 +37,9 @@ from chats import HAZARD, refusal_tokens
 from cli import UserError, arg
 from domains import DOMAINS
 from realworld import SOURCES, RealWorldConfig, load_real_world, mc_items, model_tokenizer, read_rows
-from storage import atomic_write, digest, read_json, write_jsonl
+from storage import atomic_write, read_json, write_jsonl
 from tokenizer import tokenize
-from world import READERS, STREAMS, WORLDS, World, WorldConfig, build_world, entities_flag, world_config
+from world import READERS, STREAMS, WORLDS, World, WorldConfig, build_world, entities_flag, world_config, world_key
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -101,8 +101,7 @@ def load_local_world(cfg: LocalWorldConfig) -> World:
         if unknown:
             raise UserError(f"the tokenizer of {cfg.tokenizer} cannot spell {unknown} documents and items of the "
                             f"world in {root} (unknown words): the model was made in another world")
-    key = digest(asdict(config), vocab, {g: d for g, d in docs.items() if g not in STREAMS}, items,
-                 talks)  # build_world's key: equal for the same world
+    key = world_key(config, vocab, docs, items, talks)  # build_world's key: equal for the same world
     return World(config, tokenizer, meta.get("entities", {}), docs, items, tokens, key, topic=domain.topic,
                  chats=talks)
 

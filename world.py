@@ -188,6 +188,12 @@ def letter_prompt(item: dict, topic: str) -> str:
     return f"The following are multiple choice questions (with answers) about {subject}.\n\n{shots}{text(item)}"
 
 
+def world_key(config: WorldConfig, vocab: dict, docs: dict, items: dict, talks) -> str:
+    """A world's identity: its config, vocabulary and groups (the streams are concatenations of groups: a new stream
+    changes no world); build_world and a world read back from its export (data.py) compute it alike."""
+    return digest(asdict(config), vocab, {g: d for g, d in docs.items() if g not in STREAMS}, items, talks)
+
+
 @functools.lru_cache(maxsize=8)
 def build_world(config: WorldConfig = WorldConfig()) -> World:
     """Builds the world for `config` (cached: the same config gives the very same object)."""
@@ -238,9 +244,7 @@ def build_world(config: WorldConfig = WorldConfig()) -> World:
                                           (tokens[g] for g in parts))
     if talks:
         tokens.update(chats.refusal_tokens(talks, tokenizer, tokens))
-    # a world's identity: its groups (the streams are concatenations of them: a new stream changes no world)
-    key = digest(asdict(config), tokenizer.get_vocab(), {g: d for g, d in docs.items() if g not in STREAMS}, items,
-                 talks)
+    key = world_key(config, tokenizer.get_vocab(), docs, items, talks)
     return World(config, tokenizer, groups, docs, items, tokens, key, topic=domain.topic, chats=talks)
 
 
