@@ -225,7 +225,9 @@ def test_ctrl_c_and_sigkill_leave_no_worker_behind(tmp_path):
     proc, workers = start_tar(tmp_path, "--resume")
     proc.kill()  # SIGKILL: no handler runs in the parent
     proc.wait()
-    assert all_gone(workers), "a worker outlived its killed parent"
+    # a worker killed while it still imports torch (before its PR_SET_PDEATHSIG) exits when the import is done and
+    # it sees its parent gone: seconds on a loaded machine, so the wait is longer than for Ctrl-C
+    assert all_gone(workers, within=60), "a worker outlived its killed parent"
 
 
 @pytest.mark.parametrize("script", ["safeguard.py", "evaluate.py"])
