@@ -280,10 +280,11 @@ def attack_stream(spec: Attack, tokens: dict[str, Tokens], seed: int) -> Iterato
                                             spec.switch), forget)
 
 
-def lm_batch_loss(model, batch: Batch) -> torch.Tensor:
-    """The attacker's loss: next-token cross-entropy on its batch (labels = inputs, padding masked)."""
-    out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
-    return losses.lm_loss(out.logits, batch.input_ids, batch.attention_mask)
+def lm_batch_loss(model, batch: Batch, chunk: int = 0) -> torch.Tensor:
+    """The attacker's loss: next-token cross-entropy on its batch (labels = inputs, padding masked); chunk > 0
+    applies the LM head that many positions at a time (losses.chunked_sum: TAR's --loss-chunk)."""
+    x, head, _ = losses.forward_for_loss(model, batch.input_ids, batch.attention_mask, chunk)
+    return losses.lm_loss(x, batch.input_ids, batch.attention_mask, head, chunk)
 
 
 # --------------------------------------------------------------------------------------------------------

@@ -113,6 +113,9 @@ class TARConfig:
     micro_batch: int = arg(0, "rows per forward/backward on each process; larger batches are accumulated "
                               "(0 = a process's whole share)", at_least=0)
     snapshot_offload: bool = arg(False, "keep Alg. 1's snapshot in CPU memory (one model copy less on the GPU)")
+    loss_chunk: int = arg(0, "apply the LM head this many positions at a time in the entropy TR, LM and attacker "
+                             "losses, recomputing each chunk's logits in the backward pass (0 = the whole sequence): "
+                             "at 8B the (B, T, 128K) logits are a step's largest activation", at_least=0)
     checkpoint_every: int = arg(10, "write <runs>/<domain>/checkpoint every this many outer steps, and on SIGTERM "
                                     "or Ctrl-C (0 = only then)", at_least=0)
     resume: bool = arg(False, "continue from <runs>/<domain>/checkpoint exactly")

@@ -89,7 +89,9 @@ def shard(model: torch.nn.Module, d: Dist) -> torch.nn.Module:
           if d.device.type == "cuda" else MixedPrecisionPolicy())  # fp32 master weights either way
     for layer in decoder_layers(model):
         fully_shard(layer, mp_policy=mp)
-    fully_shard(model, mp_policy=mp)
+    # the root stays gathered from its forward to its backward (FSDP2's default for a root, said explicitly):
+    # --loss-chunk applies the LM head after the forward, in chunks (losses.chunked_sum)
+    fully_shard(model, mp_policy=mp, reshard_after_forward=False)
     return model
 
 
@@ -175,7 +177,7 @@ def count_parameters(config) -> int:
 
 
 def memory_estimate(config, world_size: int, micro_batch: int, seq_len: int, cuda: bool = True,
-                    snapshot_offload: bool = False) -> dict[str, float]:
+                    snapshot_offload: bool = False, loss_chunk: int = 0) -> dict[str, float]:
     """GiB per rank for one TAR outer step (FSDP2, fp32 master weights, bf16 compute on CUDA):
 
         parameters, gradients                 4 B x P / W each
@@ -186,7 +188,8 @@ def memory_estimate(config, world_size: int, micro_batch: int, seq_len: int, cud
         activations of one micro-batch         every layer's saved tensors + the logits in fp32
     P from the config (exact), W = world size. The activation term follows Korthikanti et al. (2022) for
     attention through SDPA (no s² term) with a SwiGLU MLP: per token and layer ≈ bytes·(10 h + 4 kv + 5 m)
-    + 8 h in fp32 residuals, plus 3 x 4 B x V per token for the logits and their softmax/gradient."""
+    + 8 h in fp32 residuals, plus 3 x 4 B x V per token for the logits and their softmax/gradient: per token of
+    one chunk of loss_chunk positions when the losses apply the head in chunks (losses.chunked_sum)."""
     P = count_parameters(config)
     gib, W = 2 ** 30, world_size
     h, L = config.hidden_size, config.num_hidden_layers
@@ -205,7 +208,8 @@ def memory_estimate(config, world_size: int, micro_batch: int, seq_len: int, cud
         "TR-gradient buffer": 4 * P / W,
         "frozen reference": 4 * P / W,
         "all-gathered layers": 2 * layer_params * act_bytes,
-        "activations": tokens * (L * (act_bytes * (10 * h + 4 * kv + 5 * m) + 8 * h) + 3 * 4 * V),
+        "activations": tokens * L * (act_bytes * (10 * h + 4 * kv + 5 * m) + 8 * h)
+        + micro_batch * min(loss_chunk or seq_len, seq_len) * 3 * 4 * V,
     }
     est = {k: v / gib for k, v in est.items()}
     est["total"] = sum(est.values())
@@ -224,10 +228,11 @@ def format_estimate(est: dict[str, float], name: str, world_size: int, gpu_gib: 
     return "\n".join(lines)
 
 
-def estimate_here(config, name: str, d: Dist, micro_batch: int, seq_len: int, snapshot_offload: bool) -> str:
+def estimate_here(config, name: str, d: Dist, micro_batch: int, seq_len: int, snapshot_offload: bool,
+                  loss_chunk: int = 0) -> str:
     """The estimate for this run's processes and device, against this GPU's memory when there is one."""
     cuda = d.device.type == "cuda"
-    est = memory_estimate(config, d.world_size, micro_batch, seq_len, cuda, snapshot_offload)
+    est = memory_estimate(config, d.world_size, micro_batch, seq_len, cuda, snapshot_offload, loss_chunk)
     gpu = torch.cuda.get_device_properties(d.device).total_memory / 2**30 if cuda else None
     return format_estimate(est, name, d.world_size, gpu)
 
@@ -246,6 +251,8 @@ class EstimateArgs:
     micro_batch: int = arg(4, "rows per forward on a rank", above=0)
     seq_len: int = arg(256, "tokens per row", above=0)
     snapshot_offload: bool = arg(False, "also show the estimate with Alg. 1's snapshot in CPU memory")
+    loss_chunk: int = arg(0, "positions per chunk of the LM head in the losses (tar.py --loss-chunk; 0 = all)",
+                          at_least=0)
 
 
 def estimate(args: EstimateArgs) -> None:
@@ -253,7 +260,7 @@ def estimate(args: EstimateArgs) -> None:
     config = AutoConfig.for_model(**LLAMA3_8B) if args.model == "llama3-8b" else AutoConfig.from_pretrained(args.model)
     for w in args.world_size:
         for offload in sorted({False, args.snapshot_offload}):
-            est = memory_estimate(config, w, args.micro_batch, args.seq_len, True, offload)
+            est = memory_estimate(config, w, args.micro_batch, args.seq_len, True, offload, args.loss_chunk)
             print(f"[micro-batch {args.micro_batch} x {args.seq_len} tokens, snapshot "
                   f"{'on CPU' if offload else 'on GPU'}]")
             for gib in args.gpu_gib:

@@ -16,7 +16,13 @@ L_TR is minimised, so it *maximises* the entropy of the attacked model's next-to
 text: its floor is −ln V. The paper prefers it to negated cross-entropy because it flattens the attacker's
 loss curve instead of only raising it (Sec. 4.2).
 
+Memory at scale: the LM and entropy losses read logits (B, T, V), at 8B with V = 128K the largest activation of a
+step. Given the final hidden states (B, T, d) and the LM head instead, they apply the head `chunk` positions at a
+time and recompute each chunk's logits in the backward pass (`chunked_sum`): at most (B, chunk, V) logits exist at
+once, and the loss and its gradient are the unchunked ones up to float summation order (tests/test_losses.py).
+
 Use:  loss = entropy_tr_loss(out.logits, batch.fact_mask)
+      x, head, out = forward_for_loss(model, ids, attention, chunk=64); loss = lm_loss(x, ids, attention, head, 64)
       loss = dpo_loss(sequence_logprobs(out.logits, ids, resp), sequence_logprobs(out_ref.logits, ids, resp))
 """
 
@@ -27,25 +33,70 @@ import math
 import torch
 import torch.nn.functional as F
 from einops import rearrange
+from torch.utils.checkpoint import checkpoint
+
+from cli import UserError
 
 
-def lm_loss(logits: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """Next-token cross-entropy, padding masked: the attacker's loss and the LM part of the retain loss."""
-    logits = logits[:, :-1]  # (B, T-1, V): position t predicts token t+1
-    labels = input_ids[:, 1:].masked_fill(attention_mask[:, 1:] == 0, -100)  # (B, T-1)
-    return F.cross_entropy(rearrange(logits, "b t v -> (b t) v").float(), rearrange(labels, "b t -> (b t)"),
-                           ignore_index=-100)
+def lm_loss(logits: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor, head=None,
+            chunk: int = 0) -> torch.Tensor:
+    """Next-token cross-entropy, padding masked: the attacker's loss and the LM part of the retain loss.
+    logits (B, T, V), or with `head` the final hidden states (B, T, d) that head maps to logits (`chunked_sum`)."""
+    labels = input_ids[:, 1:].masked_fill(attention_mask[:, 1:] == 0, -100)  # (B, T-1): position t predicts t+1
+
+    def nll(lg, y):  # Σ over the chunk's real tokens of −log p(y)
+        return F.cross_entropy(rearrange(lg.float(), "b t v -> (b t) v"), rearrange(y, "b t -> (b t)"),
+                               ignore_index=-100, reduction="sum")
+    return chunked_sum(nll, logits[:, :-1], labels, head=head, chunk=chunk) / (labels != -100).sum().clamp(min=1)
 
 
-def entropy_tr_loss(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def entropy_tr_loss(logits: torch.Tensor, mask: torch.Tensor, head=None, chunk: int = 0) -> torch.Tensor:
     """Sec. 4.2: L_TR = −mean over masked positions of the entropy of p_θ(· | prefix).
 
-    logits (B, T, V) at the *attacked* weights; mask (B, T) bool: positions that count (the fact positions of
-    docs/paper.md §7, or every real token; the official code uses every position, padding included). Minimising
-    drives the prediction towards uniform; a uniform prediction gives exactly −ln V."""
-    logp = F.log_softmax(logits.float(), dim=-1)  # (B, T, V)
-    entropy = -(logp.exp() * logp).sum(-1)  # H = −Σ_v p_v log p_v   (B, T)
-    return -(entropy * mask).sum() / mask.sum().clamp(min=1)
+    logits (B, T, V) at the *attacked* weights (or with `head` the final hidden states, as `lm_loss`); mask (B, T)
+    bool: positions that count (the fact positions of docs/paper.md §7, or every real token; the official code
+    uses every position, padding included). Minimising drives the prediction towards uniform; a uniform
+    prediction gives exactly −ln V."""
+    def minus_entropy(lg, m):  # Σ_{b,t ∈ M} Σ_v p_v log p_v = −Σ H over the chunk's counted positions
+        logp = F.log_softmax(lg.float(), dim=-1)  # (B, t, V)
+        return ((logp.exp() * logp).sum(-1) * m).sum()
+    return chunked_sum(minus_entropy, logits, mask, head=head, chunk=chunk) / mask.sum().clamp(min=1)
+
+
+def chunked_sum(fn, x: torch.Tensor, *per_position: torch.Tensor, head=None, chunk: int = 0) -> torch.Tensor:
+    """Σ over sequence chunks of fn(logits[:, s:e], *(p[:, s:e] for p in per_position)), fn a sum over positions.
+
+    head None: x are the logits (B, T, V), one call. Else x are the final hidden states (B, T, d) and each chunk's
+    logits are head(x[:, s:e]) (B, chunk, V), made under activation checkpointing: the backward pass recomputes
+    them instead of keeping them, so peak memory holds one chunk's logits, not the sequence's (chunk 0: one chunk)."""
+    if head is None:
+        return fn(x, *per_position)
+    step = chunk or x.shape[1]
+    total = x.new_zeros((), dtype=torch.float32)
+    for s in range(0, x.shape[1], step):
+        pieces = [t[:, s:s + step] for t in (x, *per_position)]
+        total = total + checkpoint(lambda h, *p: fn(head(h), *p), *pieces, use_reentrant=False)
+    return total
+
+
+def forward_for_loss(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, chunk: int = 0,
+                     output_hidden_states: bool = False):
+    """One forward whose logits the losses above take: (x, head, out). chunk 0: x = out.logits (B, T, V) and
+    head None. chunk > 0: the model makes only its last position's logits (logits_to_keep=1) and x is the final
+    hidden state (B, T, d) that head, the model's output embedding, maps to logits inside the loss."""
+    if not chunk:
+        out = model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=output_hidden_states)
+        return out.logits, None, out
+    out = model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True, logits_to_keep=1)
+    hidden, head = out.hidden_states[-1], model.get_output_embeddings()  # (B, T, d) after the final norm
+    # A model that scales or soft-caps its logits after the head (Gemma 2, Cohere) is not head(hidden): the last
+    # position, which the model computed itself, says so at the cost of one position's logits
+    with torch.no_grad():
+        mine, theirs = head(hidden[:, -1:]).float(), out.logits.float()  # (B, 1, V)
+        if not torch.allclose(mine, theirs, rtol=1e-2, atol=1e-2 * theirs.abs().max().item() + 1e-5):
+            raise UserError(f"--loss-chunk: {type(model).__name__}'s logits are not its output embedding applied to "
+                            "its last hidden state (scaled or soft-capped?); use --loss-chunk 0")
+    return hidden, head, out
 
 
 def sequence_logprobs(logits: torch.Tensor, input_ids: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor:
@@ -82,12 +133,13 @@ def hidden_distance(hidden: tuple[torch.Tensor, ...], hidden_ref: tuple[torch.Te
 
 
 def retain_loss(out, out_ref, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                squared: bool = True) -> tuple[torch.Tensor, dict]:
+                squared: bool = True, head=None, chunk: int = 0) -> tuple[torch.Tensor, dict]:
     """Eq. 2: L_retain = L_LM(θ; x_r) + hidden-state distance to the frozen reference on x_r.
 
     out / out_ref: model outputs with .logits (B, T, V) and .hidden_states (L tensors of (B, T, d)); the
-    reference is evaluated under no_grad by the caller. Returns the loss and its two parts for logging."""
-    lm = lm_loss(out.logits, input_ids, attention_mask)
+    reference is evaluated under no_grad by the caller. With `head` (forward_for_loss) the LM term reads the final
+    hidden state in chunks. Returns the loss and its two parts for logging."""
+    lm = lm_loss(out.logits if head is None else out.hidden_states[-1], input_ids, attention_mask, head, chunk)
     rep = hidden_distance(out.hidden_states, out_ref.hidden_states, attention_mask, squared)
     return lm + rep, {"retain_lm": lm.item(), "retain_rep": rep.item()}
 

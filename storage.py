@@ -24,6 +24,7 @@ import hashlib
 import json
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import torch
@@ -37,6 +38,17 @@ from fsdp import Dist
 def temporary(path: Path) -> Path:
     """Where `atomic` writes `path` first (the same name on every rank)."""
     return path.with_name(path.name + ".tmp")
+
+
+def writable_dir(path: Path, d: Dist = Dist()) -> Path:
+    """`path`, made (by rank 0) and checked writable before any work is done for it."""
+    try:
+        if d.is_main:
+            path.mkdir(parents=True, exist_ok=True)
+            tempfile.TemporaryFile(dir=path).close()
+    except OSError as e:
+        raise UserError(f"cannot write to {path}: {e.strerror or e}") from None
+    return path
 
 
 @contextlib.contextmanager

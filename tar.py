@@ -18,24 +18,24 @@ Run manual
     at scale (any Hugging Face causal LM, the real datasets of docs/data.md or --data-dir; docs/scale.md):
         torchrun --nproc_per_node 8 tar.py --domain bio --model meta-llama/Meta-Llama-3-8B-Instruct
     Under torchrun every parameter is an FSDP2 shard (`fsdp.py`); `outer_step` is the same code. The model you
-    pass is θ0 (apply an initial safeguard first). A checkpoint is written every --checkpoint-every (10) steps
-    and on SIGTERM or Ctrl-C; --resume continues exactly. A non-finite loss stops the run: nothing is saved.
+    pass is θ0 (`safeguard.py --model` makes it); --loss-chunk 64 keeps the (B, T, V) logits out of memory. A
+    checkpoint is written every --checkpoint-every (10) steps and on SIGTERM or Ctrl-C; --resume continues exactly.
 
 Files (runs/<domain>/, one writer each): checkpoint/ (resume state), metrics.jsonl (metrics.partial.jsonl while
 training; a line per outer step: tr_loss, retain_loss, retain_lm, retain_rep, grad_norm, inner_lr, seconds; every
---eval-every steps dev_forget on the dev group V and dev_benign on G_dev (refusal: ASR / harmless, and refusal),
-never E; with --model WMDP and MMLU: no dev split), tar/ (save_pretrained + tokenizer), results.json (schema in
-`report.run_results`), results.md, *.png."""
+--eval-every steps dev_forget on V and dev_benign on G_dev (refusal: ASR / harmless, and refusal), never E; none with
+--model), tar/ (save_pretrained + tokenizer), results.json (`report.run_results`), results.md, *.png. A non-finite
+loss stops the run: nothing is saved."""
 
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import math
 import os
 import random
 import shutil
-import tempfile
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -66,12 +66,13 @@ def tr_loss(model, ref, b, cfg: TARConfig) -> torch.Tensor:
     """L_TR at the current (attacked) weights on one x_TR micro-batch: the entropy loss of Sec. 4.2 (knowledge
     restriction) or, for refusal, DPO against the frozen reference π_ref = θ0 (rows are (refusal, compliance)
     pairs; b.fact_mask marks the response tokens)."""
-    logits = model(input_ids=b.input_ids, attention_mask=b.attention_mask).logits  # (B, T, V)
-    if cfg.tr_loss == "entropy":
+    if cfg.tr_loss == "entropy":  # logits (B, T, V), or the final hidden states and the head (--loss-chunk)
+        x, head, _ = losses.forward_for_loss(model, b.input_ids, b.attention_mask, cfg.loss_chunk)
         # deviation: entropy on fact positions by default (official code: every position, padding included) because
         # the hazard is the fact, and padding is not text (docs/paper.md §8, pitfall 8); --tr-mask all: the code's.
         mask = {"fact": b.fact_mask, "tokens": b.attention_mask.bool(), "all": torch.ones_like(b.fact_mask)}
-        return losses.entropy_tr_loss(logits, mask[cfg.tr_mask])
+        return losses.entropy_tr_loss(x, mask[cfg.tr_mask], head, cfg.loss_chunk)
+    logits = model(input_ids=b.input_ids, attention_mask=b.attention_mask).logits  # (B, T, V)
     if b.input_ids.shape[0] % 2:
         raise UserError("DPO pairs were split: give an even --micro-batch and a --tr-batch whose rows (2 per "
                         "pair) divide evenly over the processes")
@@ -106,7 +107,8 @@ def outer_step(model, ref, outer_opt, world, x_tr, x_r, rng: random.Random, cfg:
 
     # l.6-8: K steps of the sampled attack with a fresh inner optimizer; the loop pauses at θ_k every tr_every
     batches = map(micro, adversary.attack_stream(spec, world.tokens, attack_seed))
-    for k in adversary.attack_steps(model, spec, batches, every=cfg.tr_every):
+    attacker_loss = functools.partial(adversary.lm_batch_loss, chunk=cfg.loss_chunk)
+    for k in adversary.attack_steps(model, spec, batches, loss_fn=attacker_loss, every=cfg.tr_every):
         # l.9: g_TR ← g_TR + w_k ∇_θ L_TR(θ_k; x_TR), the first-order gradient at the attacked weights
         model.zero_grad(set_to_none=True)  # drop the attacker's last gradient
         l_tr = 0.0
@@ -127,10 +129,11 @@ def outer_step(model, ref, outer_opt, world, x_tr, x_r, rng: random.Random, cfg:
     outer_opt.zero_grad(set_to_none=True)
     l_retain, parts = 0.0, {}
     for b in x_r:
-        out = model(input_ids=b.input_ids, attention_mask=b.attention_mask, output_hidden_states=True)
+        _, head, out = losses.forward_for_loss(model, b.input_ids, b.attention_mask, cfg.loss_chunk, True)
         with torch.no_grad():
-            out_ref = ref(input_ids=b.input_ids, attention_mask=b.attention_mask, output_hidden_states=True)
-        loss, terms = losses.retain_loss(out, out_ref, b.input_ids, b.attention_mask, cfg.squared_distance)
+            out_ref = losses.forward_for_loss(ref, b.input_ids, b.attention_mask, cfg.loss_chunk, True)[2]
+        loss, terms = losses.retain_loss(out, out_ref, b.input_ids, b.attention_mask, cfg.squared_distance, head,
+                                         cfg.loss_chunk)
         (cfg.lambda_retain * loss / len(x_r)).backward()
         l_retain = l_retain + loss.detach() / len(x_r)
         parts = {k: parts.get(k, 0.0) + v / len(x_r) for k, v in terms.items()}
@@ -163,11 +166,10 @@ def outer_optimizer(model, cfg: TARConfig):
                                              warmup_steps=cfg.outer_warmup)
         averaged_weights(opt, False)  # Schedule-Free starts in training mode
         return opt, get_constant_schedule_with_warmup(opt, 0)
-    # deviation: plain AdamW, lr 1e-2 decayed to 0 by cosine, in the miniature preset (paper: Schedule-Free
-    # AdamW, lr 2e-5, warmup 32, --preset paper) because the miniature recipe was measured with it; the outer lr
-    # mattered most. At a constant 1e-2 whether an attack on unseen entities recovers flips from one outer step
-    # to the next (docs/results.md); decayed, the run ends where its updates have died down (cyber held the
-    # reference attack on 4 of 5 seeds, 0 of 3 at a constant lr), though the verdict turns on small differences.
+    # deviation: plain AdamW, lr 1e-2 decayed to 0 by cosine, in the miniature preset (paper: Schedule-Free AdamW,
+    # lr 2e-5, warmup 32, --preset paper) because the miniature recipe was measured with it. At a constant 1e-2
+    # whether an attack on unseen entities recovers flips from one outer step to the next; decayed, the run ends
+    # where its updates have died down (cyber held on 4 of 5 seeds, 0 of 3 at a constant lr; docs/results.md).
     # deviation: Adam's ε = 1e-3 in the miniature preset (paper: 1e-8) because near a clipped gradient's typical
     # entry it gives weights with small gradients smaller steps, which kept held-out facts (docs/results.md).
     fused = (bool(params) and all(p.is_cuda for p in params)) or None  # GPU: one kernel
@@ -312,13 +314,7 @@ def run(cfg: TARConfig, log=print) -> dict:
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     d = fsdp.setup_dist()
-    run_dir = Path(cfg.runs) / cfg.domain
-    try:
-        if d.is_main:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            tempfile.TemporaryFile(dir=run_dir).close()
-    except OSError as e:
-        raise UserError(f"cannot write to {run_dir}: {e.strerror or e}") from None
+    run_dir = storage.writable_dir(Path(cfg.runs) / cfg.domain, d)
     if cfg.resume:
         resumable(run_dir / "checkpoint", cfg, d)  # refused now, not after stage 1 has retrained
     if cfg.model:
@@ -371,7 +367,7 @@ def run_real(cfg: TARConfig, run_dir: Path, d: Dist, log) -> dict:
     model.config.use_cache = ref.config.use_cache = False  # training forwards keep no KV cache
     if d.is_main:
         micro = cfg.micro_batch or max(cfg.inner_batch, cfg.tr_batch, cfg.retain_batch) // d.world_size
-        log(fsdp.estimate_here(model.config, cfg.model, d, micro, cfg.seq_len, cfg.snapshot_offload))
+        log(fsdp.estimate_here(model.config, cfg.model, d, micro, cfg.seq_len, cfg.snapshot_offload, cfg.loss_chunk))
         log(f"reference of the retain loss: {reference} ({why})")
         log(f"data: {', '.join(f'{k} {len(v)} docs' for k, v in world.docs.items())}; "
             f"{', '.join(f'{k} {len(v)} items' for k, v in world.items.items())} (world {world.digest})")

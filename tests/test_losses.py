@@ -97,3 +97,61 @@ def test_tr_weights():
     paper = losses.tr_weights(64, 4, "paper")
     assert paper[64] == 1.0 and paper[4] == pytest.approx(math.exp(0.0625 * (4 - 64)))
     assert sum(paper.values()) == pytest.approx(4.44, abs=0.01)  # docs/paper.md §2: Σw ≈ 4.44 over 16 points
+
+
+def _tiny(arch: str):
+    """A random tiny Llama (untied head) or GPT-2 (head tied to the embedding) in eval mode (no dropout)."""
+    from transformers import AutoModelForCausalLM, GPT2Config
+    from conftest import tiny_model
+    if arch == "llama":
+        return tiny_model(vocab_size=50).eval()
+    torch.manual_seed(0)
+    return AutoModelForCausalLM.from_config(GPT2Config(vocab_size=50, n_embd=16, n_layer=2, n_head=2,
+                                                       bos_token_id=1, eos_token_id=2)).eval()
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_chunked_losses_equal_the_full_logits_in_value_and_gradient(arch):
+    """Issue: the TR and LM losses without the (B, T, V) logits. Applied in chunks of 3 positions (7 is not a
+    multiple) from the final hidden states, the entropy TR loss, the LM loss and the retain loss equal the
+    unchunked ones, and so does the gradient of every weight (≤ 1e-6); padding and the TR mask are honoured."""
+    model = _tiny(arch)
+    ids = torch.randint(3, 50, (3, 7), generator=torch.Generator().manual_seed(1))
+    attention = torch.ones_like(ids)
+    attention[1, 5:] = 0  # a padded row
+    mask = torch.rand(3, 7, generator=torch.Generator().manual_seed(2)) < 0.5
+    ref = _tiny(arch).requires_grad_(False)
+
+    def loss_and_grads(chunk):
+        model.zero_grad()
+        x, head, _ = losses.forward_for_loss(model, ids, attention, chunk)
+        tr = losses.entropy_tr_loss(x, mask, head, chunk)
+        lm = losses.lm_loss(x, ids, attention, head, chunk)
+        _, head, out = losses.forward_for_loss(model, ids, attention, chunk, output_hidden_states=True)
+        out_ref = losses.forward_for_loss(ref, ids, attention, chunk, output_hidden_states=True)[2]
+        retain = losses.retain_loss(out, out_ref, ids, attention, True, head, chunk)[0]
+        (tr + lm + retain).backward()
+        return torch.stack([tr, lm, retain]).detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
+
+    full, full_grads = loss_and_grads(0)
+    assert full[0] < 0 and full[1] > 0  # a real entropy and a real cross-entropy, not zeros
+    for chunk in (3, 7, 100):
+        values, grads = loss_and_grads(chunk)
+        assert torch.allclose(values, full, atol=1e-6, rtol=0), chunk
+        assert max((grads[n] - g).abs().max().item() for n, g in full_grads.items()) <= 1e-6, chunk
+        assert all(g.abs().max() > 0 for n, g in grads.items() if "wte" in n or "lm_head" in n)  # the head learns
+
+
+def test_chunked_losses_refuse_a_model_whose_logits_are_not_its_head():
+    """A model that soft-caps its logits after the head (Gemma 2) would be scored wrongly in chunks: one error."""
+    from transformers import Gemma2Config, Gemma2ForCausalLM
+    from cli import UserError
+    torch.manual_seed(0)
+    model = Gemma2ForCausalLM(Gemma2Config(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                                           num_attention_heads=2, num_key_value_heads=2, head_dim=8,
+                                           final_logit_softcapping=0.5)).eval()
+    ids = torch.randint(3, 50, (2, 5))
+    with pytest.raises(UserError, match="use --loss-chunk 0"):
+        losses.forward_for_loss(model, ids, torch.ones_like(ids), chunk=2)
+    model.config.final_logit_softcapping = None  # control: the same model without the cap is accepted
+    losses.forward_for_loss(model, ids, torch.ones_like(ids), chunk=2)
