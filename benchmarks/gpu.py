@@ -134,7 +134,7 @@ def measure_shape(name: str, shape: dict, d, args) -> dict:
     config = AutoConfig.for_model(**shape)
     plain = plain_step_mfu(shape, d, args)
     cfg = configure(preset="paper", inner_steps=args.k, tr_every=min(4, args.k), tr_mask="all",
-                        micro_batch=args.micro_batch, seq_len=args.seq, outer_steps=64)
+                    micro_batch=args.micro_batch, seq_len=args.seq, outer_steps=64, loss_chunk=args.loss_chunk)
     if d.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     model, ref = model_of(config, d)
@@ -162,7 +162,7 @@ def measure_shape(name: str, shape: dict, d, args) -> dict:
     tokens = args.seq * (cfg.inner_steps * cfg.inner_batch + cfg.inner_steps // cfg.tr_every * cfg.tr_batch
                          + cfg.retain_batch)
     flops = per_token * tokens + per_token / 3 * args.seq * cfg.retain_batch  # + the reference forward
-    est = fsdp.memory_estimate(config, 1, cfg.micro_batch, args.seq, d.device.type == "cuda")
+    est = fsdp.memory_estimate(config, 1, cfg.micro_batch, args.seq, d.device.type == "cuda", False, cfg.loss_chunk)
     peak = torch.cuda.max_memory_allocated() / 2**30 if d.device.type == "cuda" else None
 
     # restore exactness on this device: an outer step with lr 0 must leave every weight bit-identical
@@ -171,6 +171,7 @@ def measure_shape(name: str, shape: dict, d, args) -> dict:
     tar.outer_step(model, ref, frozen, world, x_tr, x_r, random.Random(2), cfg, d)
     restore = max((fsdp.local(p).detach() - b).abs().max().item() for p, b in zip(model.parameters(), before))
     return {"shape": name, "parameters": P, "K": cfg.inner_steps, "seq": args.seq, "micro_batch": cfg.micro_batch,
+            "loss_chunk": cfg.loss_chunk,
             "batches": {"attacker": cfg.inner_batch, "tr": cfg.tr_batch, "retain": cfg.retain_batch},
             "outer_step_s": round(o, 4), "parts_s": round(s, 4), "ratio": round(o / s, 3),
             "tflops_per_s": round(flops / o / 1e12, 1),
@@ -238,6 +239,8 @@ class GpuArgs:
     k: int = arg(8, "inner steps K (small: the step's shape, not its length, matters)", above=0)
     seq: int = arg(256, "tokens per row", above=0)
     micro_batch: int = arg(8, "rows per forward (the batches are accumulated)", above=0)
+    loss_chunk: int = arg(0, "tar.py --loss-chunk: the LM head applied this many positions at a time (0: all)",
+                          at_least=0)
     repeats: int = arg(3, "timed repeats", above=0)
     shapes: list = arg(sorted(SHAPES), "shapes to measure", of=str, choices=tuple(sorted(SHAPES)))
 
@@ -246,6 +249,7 @@ def report_gpu(args: GpuArgs) -> None:
     shapes = TINY if args.tiny else {k: SHAPES[k] for k in args.shapes}
     if args.tiny:
         args.k, args.seq, args.micro_batch, args.repeats = 2, 32, 16, 1
+        args.loss_chunk = args.loss_chunk or 8  # the smoke test goes through the chunked losses too
         torch.set_num_threads(1)
     out = Path(args.out or os.environ.get("OUT") or Path(__file__).parent / "results")
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
