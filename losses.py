@@ -29,6 +29,7 @@ Use:  loss = entropy_tr_loss(out.logits, batch.fact_mask)
 from __future__ import annotations
 
 import math
+import weakref
 
 import torch
 import torch.nn.functional as F
@@ -71,12 +72,17 @@ def chunked_sum(fn, x: torch.Tensor, *per_position: torch.Tensor, head=None, chu
     them instead of keeping them, so peak memory holds one chunk's logits, not the sequence's (chunk 0: one chunk)."""
     if head is None:
         return fn(x, *per_position)
-    step = chunk or x.shape[1]
+    step = chunk or max(x.shape[1], 1)
     total = x.new_zeros((), dtype=torch.float32)
     for s in range(0, x.shape[1], step):
         pieces = [t[:, s:s + step] for t in (x, *per_position)]
         total = total + checkpoint(lambda h, *p: fn(head(h), *p), *pieces, use_reentrant=False)
     return total
+
+
+# logits changed after the head: Gemma 2's soft-cap, Cohere's scale, Granite's divisor (1 or unset: no change)
+LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling")
+_HEAD_CHECKED = weakref.WeakSet()  # the models whose last-position logits were found to be head(hidden)
 
 
 def forward_for_loss(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, chunk: int = 0,
@@ -87,15 +93,23 @@ def forward_for_loss(model, input_ids: torch.Tensor, attention_mask: torch.Tenso
     if not chunk:
         out = model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=output_hidden_states)
         return out.logits, None, out
+    refuse = lambda why: UserError(f"--loss-chunk: {type(model).__name__} {why}; use --loss-chunk 0")
+    head = model.get_output_embeddings()
+    if head is None:
+        raise refuse("has no output embedding to apply in chunks")
+    if changed := [k for k in LOGIT_TRANSFORMS if getattr(model.config, k, None) not in (None, 1, 1.0)]:
+        raise refuse(f"changes its logits after the head ({', '.join(changed)})")
     out = model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True, logits_to_keep=1)
-    hidden, head = out.hidden_states[-1], model.get_output_embeddings()  # (B, T, d) after the final norm
-    # A model that scales or soft-caps its logits after the head (Gemma 2, Cohere) is not head(hidden): the last
-    # position, which the model computed itself, says so at the cost of one position's logits
-    with torch.no_grad():
-        mine, theirs = head(hidden[:, -1:]).float(), out.logits.float()  # (B, 1, V)
-        if not torch.allclose(mine, theirs, rtol=1e-2, atol=1e-2 * theirs.abs().max().item() + 1e-5):
-            raise UserError(f"--loss-chunk: {type(model).__name__}'s logits are not its output embedding applied to "
-                            "its last hidden state (scaled or soft-capped?); use --loss-chunk 0")
+    hidden = out.hidden_states[-1]  # (B, T, d), after the final norm
+    # Once per model (a check syncs a GPU): the last position's logits, which the model computed itself, must be
+    # head(hidden) there, whatever transform the names above miss
+    if model not in _HEAD_CHECKED:
+        with torch.no_grad():
+            mine, theirs = head(hidden[:, -1:]).float(), out.logits.float()  # (B, 1, V)
+            if torch.isfinite(theirs).all():  # a diverged attack is the attacker's failure, not the model's
+                if not torch.allclose(mine, theirs, rtol=1e-2, atol=1e-2 * theirs.abs().max().item() + 1e-5):
+                    raise refuse("does not compute its logits as its output embedding of its last hidden state")
+                _HEAD_CHECKED.add(model)
     return hidden, head, out
 
 

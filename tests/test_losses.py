@@ -112,14 +112,15 @@ def _tiny(arch: str):
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])
 def test_chunked_losses_equal_the_full_logits_in_value_and_gradient(arch):
-    """Issue: the TR and LM losses without the (B, T, V) logits. Applied in chunks of 3 positions (7 is not a
-    multiple) from the final hidden states, the entropy TR loss, the LM loss and the retain loss equal the
-    unchunked ones, and so does the gradient of every weight (≤ 1e-6); padding and the TR mask are honoured."""
+    """Issue: the TR and LM losses without the (B, T, V) logits. Applied in chunks of 3 positions from the final
+    hidden states (8 positions for the entropy, 7 for the LM loss: both end in a short chunk), the entropy TR loss,
+    the LM loss and the retain loss equal the unchunked ones, and so does the gradient of every weight (≤ 1e-6),
+    with a padded row and a TR mask."""
     model = _tiny(arch)
-    ids = torch.randint(3, 50, (3, 7), generator=torch.Generator().manual_seed(1))
+    ids = torch.randint(3, 50, (3, 8), generator=torch.Generator().manual_seed(1))
     attention = torch.ones_like(ids)
     attention[1, 5:] = 0  # a padded row
-    mask = torch.rand(3, 7, generator=torch.Generator().manual_seed(2)) < 0.5
+    mask = torch.rand(3, 8, generator=torch.Generator().manual_seed(2)) < 0.5
     ref = _tiny(arch).requires_grad_(False)
 
     def loss_and_grads(chunk):
@@ -143,15 +144,37 @@ def test_chunked_losses_equal_the_full_logits_in_value_and_gradient(arch):
 
 
 def test_chunked_losses_refuse_a_model_whose_logits_are_not_its_head():
-    """A model that soft-caps its logits after the head (Gemma 2) would be scored wrongly in chunks: one error."""
+    """A model that changes its logits after the head would be scored wrongly in chunks: one error line, from its
+    config (Gemma 2's soft-cap of 30) or, for a transform no config names, from the model's own last position."""
     from transformers import Gemma2Config, Gemma2ForCausalLM
     from cli import UserError
     torch.manual_seed(0)
     model = Gemma2ForCausalLM(Gemma2Config(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
-                                           num_attention_heads=2, num_key_value_heads=2, head_dim=8,
-                                           final_logit_softcapping=0.5)).eval()
+                                           num_attention_heads=2, num_key_value_heads=2, head_dim=8)).eval()
     ids = torch.randint(3, 50, (2, 5))
-    with pytest.raises(UserError, match="use --loss-chunk 0"):
+    with pytest.raises(UserError, match=r"final_logit_softcapping\); use --loss-chunk 0"):
         losses.forward_for_loss(model, ids, torch.ones_like(ids), chunk=2)
-    model.config.final_logit_softcapping = None  # control: the same model without the cap is accepted
-    losses.forward_for_loss(model, ids, torch.ones_like(ids), chunk=2)
+    llama = _tiny("llama")
+    losses.forward_for_loss(llama, ids, torch.ones_like(ids), chunk=2)  # control: a Llama is its head
+    scaled = _tiny("llama")
+    with torch.no_grad():
+        scaled.lm_head.weight.mul_(2.0)
+    llama2 = _tiny("llama")
+    llama2.get_output_embeddings = lambda: scaled.lm_head  # logits that are not head(hidden)
+    with pytest.raises(UserError, match="does not compute its logits as its output embedding"):
+        losses.forward_for_loss(llama2, ids, torch.ones_like(ids), chunk=2)
+
+
+def test_chunked_losses_keep_one_chunk_of_logits_for_the_backward_pass():
+    """The memory claim: in chunks, the forward keeps no logits-shaped tensor (…, V) for the backward pass (each
+    chunk's are recomputed there, one at a time); unchunked, it keeps the (B, T, V) logits."""
+    model = _tiny("llama")
+    ids = torch.randint(3, 50, (2, 8))
+    for chunk, most in ((2, 0), (0, 2 * 8 * 50)):
+        kept = []
+        keep = lambda t: kept.append(t.numel() if t.dim() >= 3 and t.shape[-1] == 50 else 0) or t
+        with torch.autograd.graph.saved_tensors_hooks(keep, lambda t: t):
+            x, head, _ = losses.forward_for_loss(model, ids, torch.ones_like(ids), chunk)
+            loss = losses.entropy_tr_loss(x, torch.ones_like(ids, dtype=torch.bool), head, chunk)
+        loss.backward()
+        assert max(kept) == most, chunk
