@@ -74,6 +74,13 @@ CANDIDATES = {
                             "between λ_retain 1 (resists, G_dev 62%) and 4 (s1b: G_dev 75-81%, no resistance)"),
     "s1lr_all": ("stage1_benign_lr_1e-3", {"retain_data": "benign", "outer_params": "all"},
                  "s1b_all from the stage 1 that keeps G_dev at 99-100%"),
+    "s1lr_all_lambda_retain_8": ("stage1_benign_lr_1e-3", {"retain_data": "benign", "outer_params": "all",
+                                                           "lambda_retain": 8.0},
+                                 "s1lr_all (G_dev 82.8% at rest, 2.2 points short) with the retain term twice as "
+                                 "strong"),
+    "s1lr_all_outer_lr_3e-3": ("stage1_benign_lr_1e-3", {"retain_data": "benign", "outer_params": "all",
+                                                         "outer_lr": 3e-3},
+                               "s1lr_all with smaller outer steps: less of G_dev moved per step"),
 }
 UNSEEN = (*HOLDS_E, "Re", "G_test", "N")  # sealed: E and the base's stream, and the reported benign groups
 SEEN = ("T", "Rt", "U")  # scored at rest besides V and G_dev (those come with selection's evidence, at step 0)
