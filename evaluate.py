@@ -10,6 +10,8 @@ Run:  python evaluate.py runs/bio                          # every model of the 
       python evaluate.py runs/bio --suite sweep --trials 50         # search for the most harmful attack (sweep.py)
       python evaluate.py --model runs/bio/tar --data-dir world/      # a world python data.py --out wrote
       python evaluate.py --model some/hub-id --data-dir real/        # the real datasets' files (tar.py's layout)
+      torchrun --nproc_per_node 8 evaluate.py --model runs/bio/tar --data-dir real/ --suite paper --seeds 5
+                  # the paper's attacks at scale, each sharded over the GPUs (FSDP2, bf16); --steps, --every
 Writes <run_dir>/redteam/ (or <model>/redteam/, redteam/<owner>--<name>/ for a hub id, or --out): results.json
 (resumable: finished model x attack x seed runs are kept), results.md (worst case first, then per attack x
 model) and figures (plots.py).
@@ -23,16 +25,19 @@ layouts (data.data_layout).
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 
-import adversary
 import cli
+import fsdp
 import plots
 import redteam
+import suite
 import sweep
+from adversary import Attack
+from batching import check_split
 from cli import UsageError, UserError, arg
 from data import LocalWorldConfig, data_layout, load_world
 from realworld import RealWorldConfig, model_tokenizer
@@ -51,11 +56,16 @@ class RedTeamArgs:
                           "run's results.json, else bio)")
     data_dir: str = arg("", "a world from local files: one python data.py --out wrote (world.json), or the real "
                             "datasets' files that tar.py --data-dir reads (realworld.SOURCES names them)")
-    suite: str = arg("heldout", "the attack suite (adversary.SUITES), or sweep: a hyperparameter search for the "
-                                "most harmful attack (sweep.py)", choices=(*adversary.SUITES, "sweep"))
+    suite: str = arg("heldout", "the attack suite (suite.SUITES), or sweep: a hyperparameter search for the "
+                                "most harmful attack (sweep.py)", choices=(*suite.SUITES, "sweep"))
     attacks: list = arg((), "only these attacks (any name of any suite)", of=str)
     models: list = arg((), "only these models of the run directory", of=str)
     seeds: int = arg(3, "seeds 0..N-1 (data order, LoRA init)", above=0)
+    steps: int = arg(0, "every attack this many steps long, named <attack>@<steps> (its retain→forget switch "
+                        "scaled; 0: each its own length)", at_least=0)
+    every: int = arg(0, "score every this many attack steps (0: at 8 evenly spaced steps)", at_least=0)
+    micro_batch: int = arg(0, "rows per forward (on each process under torchrun); larger batches are accumulated "
+                              "(0: a process's whole share of a batch)", at_least=0)
     workers: int = arg(cli.WORKERS, "parallel worker processes, one torch thread each", above=0)
     trials: int = arg(50, "--suite sweep: trials per model (the study's total: a resumed study runs what is "
                           "missing)", above=0)
@@ -70,6 +80,11 @@ class RedTeamArgs:
 
 def red_team(args: RedTeamArgs) -> None:
     torch.set_num_threads(1)
+    d = fsdp.setup_dist()  # under torchrun: one process group, every attack sharded over it
+    if d.distributed and not args.model:
+        raise UsageError("under torchrun pass --model (one real model); a run directory is red-teamed in one process")
+    if d.distributed and args.suite == "sweep":
+        raise UsageError("--suite sweep runs in one process (its trials in workers), not under torchrun")
     if bool(args.run_dir) == bool(args.model):
         raise UsageError("give a run directory or --model PATH (one of them)")
     if args.models and args.model:
@@ -78,10 +93,12 @@ def red_team(args: RedTeamArgs) -> None:
         raise UsageError(f"--domain must be one of {', '.join(WORLDS)}, got {args.domain!r}")
     if args.suite == "sweep" and args.attacks:
         raise UsageError("--suite sweep searches its own attacks: leave out --attacks")
-    unknown = [a for a in args.attacks if a not in adversary.ATTACKS]
+    unknown = [a for a in args.attacks if a not in suite.ATTACKS]
     if unknown:
-        raise UsageError(f"unknown attack {', '.join(unknown)}; known: {', '.join(adversary.ATTACKS)}")
-    specs = [adversary.ATTACKS[a] for a in args.attacks] or adversary.SUITES.get(args.suite, [])
+        raise UsageError(f"unknown attack {', '.join(unknown)}; known: {', '.join(suite.ATTACKS)}")
+    specs = [at_length(suite.ATTACKS[a], args.steps) for a in args.attacks or
+             [s.name for s in suite.SUITES.get(args.suite, [])]]
+    check_split({f"{s.name}'s batch of": s.batch_size for s in specs}, args.micro_batch)  # before any work
     layout = data_layout(Path(args.data_dir)) if args.data_dir else None
     run_dir = Path(args.run_dir) if args.run_dir else None
     models, out = models_of(args, run_dir, layout == "real")
@@ -98,13 +115,23 @@ def red_team(args: RedTeamArgs) -> None:
         print("\n" + sweep.sweep_table(summary))
         print(f"wrote {out / 'sweep.json'}, sweep.md, sweep.db, {figure.name}; {time.time() - t0:.0f}s in all")
         return
-    results = redteam.redteam(models, specs, world_cfg, args.seeds, args.workers, out)
+    results = redteam.redteam(models, specs, world_cfg, args.seeds, args.workers, out, every=args.every, d=d,
+                              micro_batch=args.micro_batch, log=print if d.is_main else (lambda *_: None))
+    if not d.is_main:
+        return
     table = redteam.redteam_table(results)
     atomic_write(out / "results.md", table)
     figures = plots.plot_redteam(out / "results.json")
     print("\n" + table)
     print(f"wrote {out / 'results.json'}, results.md, " + ", ".join(f.name for f in figures)
           + f"; {time.time() - t0:.0f}s in all")
+
+
+def at_length(spec: Attack, steps: int) -> Attack:
+    """`spec` run for `steps` steps (0: as it is), its retain→forget switch scaled, named <name>@<steps>."""
+    if not steps or steps == spec.steps:
+        return spec
+    return replace(spec, name=f"{spec.name}@{steps}", steps=steps, switch=round(spec.switch * steps / spec.steps))
 
 
 def models_of(args: RedTeamArgs, run_dir: Path | None, real_data: bool) -> tuple[dict[str, Path], Path]:
@@ -229,8 +256,11 @@ def check_tokenizers(models: dict[str, Path], world) -> None:
 
 
 def main(argv=None):
-    cli.run(RedTeamArgs, red_team, argv, "Red-team the models of a run directory (or one saved model) with the "
-            "held-out attack suite; resumable.")
+    try:
+        cli.run(RedTeamArgs, red_team, argv, "Red-team the models of a run directory (or one saved model) with "
+                "the held-out attack suite; resumable.")
+    finally:
+        fsdp.teardown()
 
 
 if __name__ == "__main__":

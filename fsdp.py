@@ -9,6 +9,7 @@ so the ranks cannot disagree.
     setup_dist()          env (RANK, WORLD_SIZE) -> process group (nccl on CUDA, gloo on CPU), device, is_main
     decoder_layers(m)     the model's repeated blocks, found generically (largest ModuleList of one class)
     shard(m, dist)        fully_shard on each decoder layer, then the root; bf16 compute on CUDA, fp32 on CPU
+    trainable(m)          the parameters an optimizer may hold (the shards, even after a forward alone)
     local(p), full(t)     this rank's shard of a parameter; a gathered DTensor
     any_rank(flag), all_mean(x)   a stop flag / a logged scalar agreed over ranks
     full_state_dict(m)    the gathered, unsharded weights (rank 0), for save_pretrained (storage.py)
@@ -93,6 +94,15 @@ def shard(model: torch.nn.Module, d: Dist) -> torch.nn.Module:
     # --loss-chunk applies the LM head after the forward, in chunks (losses.chunked_sum)
     fully_shard(model, mp_policy=mp, reshard_after_forward=False)
     return model
+
+
+def trainable(model: torch.nn.Module) -> list:
+    """The parameters an optimizer may hold: under FSDP2 the shards. A forward without a backward (scoring) leaves
+    the root gathered (reshard_after_forward=False), its unsharded tensors registered in place of the shards,
+    and the next backward frees them; reshard first, so no optimizer or snapshot holds freed memory."""
+    if hasattr(model, "reshard"):  # an FSDPModule
+        model.reshard()
+    return [p for p in model.parameters() if p.requires_grad]
 
 
 def local(t: torch.Tensor) -> torch.Tensor:

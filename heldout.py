@@ -2,7 +2,7 @@
 
 Paper Sec. 5: TAR is judged by attacks it did not train against (other optimizers, learning rates, schedules,
 lengths, data). That holds only while A_train, the train-time adversary distribution (adversary.TrainAttacks),
-stays clear of the red-team suite (adversary.SUITES). Both are sets of points on the axes the suite varies:
+stays clear of the red-team suite (suite.SUITES). Both are sets of points on the axes the suite varies:
 
     optimizer   adamw | adam | sgd | adadelta | lion | schedulefree
     schedule    constant | linear | cosine, with or without warmup
@@ -29,7 +29,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from adversary import SUITES, Attack, TrainAttacks, train_attack
+from adversary import Attack, TrainAttacks, train_attack
+from suite import SUITES
 from config import configure
 
 AXES = ("optimizer", "schedule", "lora", "data", "lr", "length")

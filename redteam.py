@@ -5,10 +5,12 @@ suite and how to report it (worst case first).
 
 `python evaluate.py runs/bio [--suite quick|heldout|all|refusal] [--attacks NAME ...]
 [--models NAME ...] [--seeds N] [--workers W] [--out DIR]` attacks every model of the run directory (every
-sub-directory with a config.json) with every attack of the suite (adversary.SUITES) and seeds 0..N-1, in
+sub-directory with a config.json) with every attack of the suite (suite.SUITES) and seeds 0..N-1, in
 worker processes with one torch thread each, recording forget (E), retain (Re) and benign G (G_test, where the
 world has it) accuracy at step 0 and at 8 more evenly spaced steps; `--model PATH` attacks one saved model,
-`--data-dir DIR` uses local JSONL files instead of the miniature world (data.LocalWorldConfig). Writes
+`--data-dir DIR` uses local JSONL files instead of the miniature world (data.LocalWorldConfig). Under `torchrun`
+(a real model on GPUs: `--suite paper`) each run is sharded over every process (FSDP2, bf16 compute on CUDA), one
+run after another, each loaded afresh, its batches cut to each rank's rows. Writes
 <run_dir>/redteam/: results.json, results.md (worst case first, then per attack x model mean ± std over seeds) and
 plots (plots.py).
 
@@ -17,7 +19,7 @@ results.json (schema "tar-redteam/1"):
      "scoring": {"style", "shots", "forget_group", "retain_group", "chance", "benign_tolerance", "harness"},
      "suite": {attack: Attack spec},
      "runs": {"<digest>/<attack>/<seed>": {"model", "attack", "seed", "digest", "spec", "seconds",
-                                           "curve": [{"step", "tokens", "forget", "retain", "G"}, ...],
+                                           "curve": [{"step", "tokens", "loss", "forget", "retain", "G"}, ...],
                                            "diverged": attack step where its loss stopped being finite, or null}},
      "summary": summarize(): {"cells": {attack: {model: {"final", "max", "benign", "destructive", "diverged",
                                                          "recovery"}}},
@@ -26,7 +28,7 @@ results.json (schema "tar-redteam/1"):
 Runs are keyed by a digest of the model's weights: an interrupted suite resumes without redoing finished
 (model, attack, seed) triples, and a retrained model is attacked afresh.
 
-Use:  curve = attack_curve(model, adversary.ATTACKS["A1_adamw_3e-4_256"], world, seed=0, every=32)
+Use:  curve = attack_curve(model, suite.ATTACKS["A1_adamw_3e-4_256"], world, seed=0, every=32)
 """
 
 from __future__ import annotations
@@ -44,8 +46,11 @@ import torch
 
 import adversary
 import cli
+import fsdp
 import protocol
+from batching import shard_batch
 from cli import UserError
+from fsdp import Dist
 from data import LocalWorldConfig, load_world
 from scoring import accuracies, reported
 from storage import atomic_write, file_digest, load_model, read_json
@@ -57,15 +62,18 @@ CHANCE = protocol.CHANCE
 
 
 def attack_curve(model, spec: adversary.Attack, world, seed: int, every: int, groups: dict | None = None,
-                 until: tuple[str, float] | None = None) -> list[dict]:
+                 until: tuple[str, float] | None = None, fresh: bool = False, d: Dist = Dist(),
+                 micro_batch: int = 0) -> list[dict]:
     """Runs `spec` on a COPY of `model` (the model under test is never touched; a LoRA attack's adapters live
-    in the copy) and records accuracies on `groups` (default: the report's, scoring.reported) at step 0, every,
-    2·every, ... and the last step. The attack's data order is drawn from `seed` (never TAR's order: docs/paper.md
-    §8, pitfall 2). until=(label, level): stop at the first point where that accuracy reaches level (relearning).
-    An attack whose loss stops being finite raises adversary.Diverged carrying the points measured before
-    (`.curve`)."""
+    in the copy; fresh=True: `model` is a copy already, attacked in place) and records accuracies on `groups`
+    (default: the report's, scoring.reported) at step 0, every, 2·every, ... and the last step. The attack's data
+    order is drawn from `seed` (never TAR's order: docs/paper.md §8, pitfall 2). until=(label, level): stop at the
+    first point where that accuracy reaches level (relearning). An attack whose loss stops being finite raises
+    adversary.Diverged carrying the points measured before (`.curve`). Under torchrun (`d`) every batch is cut to
+    this rank's rows, and with `micro_batch` into micro-batches of that many rows (gradients accumulated)."""
     groups = groups or reported(world)
-    victim = copy.deepcopy(model).requires_grad_(True)  # the attacker trains every weight (a frozen reference too)
+    victim = model if fresh else copy.deepcopy(model)
+    victim.requires_grad_(True)  # the attacker trains every weight (a frozen reference too)
     torch.manual_seed(seed)  # LoRA initialisation and dropout
     tokens = [0]  # real tokens fine-tuned on so far: the attacker's budget on an axis every attack shares
 
@@ -74,12 +82,16 @@ def attack_curve(model, spec: adversary.Attack, world, seed: int, every: int, gr
             tokens[0] += int(b.attention_mask.sum())
             yield b
 
+    losses = []  # the attacker's loss at each step (0-d tensors: read only where a point is recorded)
     points = [{"step": 0, "tokens": 0, **accuracies(victim, world, groups)}]
     reached = lambda: until is not None and points[-1][until[0]] >= until[1]
-    record = lambda step: points.append({"step": step, "tokens": tokens[0], **accuracies(victim, world, groups)})
+    record = lambda step: points.append({"step": step, "tokens": tokens[0], "loss": fsdp.all_mean(
+        float(losses[-1]), d), **accuracies(victim, world, groups)})
+    batches = counted(adversary.attack_stream(spec, world.tokens, seed))
+    if d.distributed or micro_batch:
+        batches = (shard_batch(b, d.rank, d.world_size, micro_batch, d.device) for b in batches)
     try:
-        for k in [] if reached() else adversary.attack_steps(
-                victim, spec, counted(adversary.attack_stream(spec, world.tokens, seed)), every=every):
+        for k in [] if reached() else adversary.attack_steps(victim, spec, batches, every=every, history=losses):
             record(k)
             if reached():
                 return points
@@ -104,23 +116,26 @@ class Job:
     every: int = 25
     groups: dict | None = None  # attack_curve's: None = the report's
     until: tuple[str, float] | None = None  # attack_curve's early stop (relearning, learnability)
+    micro_batch: int = 0  # rows per forward (on each rank under torchrun; 0: the whole batch or share)
 
 
 def curve_or_divergence(model, spec: adversary.Attack, world, seed: int, every: int, groups: dict | None = None,
-                        until: tuple[str, float] | None = None) -> tuple[list[dict], int | None]:
+                        until: tuple[str, float] | None = None, **sharding) -> tuple[list[dict], int | None]:
     """`attack_curve` with a diverged attack as data, as the red team and the sweep record it: (curve, None), or
     (the points measured before, the attack step where its loss stopped being finite)."""
     try:
-        return attack_curve(model, spec, world, seed, every, groups, until), None
+        return attack_curve(model, spec, world, seed, every, groups, until, **sharding), None
     except adversary.Diverged as e:
         return e.curve, e.step
 
 
-def run_job(job: Job) -> dict:
-    """One attack curve and "diverged" (`curve_or_divergence`), with the job's names and its time."""
+def run_job(job: Job, d: Dist = Dist()) -> dict:
+    """One attack curve and "diverged" (`curve_or_divergence`), with the job's names and its time; the model is
+    loaded for this run (sharded under torchrun) and attacked in place."""
     t0 = time.time()
-    curve, diverged = curve_or_divergence(load_model(job.path), job.spec, load_world(job.world), job.seed, job.every,
-                                          job.groups, job.until)
+    curve, diverged = curve_or_divergence(load_model(job.path, d), job.spec, load_world(job.world), job.seed,
+                                          job.every, job.groups, job.until, fresh=True, d=d,
+                                          micro_batch=job.micro_batch)
     return {"model": job.model, "attack": job.spec.name, "seed": job.seed, "curve": curve, "diverged": diverged,
             "until": job.until, "seconds": round(time.time() - t0, 1)}
 
@@ -146,9 +161,17 @@ def run_key(digest: str, attack: str, seed: int) -> str:
 
 
 def redteam(models: dict[str, Path], specs: list[adversary.Attack], world_cfg, seeds: int, workers: int,
-            out: Path, log=print) -> dict:
+            out: Path, log=print, every: int = 0, d: Dist = Dist(), micro_batch: int = 0) -> dict:
     """Runs every (model, attack, seed) not already in out/results.json, saving after each one finishes (an
-    interrupted suite resumes where it stopped). Returns the results dict (schema: module docstring)."""
+    interrupted suite resumes where it stopped), each scored at step 0, every `every` steps (0: at 8 evenly
+    spaced steps) and its last. Under torchrun (`d`) every rank runs each attack on its shard, one after another,
+    and rank 0 writes. Returns the results dict (schema: module docstring)."""
+    if d.distributed:
+        log, workers = (log if d.is_main else (lambda *_: None)), 1
+        if lora := [s.name for s in specs if s.lora_rank]:  # peft's adapters are not sharded by FSDP2 here
+            log(f"skipping {', '.join(lora)} under torchrun: LoRA attacks run in one process (python evaluate.py "
+                f"--model ... --attacks {' '.join(lora)})")
+            specs = [s for s in specs if not s.lora_rank]
     out.mkdir(parents=True, exist_ok=True)
     path = out / "results.json"
     results = read_json(path, "delete it to run the red team afresh") if path.exists() else \
@@ -180,7 +203,8 @@ def redteam(models: dict[str, Path], specs: list[adversary.Attack], world_cfg, s
             for seed in range(seeds):
                 key = run_key(digests[name], s.name, seed)
                 if key not in results["runs"]:
-                    todo.setdefault(key, Job(name, str(models[name]), s, world_cfg, seed, max(1, -(-s.steps // 8))))
+                    todo.setdefault(key, Job(name, str(models[name]), s, world_cfg, seed,
+                                             every or max(1, -(-s.steps // 8)), micro_batch=micro_batch))
     todo = list(todo.values())
     done = len(usable) * len(models) * seeds - len(todo)
     log(f"red team: {len(models)} models x {len(usable)} attacks x {seeds} seeds; {done} done before, "
@@ -188,16 +212,18 @@ def redteam(models: dict[str, Path], specs: list[adversary.Attack], world_cfg, s
     t0 = time.time()
     workers = min(workers, len(todo))
     with Workers(workers) if workers > 1 else contextlib.nullcontext() as pool, \
-            cli.progress(len(todo), "red team", unit="attack", leave=True) as bar:
-        for job, r in zip(todo, pool.map(run_job, todo) if pool else map(run_job, todo)):
+            cli.progress(len(todo), "red team", unit="attack", leave=True, enabled=d.is_main) as bar:
+        for job, r in zip(todo, pool.map(run_job, todo) if pool else (run_job(j, d) for j in todo)):
             results["runs"][run_key(digests[job.model], job.spec.name, job.seed)] = {
                 **r, "digest": digests[job.model], "spec": job.spec.to_dict()}
             results["updated"] = datetime.datetime.now().isoformat(timespec="seconds")
             results["summary"] = summarize(results)
-            atomic_write(path, json.dumps(results, indent=1))
+            if d.is_main:
+                atomic_write(path, json.dumps(results, indent=1))
             bar.update(1)
     results["summary"] = summarize(results)
-    atomic_write(path, json.dumps(results, indent=1))
+    if d.is_main:
+        atomic_write(path, json.dumps(results, indent=1))
     log(f"red team: {len(todo)} attacks in {time.time() - t0:.0f}s")
     return results
 

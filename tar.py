@@ -90,7 +90,7 @@ def outer_step(model, ref, outer_opt, world, x_tr, x_r, rng: random.Random, cfg:
     this rank's rows (`shard_batch`); nothing below changes: `fsdp.local` is the whole tensor in one process.
     Gradients come from .backward() into .grad (FSDP2 reduce-scatters them there), so every batch may be a list
     of micro-batches whose gradients accumulate (a global batch larger than memory)."""
-    params = [p for p in model.parameters() if p.requires_grad]
+    params = fsdp.trainable(model)
     shards = [fsdp.local(p) for p in params]  # this rank's piece of each parameter
     micro = lambda b: shard_batch(b, d.rank, d.world_size, cfg.micro_batch, d.device)
     # l.3: attack ~ A_train (its LR and data; its data order from its own seed), rank 0's draw on every rank

@@ -2,7 +2,7 @@
 same global batch and seed (its LM head in chunks), for a tiny Llama and a tiny GPT-2, and so does stage 1
 (safeguard.py --model); SIGTERM + --resume under FSDP and SIGKILL + --resume in one process equal an uninterrupted
 run; the saved model reloads and scores the same; the retain reference; presets; the memory estimate. Four torchrun
-launches in all (each checks several things)."""
+launches in all (each checks several things), and the paper's red team under torchrun."""
 
 import json
 import random
@@ -20,12 +20,15 @@ from transformers import AutoModelForCausalLM
 
 import cli
 import config
+import evaluate
 import fsdp
 import realdata
 import realworld
+import redteam
 import report
 import safeguard
 import scoring
+import suite
 import tar
 from conftest import cli_error
 
@@ -252,3 +255,27 @@ def test_memory_estimate_from_the_config_alone():
     assert fsdp.memory_estimate(config, 8, 8, 256)["activations"] == pytest.approx(2 * est["activations"])
     assert "fits a 80 GiB card" in fsdp.format_estimate(est, "llama3-8b", 8, 80)
     assert "does NOT fit a 16 GiB card" in fsdp.format_estimate(est, "llama3-8b", 8, 16)
+
+
+def test_the_paper_suite_under_fsdp_equals_one_process(setup):
+    """evaluate.py --model: two of the paper's attacks at scale, cut to 4 steps and scored every 2, sharded over 2
+    gloo ranks (FSDP2, micro-batches of 1 row) give the same curves on WMDP and MMLU as one process, the attacker's
+    loss included; a LoRA attack under torchrun is left out, saying how to run it."""
+    root, fx, models = setup
+    attacks = ["--attacks", "A1_adamw_4e-5_1000", "A2_r2f_2e-5_1000"]
+    args = [*flags(model=models["llama"], data_dir=fx, steps=4, every=2, seeds=1, micro_batch=1), *attacks]
+    evaluate.main([*args, "--out", str(root / "rt_single"), "--workers", "1"])
+    proc = torchrun([*args, "--out", str(root / "rt_fsdp")], script="evaluate.py")
+    out = proc.communicate(timeout=300)[0]
+    assert proc.returncode == 0, out[-3000:]
+    single, sharded = (json.loads((root / r / "results.json").read_text())["runs"] for r in ("rt_single", "rt_fsdp"))
+    assert single.keys() == sharded.keys() and len(single) == 2
+    for key, run in single.items():
+        assert run["attack"].endswith("_1000@4") and [p["step"] for p in run["curve"]] == [0, 2, 4]
+        for a, b in zip(run["curve"], sharded[key]["curve"], strict=True):  # steps, tokens, accuracies; the loss
+            assert a == {**b, **({"loss": pytest.approx(b["loss"], rel=1e-5)} if "loss" in b else {})}, key
+    said = []
+    lora = suite.ATTACKS["A8_lora16_2e-5_1000"]
+    redteam.redteam({}, [lora], realworld.RealWorldConfig("bio", str(models["llama"]), str(fx), SMALL["seq_len"]), 1,
+                    1, root / "lora", log=said.append, d=fsdp.Dist(world_size=2))
+    assert "skipping A8_lora16_2e-5_1000 under torchrun" in said[0] and "0 to run" in said[1]

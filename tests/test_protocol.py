@@ -9,7 +9,6 @@ from dataclasses import fields, replace
 import pytest
 import torch
 
-import adversary
 import domains
 import grid
 import protocol
@@ -18,6 +17,7 @@ import safeguard
 import scoring
 import search
 import selection
+import suite
 import sweep
 import world
 from cli import UserError
@@ -66,7 +66,7 @@ def test_who_reads_what_on_document_hashes(full_world):
         "defences": {*safeguard.DEFENCE_DATA, *train.forget, train.retain, "T_tr", *retain_choices,
                      *(s.get("retain", safeguard.SafeguardConfig.retain) for s, _ in search.STAGE1.values()),
                      *(t.get("retain_data", "Rt") for _, t, _ in search.CANDIDATES.values())},  # the search's
-        "red team": {s for a in adversary.ATTACKS.values() for s in (a.data, a.retain_data) if s} | set(sweep.DATA),
+        "red team": {s for a in suite.ATTACKS.values() for s in (a.data, a.retain_data) if s} | set(sweep.DATA),
         "relearning": {protocol.RELEARN.data}, "learnability": {protocol.LEARN.data},
         "pretraining": {safeguard.BaseConfig().data, "oracle", "filtered"},
     }

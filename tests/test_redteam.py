@@ -12,6 +12,7 @@ import torch
 
 import adversary
 import evaluate
+import suite
 from adversary import Attack
 from conftest import cli_error, tiny_model
 
@@ -21,7 +22,7 @@ def same_weights(a, b) -> bool:
 
 
 def test_suite_covers_the_families():
-    heldout = adversary.SUITES["heldout"]
+    heldout = suite.SUITES["heldout"]
     assert len(heldout) >= 16 and len({a.name for a in heldout}) == len(heldout)
     assert {a.dist for a in heldout} == {"TRAIN", "HELD-OUT", "OOD"}
     assert {"adamw", "adam", "sgd", "schedulefree", "lion", "adadelta"} <= {a.optimizer for a in heldout}
@@ -33,11 +34,11 @@ def test_suite_covers_the_families():
     assert len({a.batch_size for a in heldout}) >= 3
     longest_train = max(a.steps for a in heldout if a.dist == "TRAIN")
     assert max(a.steps for a in heldout) >= 4 * longest_train
-    assert max(a.steps for a in adversary.SUITES["all"]) >= 1280  # the 5000-step new-corpus attack, scaled
+    assert max(a.steps for a in suite.SUITES["all"]) >= 1280  # the 5000-step new-corpus attack, scaled
     assert all(a.steps <= 256 for a in heldout)  # the default tier stays ≤ 256 steps
 
 
-@pytest.mark.parametrize("spec", [s for s in adversary.SUITES["all"]
+@pytest.mark.parametrize("spec", [s for s in suite.SUITES["all"]
                                   if s.name in {"T2_r2f_3e-4_32", "A1_adamw_6e-4_b32_256", "A5_benign_mix_256",
                                                 "A7_sgd_nesterov_1e-2_256", "A7_adam_nowd_256", "A7_schedulefree_256",
                                                 "A7_adadelta_256", "A7_lion_3e-5_256", "A8_lora16_3e-4_256",
@@ -145,7 +146,7 @@ def test_results_round_trip_and_resume(small_world, tmp_path, monkeypatch):
     specs = [Attack("a", steps=2, batch_size=2), Attack("b", lr=1e-2, steps=2, batch_size=2, optimizer="sgd")]
     calls = []
     real = redteam.run_job
-    monkeypatch.setattr(redteam, "run_job", lambda job: calls.append(job) or real(job))
+    monkeypatch.setattr(redteam, "run_job", lambda job, *d: calls.append(job) or real(job, *d))
     out = tmp_path / "redteam"
     first = redteam.redteam(models, specs, small_world.config, 2, 1, out, log=lambda *a: None)
     assert len(calls) == 8 and len(first["runs"]) == 8
