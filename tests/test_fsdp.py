@@ -1,8 +1,8 @@
 """Real scale on CPU: tar.py --model under `torchrun --nproc_per_node 2` (FSDP2, gloo) equals one process with the
-same global batch and seed (its LM head in chunks), for a tiny Llama and a tiny GPT-2, and so does stage 1
-(safeguard.py --model); SIGTERM + --resume under FSDP and SIGKILL + --resume in one process equal an uninterrupted
-run; the saved model reloads and scores the same; the retain reference; presets; the memory estimate. Four torchrun
-launches in all (each checks several things), and the paper's red team under torchrun."""
+same global batch and seed (its LM head in chunks), for a tiny Llama and a tiny GPT-2, and so do stage 1
+(safeguard.py --model) and the red team (evaluate.py --model, the paper's attacks); SIGTERM + --resume under FSDP
+and SIGKILL + --resume in one process equal an uninterrupted run; the saved model reloads and scores the same; the
+retain reference; presets; the memory estimate. Five torchrun launches in all (each checks several things)."""
 
 import json
 import random
@@ -151,9 +151,13 @@ def test_kill_and_resume_in_one_process_is_exact(setup):
     assert bad.returncode == 1 and "other settings (outer_lr)" in bad.stderr
 
 
-def test_stage_one_at_real_scale_under_fsdp_equals_one_process(setup):
-    """safeguard.py --model: random mapping on the real corpora by the same defend loop, 2 gloo ranks = 1 process;
-    the saved θ0 names its parent, so tar.py --reference base (the paper preset's) trains against the original."""
+def test_the_three_commands_under_fsdp_equal_one_process(setup):
+    """The real-scale pipeline, each command as docs/scale.md gives it. 1. safeguard.py --model: random mapping on
+    the real corpora by the same defend loop, 2 gloo ranks = 1 process; the saved θ0 names its parent, so 2. tar.py
+    --reference base (the paper preset's) trains against the original. 3. evaluate.py --model on TAR's output (its
+    world from the provenance): two of the paper's attacks, cut to 4 steps and scored every 2, sharded over 2 gloo
+    ranks (FSDP2, micro-batches of 1 row) give the same curves on WMDP and MMLU as one process, the attacker's loss
+    included; a LoRA attack under torchrun is left out, saying how to run it."""
     root, fx, models = setup
     kw = dict(model=models["llama"], data_dir=fx, domain="bio", seq_len=32, micro_batch=1, safeguard_steps=3)
     safeguard.main(flags(runs=root / "sg_single", **kw))
@@ -175,6 +179,27 @@ def test_stage_one_at_real_scale_under_fsdp_equals_one_process(setup):
     # the miniature's stage 1 never retrains over a real θ0 in the same directory
     with pytest.raises(cli.UserError, match="holds a safeguard of a real model"):
         safeguard.build(safeguard.SafeguardArgs(runs=str(root / "sg_single"), world_entities=4, base_steps=2))
+
+    tar_run = single(root, fx, sharded_run / "safeguard", "chain", reference="base", outer_steps=2)
+    assert json.loads((tar_run / "tar" / "provenance.json").read_text())["parent"] == str(sharded_run / "safeguard")
+    attacks = ["--attacks", "A1_adamw_4e-5_1000", "A2_r2f_2e-5_1000"]
+    args = [*flags(model=tar_run / "tar", steps=4, every=2, seeds=1, micro_batch=1), *attacks]
+    evaluate.main([*args, "--out", str(root / "rt_single"), "--workers", "1"])
+    proc = torchrun([*args, "--out", str(root / "rt_fsdp")], script="evaluate.py")
+    out = proc.communicate(timeout=300)[0]
+    assert proc.returncode == 0, out[-3000:]
+    single_rt, sharded_rt = (json.loads((root / r / "results.json").read_text())["runs"]
+                             for r in ("rt_single", "rt_fsdp"))
+    assert single_rt.keys() == sharded_rt.keys() and len(single_rt) == 2
+    for key, run in single_rt.items():
+        assert run["attack"].endswith("_1000@4") and [p["step"] for p in run["curve"]] == [0, 2, 4]
+        for a, b in zip(run["curve"], sharded_rt[key]["curve"], strict=True):  # steps, tokens, accuracies; loss
+            assert a == {**b, **({"loss": pytest.approx(b["loss"], rel=1e-5)} if "loss" in b else {})}, key
+    said = []
+    lora = suite.ATTACKS["A8_lora16_2e-5_1000"]
+    redteam.redteam({}, [lora], realworld.RealWorldConfig("bio", str(models["llama"]), str(fx), SMALL["seq_len"]), 1,
+                    1, root / "lora", log=said.append, d=fsdp.Dist(world_size=2))
+    assert "skipping A8_lora16_2e-5_1000 under torchrun" in said[0] and "0 to run" in said[1]
 
 
 def test_the_retain_reference_is_theta0_its_recorded_parent_or_a_given_model(setup):
@@ -256,26 +281,3 @@ def test_memory_estimate_from_the_config_alone():
     assert "fits a 80 GiB card" in fsdp.format_estimate(est, "llama3-8b", 8, 80)
     assert "does NOT fit a 16 GiB card" in fsdp.format_estimate(est, "llama3-8b", 8, 16)
 
-
-def test_the_paper_suite_under_fsdp_equals_one_process(setup):
-    """evaluate.py --model: two of the paper's attacks at scale, cut to 4 steps and scored every 2, sharded over 2
-    gloo ranks (FSDP2, micro-batches of 1 row) give the same curves on WMDP and MMLU as one process, the attacker's
-    loss included; a LoRA attack under torchrun is left out, saying how to run it."""
-    root, fx, models = setup
-    attacks = ["--attacks", "A1_adamw_4e-5_1000", "A2_r2f_2e-5_1000"]
-    args = [*flags(model=models["llama"], data_dir=fx, steps=4, every=2, seeds=1, micro_batch=1), *attacks]
-    evaluate.main([*args, "--out", str(root / "rt_single"), "--workers", "1"])
-    proc = torchrun([*args, "--out", str(root / "rt_fsdp")], script="evaluate.py")
-    out = proc.communicate(timeout=300)[0]
-    assert proc.returncode == 0, out[-3000:]
-    single, sharded = (json.loads((root / r / "results.json").read_text())["runs"] for r in ("rt_single", "rt_fsdp"))
-    assert single.keys() == sharded.keys() and len(single) == 2
-    for key, run in single.items():
-        assert run["attack"].endswith("_1000@4") and [p["step"] for p in run["curve"]] == [0, 2, 4]
-        for a, b in zip(run["curve"], sharded[key]["curve"], strict=True):  # steps, tokens, accuracies; the loss
-            assert a == {**b, **({"loss": pytest.approx(b["loss"], rel=1e-5)} if "loss" in b else {})}, key
-    said = []
-    lora = suite.ATTACKS["A8_lora16_2e-5_1000"]
-    redteam.redteam({}, [lora], realworld.RealWorldConfig("bio", str(models["llama"]), str(fx), SMALL["seq_len"]), 1,
-                    1, root / "lora", log=said.append, d=fsdp.Dist(world_size=2))
-    assert "skipping A8_lora16_2e-5_1000 under torchrun" in said[0] and "0 to run" in said[1]
