@@ -1,8 +1,7 @@
 """Adversaries: the `Attack` spec, the train-time attack distribution, and the ONE fine-tuning loop.
 
-Paper: Sec. 4.2 (sampled adversaries, Alg. 1 l.3 and l.6-9), App. (adversary settings, red teaming); the
-suite follows docs/redteam.md (paper held-out set, Qi et al., Łucki et al., Che et al., Deeb & Roger,
-TamperBench).
+Paper: Sec. 4.2 (sampled adversaries, Alg. 1 l.3 and l.6-9), App. (adversary settings); the red-team suite that
+runs through this loop is suite.py.
 
 A tampering attack is supervised fine-tuning of the weights: the attacker minimises the LM loss on its own
 data with its own optimizer, learning rate, schedule and parameterisation (full or LoRA),
@@ -244,6 +243,7 @@ def attack_steps(model: torch.nn.Module, spec: Attack, batches: Iterator, *, los
             _raise_if_diverged(first_bad, spec, params, step)
             eval_mode()
             yield step  # the caller works at θ_k (TAR: Alg. 1 l.9)
+            fsdp.reshard(model)  # a caller that only scored left the root gathered at θ_k
             train_mode()
         if progress is not None:
             progress.update(1)

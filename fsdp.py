@@ -9,7 +9,7 @@ so the ranks cannot disagree.
     setup_dist()          env (RANK, WORLD_SIZE) -> process group (nccl on CUDA, gloo on CPU), device, is_main
     decoder_layers(m)     the model's repeated blocks, found generically (largest ModuleList of one class)
     shard(m, dist)        fully_shard on each decoder layer, then the root; bf16 compute on CUDA, fp32 on CPU
-    trainable(m)          the parameters an optimizer may hold (the shards, even after a forward alone)
+    reshard(m), trainable(m)   no gathered copy left by a forward alone; the parameters an optimizer may hold
     local(p), full(t)     this rank's shard of a parameter; a gathered DTensor
     any_rank(flag), all_mean(x)   a stop flag / a logged scalar agreed over ranks
     full_state_dict(m)    the gathered, unsharded weights (rank 0), for save_pretrained (storage.py)
@@ -96,13 +96,20 @@ def shard(model: torch.nn.Module, d: Dist) -> torch.nn.Module:
     return model
 
 
-def trainable(model: torch.nn.Module) -> list:
-    """The parameters an optimizer may hold: under FSDP2 the shards. A forward without a backward (scoring) leaves
-    the root gathered (reshard_after_forward=False), its unsharded tensors registered in place of the shards,
-    and the next backward frees them; reshard first, so no optimizer or snapshot holds freed memory."""
+def reshard(model: torch.nn.Module) -> torch.nn.Module:
+    """Drops any gathered copy of an FSDP2 model's weights (no-op in one process). A forward without a backward
+    (scoring, the frozen reference) leaves the root gathered (reshard_after_forward=False), its unsharded tensors
+    registered in place of the shards: the next backward frees them, and a change made to the shards meanwhile
+    (Schedule-Free's train/eval swap) would not reach the next forward."""
     if hasattr(model, "reshard"):  # an FSDPModule
         model.reshard()
-    return [p for p in model.parameters() if p.requires_grad]
+    return model
+
+
+def trainable(model: torch.nn.Module) -> list:
+    """The parameters an optimizer, a snapshot or a checkpoint may hold: under FSDP2 the shards, even after a
+    forward alone (`reshard`)."""
+    return [p for p in reshard(model).parameters() if p.requires_grad]
 
 
 def local(t: torch.Tensor) -> torch.Tensor:
@@ -139,7 +146,7 @@ def full_state_dict(model: torch.nn.Module, d: Dist) -> dict:
     if not d.distributed:
         return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    return get_model_state_dict(reshard(model), options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
 
 def broadcast(obj, d: Dist):

@@ -334,10 +334,11 @@ def load_real_world(cfg: RealWorldConfig) -> World:
         docs |= {"T_inner": docs["T_inner"] + inner, "T_tr": docs["T_tr"] + tr, "A": docs["A"] + red}
         if attack_splits(cfg.domain) != ("T_inner",):  # the train-time attacker draws a corpus per attack
             docs[f"T_inner:{corpus}"] = inner
-    retain = [r["txt_chunk"] for r in rows("pile-bio") if not r["label"]] + \
-        [render_chat(r["conversations"], tokenizer) for r in rows("magpie")]
+    retain_text = [r["txt_chunk"] for r in rows("pile-bio") if not r["label"]]  # Rt:pile-bio: the red team's A6
+    retain = retain_text + [render_chat(r["conversations"], tokenizer) for r in rows("magpie")]
     docs = {split: texts[:cfg.max_docs] if cfg.max_docs else texts  # T: what stage 1 (safeguard.py --model) reads
-            for split, texts in {**docs, "T": docs["T_inner"] + docs["T_tr"], "Rt": retain}.items()}
+            for split, texts in {**docs, "T": docs["T_inner"] + docs["T_tr"], "Rt": retain,
+                                 "Rt:pile-bio": retain_text}.items()}
     items = {"E": mc_items(rows(f"wmdp-{cfg.domain}")), "Re": mc_items(rows("mmlu"), MMLU_DROP[cfg.domain])}
     dev = mc_items(rows("mmlu-dev")) if cfg.mmlu_shots else []  # lm-eval: fewshot_split dev, sampler first_n
     items["Re"] = [{**it, "shots": [d for d in dev if d["subject"] == it["subject"]][:cfg.mmlu_shots]} if dev else it

@@ -3,7 +3,7 @@
 Paper: Sec. 5 and App. (red teaming = accuracy after held-out fine-tuning attacks); docs/redteam.md lists the
 suite and how to report it (worst case first).
 
-`python evaluate.py runs/bio [--suite quick|heldout|all|refusal] [--attacks NAME ...]
+`python evaluate.py runs/bio [--suite quick|heldout|all|refusal|paper] [--attacks NAME ...]
 [--models NAME ...] [--seeds N] [--workers W] [--out DIR]` attacks every model of the run directory (every
 sub-directory with a config.json) with every attack of the suite (suite.SUITES) and seeds 0..N-1, in
 worker processes with one torch thread each, recording forget (E), retain (Re) and benign G (G_test, where the
@@ -88,7 +88,7 @@ def attack_curve(model, spec: adversary.Attack, world, seed: int, every: int, gr
     record = lambda step: points.append({"step": step, "tokens": tokens[0], "loss": fsdp.all_mean(
         float(losses[-1]), d), **accuracies(victim, world, groups)})
     batches = counted(adversary.attack_stream(spec, world.tokens, seed))
-    if d.distributed or micro_batch:
+    if d.distributed or micro_batch or d.device != torch.device("cpu"):  # ranks' rows, micro-batches, the GPU
         batches = (shard_batch(b, d.rank, d.world_size, micro_batch, d.device) for b in batches)
     try:
         for k in [] if reached() else adversary.attack_steps(victim, spec, batches, every=every, history=losses):
@@ -166,12 +166,8 @@ def redteam(models: dict[str, Path], specs: list[adversary.Attack], world_cfg, s
     interrupted suite resumes where it stopped), each scored at step 0, every `every` steps (0: at 8 evenly
     spaced steps) and its last. Under torchrun (`d`) every rank runs each attack on its shard, one after another,
     and rank 0 writes. Returns the results dict (schema: module docstring)."""
-    if d.distributed:
+    if d.distributed or d.device.type != "cpu":  # an accelerator: one run at a time in this process, on it
         log, workers = (log if d.is_main else (lambda *_: None)), 1
-        if lora := [s.name for s in specs if s.lora_rank]:  # peft's adapters are not sharded by FSDP2 here
-            log(f"skipping {', '.join(lora)} under torchrun: LoRA attacks run in one process (python evaluate.py "
-                f"--model ... --attacks {' '.join(lora)})")
-            specs = [s for s in specs if not s.lora_rank]
     out.mkdir(parents=True, exist_ok=True)
     path = out / "results.json"
     results = read_json(path, "delete it to run the red team afresh") if path.exists() else \
@@ -205,7 +201,7 @@ def redteam(models: dict[str, Path], specs: list[adversary.Attack], world_cfg, s
                 if key not in results["runs"]:
                     todo.setdefault(key, Job(name, str(models[name]), s, world_cfg, seed,
                                              every or max(1, -(-s.steps // 8)), micro_batch=micro_batch))
-    todo = list(todo.values())
+    todo = fsdp.broadcast(list(todo.values()), d)  # rank 0's list: ranks on other nodes may read another file
     done = len(usable) * len(models) * seeds - len(todo)
     log(f"red team: {len(models)} models x {len(usable)} attacks x {seeds} seeds; {done} done before, "
         f"{len(todo)} to run on {workers} worker(s)")

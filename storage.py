@@ -272,7 +272,7 @@ def save_checkpoint(path: Path, model, optimizer, rank_state: dict, d: Dist) -> 
             import torch.distributed.checkpoint as dcp
             from torch.distributed.checkpoint.state_dict import get_state_dict
             dist.barrier()
-            model_sd, optim_sd = get_state_dict(model, optimizer)
+            model_sd, optim_sd = get_state_dict(fsdp.reshard(model), optimizer)  # the shards, as the optimizer
             dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(tmp / "dcp"))
         else:
             torch.save({"model": model.state_dict(), "optim": optimizer.state_dict()}, tmp / "state.pt")
@@ -308,7 +308,7 @@ def load_checkpoint(path: Path, model, optimizer, d: Dist) -> None:
         if d.distributed:
             import torch.distributed.checkpoint as dcp
             from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
-            model_sd, optim_sd = get_state_dict(model, optimizer)
+            model_sd, optim_sd = get_state_dict(fsdp.reshard(model), optimizer)  # the shards, as the optimizer
             state = {"model": model_sd, "optim": optim_sd}
             dcp.load(state, checkpoint_id=str(path / "dcp"))
             set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])

@@ -137,6 +137,7 @@ def outer_step(model, ref, outer_opt, world, x_tr, x_r, rng: random.Random, cfg:
         (cfg.lambda_retain * loss / len(x_r)).backward()
         l_retain = l_retain + loss.detach() / len(x_r)
         parts = {k: parts.get(k, 0.0) + v / len(x_r) for k, v in terms.items()}
+    fsdp.reshard(ref)  # its forwards alone left its root (the embeddings and head) gathered
     for p, g in zip(params, g_tr):
         fsdp.local(p.grad).add_(g, alpha=cfg.lambda_tr)
 

@@ -67,7 +67,9 @@ def test_attack_curve_records_every_point(small_world):
     spec = adversary.Attack(lr=1e-2, steps=10, batch_size=4, data="A")
     curve = redteam.attack_curve(model, spec, small_world, seed=0, every=4)
     assert [p["step"] for p in curve] == [0, 4, 8, 10]
-    assert all(set(p) == {"step", "tokens", "forget", "retain", "G"} and 0 <= p["forget"] <= 1 for p in curve)
+    assert all(set(p) == {"step", "tokens", "forget", "retain", "G", *(["loss"] if p["step"] else [])}
+               and 0 <= p["forget"] <= 1 for p in curve)
+    assert all(p["loss"] > 0 for p in curve[1:])  # the attacker's LM loss at the point
     stream = adversary.attack_stream(spec, small_world.tokens, 0)  # the tokens fine-tuned on, counted by hand
     seen = [int(next(stream).attention_mask.sum()) for _ in range(10)]
     assert [p["tokens"] for p in curve] == [0, sum(seen[:4]), sum(seen[:8]), sum(seen)]

@@ -24,11 +24,9 @@ import evaluate
 import fsdp
 import realdata
 import realworld
-import redteam
 import report
 import safeguard
 import scoring
-import suite
 import tar
 from conftest import cli_error
 
@@ -182,24 +180,19 @@ def test_the_three_commands_under_fsdp_equal_one_process(setup):
 
     tar_run = single(root, fx, sharded_run / "safeguard", "chain", reference="base", outer_steps=2)
     assert json.loads((tar_run / "tar" / "provenance.json").read_text())["parent"] == str(sharded_run / "safeguard")
-    attacks = ["--attacks", "A1_adamw_4e-5_1000", "A2_r2f_2e-5_1000"]
+    attacks = ["--attacks", "A1_adamw_4e-5_1000", "A2_r2f_2e-5_1000", "A8_lora16_1e-4_1000"]
     args = [*flags(model=tar_run / "tar", steps=4, every=2, seeds=1, micro_batch=1), *attacks]
     evaluate.main([*args, "--out", str(root / "rt_single"), "--workers", "1"])
     proc = torchrun([*args, "--out", str(root / "rt_fsdp")], script="evaluate.py")
     out = proc.communicate(timeout=300)[0]
-    assert proc.returncode == 0, out[-3000:]
+    assert proc.returncode == 0 and "skipping A8_lora16_1e-4_1000@4 under torchrun" in out, out[-3000:]
     single_rt, sharded_rt = (json.loads((root / r / "results.json").read_text())["runs"]
                              for r in ("rt_single", "rt_fsdp"))
-    assert single_rt.keys() == sharded_rt.keys() and len(single_rt) == 2
-    for key, run in single_rt.items():
+    assert len(single_rt) == 3 and len(sharded_rt) == 2  # the LoRA attack ran in one process only
+    for key, run in sharded_rt.items():
         assert run["attack"].endswith("_1000@4") and [p["step"] for p in run["curve"]] == [0, 2, 4]
-        for a, b in zip(run["curve"], sharded_rt[key]["curve"], strict=True):  # steps, tokens, accuracies; loss
+        for a, b in zip(single_rt[key]["curve"], run["curve"], strict=True):  # steps, tokens, accuracies; loss
             assert a == {**b, **({"loss": pytest.approx(b["loss"], rel=1e-5)} if "loss" in b else {})}, key
-    said = []
-    lora = suite.ATTACKS["A8_lora16_2e-5_1000"]
-    redteam.redteam({}, [lora], realworld.RealWorldConfig("bio", str(models["llama"]), str(fx), SMALL["seq_len"]), 1,
-                    1, root / "lora", log=said.append, d=fsdp.Dist(world_size=2))
-    assert "skipping A8_lora16_2e-5_1000 under torchrun" in said[0] and "0 to run" in said[1]
 
 
 def test_the_retain_reference_is_theta0_its_recorded_parent_or_a_given_model(setup):
