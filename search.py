@@ -78,6 +78,13 @@ CANDIDATES = {
                                                            "lambda_retain": 8.0},
                                  "s1lr_all (G_dev 82.8% at rest, 2.2 points short) with the retain term twice as "
                                  "strong"),
+    "s1lr_all_lambda_retain_6": ("stage1_benign_lr_1e-3", {"retain_data": "benign", "outer_params": "all",
+                                                           "lambda_retain": 6.0},
+                                 "between λ_retain 4 (s1lr_all: resists, G_dev 82.8%) and 8 (G_dev 88.2%, V "
+                                 "back to 49.8% under the attack)"),
+    "s1lr_all_lambda_retain_8_seed_1": ("stage1_benign_lr_1e-3", {"retain_data": "benign", "outer_params": "all",
+                                                                  "lambda_retain": 8.0, "seed": 1},
+                                        "the round-3 pick's recipe with TAR seed 1: is its trade a seed's?"),
     "s1lr_all_outer_lr_3e-3": ("stage1_benign_lr_1e-3", {"retain_data": "benign", "outer_params": "all",
                                                          "outer_lr": 3e-3},
                                "s1lr_all with smaller outer steps: less of G_dev moved per step"),
