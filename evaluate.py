@@ -133,10 +133,12 @@ def red_team(args: RedTeamArgs) -> None:
 
 
 def at_length(spec: Attack, steps: int) -> Attack:
-    """`spec` run for `steps` steps (0: as it is), its retain→forget switch scaled, named <name>@<steps>."""
+    """`spec` run for `steps` steps (0: as it is), its retain→forget switch scaled, named <name>@<steps>. Its dist
+    tag stays the full attack's, and its source says so: a cut attack may fall inside A_train (heldout.py)."""
     if not steps or steps == spec.steps:
         return spec
-    return replace(spec, name=f"{spec.name}@{steps}", steps=steps, switch=round(spec.switch * steps / spec.steps))
+    return replace(spec, name=f"{spec.name}@{steps}", steps=steps, switch=round(spec.switch * steps / spec.steps),
+                   source=f"{spec.source}; cut to {steps} steps (dist tag of the full attack)")
 
 
 def models_of(args: RedTeamArgs, run_dir: Path | None, real_data: bool) -> tuple[dict[str, Path], Path]:
