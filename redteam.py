@@ -88,7 +88,7 @@ def attack_curve(model, spec: adversary.Attack, world, seed: int, every: int, gr
     record = lambda step: points.append({"step": step, "tokens": tokens[0], "loss": fsdp.all_mean(
         float(losses[-1]), d), **accuracies(victim, world, groups)})
     batches = counted(adversary.attack_stream(spec, world.tokens, seed))
-    if d.distributed or micro_batch or d.device != torch.device("cpu"):  # ranks' rows, micro-batches, the GPU
+    if d.distributed or micro_batch or d.device.type != "cpu":  # ranks' rows, micro-batches, the GPU
         batches = (shard_batch(b, d.rank, d.world_size, micro_batch, d.device) for b in batches)
     try:
         for k in [] if reached() else adversary.attack_steps(victim, spec, batches, every=every, history=losses):

@@ -54,6 +54,7 @@ STAGE1 = {
     "stage1_benign_final": ({"retain": "benign", "all_layers": False}, "the same, mapping the final hidden state "
                                                                       "only, not every layer's"),
 }
+S1LR_ALL = {"retain_data": "benign", "outer_params": "all"}  # TAR on every weight, Rt and U retained
 # TAR: name -> (its stage 1, TARConfig overrides, why). "defaults" is today's recipe (docs/results.md).
 CANDIDATES = {
     "defaults": ("stage1", {}, "today's defaults: where G is lost"),
@@ -72,27 +73,18 @@ CANDIDATES = {
                 "as s1b, the outer step training every weight (the paper), not the MLPs alone"),
     "s1b_lambda_retain_2": ("stage1_benign", {"retain_data": "benign", "lambda_retain": 2.0},
                             "between λ_retain 1 (resists, G_dev 62%) and 4 (s1b: G_dev 75-81%, no resistance)"),
-    "s1lr_all": ("stage1_benign_lr_1e-3", {"retain_data": "benign", "outer_params": "all"},
-                 "s1b_all from the stage 1 that keeps G_dev at 99-100%"),
-    "s1lr_all_lambda_retain_8": ("stage1_benign_lr_1e-3", {"retain_data": "benign", "outer_params": "all",
-                                                           "lambda_retain": 8.0},
+    "s1lr_all": ("stage1_benign_lr_1e-3", S1LR_ALL, "s1b_all from the stage 1 that keeps G_dev at 99-100%"),
+    "s1lr_all_lambda_retain_8": ("stage1_benign_lr_1e-3", {**S1LR_ALL, "lambda_retain": 8.0},
                                  "s1lr_all (G_dev 82.8% at rest, 2.2 points short) with the retain term twice as "
                                  "strong"),
-    "s1lr_all_lambda_retain_6": ("stage1_benign_lr_1e-3", {"retain_data": "benign", "outer_params": "all",
-                                                           "lambda_retain": 6.0},
+    "s1lr_all_lambda_retain_6": ("stage1_benign_lr_1e-3", {**S1LR_ALL, "lambda_retain": 6.0},
                                  "between λ_retain 4 (s1lr_all: resists, G_dev 82.8%) and 8 (G_dev 88.2%, V "
                                  "back to 49.8% under the attack)"),
-    "s1lr_all_lambda_retain_8_seed_1": ("stage1_benign_lr_1e-3", {"retain_data": "benign", "outer_params": "all",
-                                                                  "lambda_retain": 8.0, "seed": 1},
-                                        "the round-3 pick's recipe with TAR seed 1: is its trade a seed's?"),
-    "s1lr_all_lambda_retain_6_seed_1": ("stage1_benign_lr_1e-3", {"retain_data": "benign", "outer_params": "all",
-                                                                  "lambda_retain": 6.0, "seed": 1},
-                                        "the round-4 pick's recipe at TAR seed 1"),
-    "s1lr_all_lambda_retain_6_seed_2": ("stage1_benign_lr_1e-3", {"retain_data": "benign", "outer_params": "all",
-                                                                  "lambda_retain": 6.0, "seed": 2},
-                                        "the round-4 pick's recipe at TAR seed 2"),
-    "s1lr_all_outer_lr_3e-3": ("stage1_benign_lr_1e-3", {"retain_data": "benign", "outer_params": "all",
-                                                         "outer_lr": 3e-3},
+    **{f"s1lr_all_lambda_retain_{lam}_seed_{seed}": (
+        "stage1_benign_lr_1e-3", {**S1LR_ALL, "lambda_retain": float(lam), "seed": seed},
+        f"the round-{3 if lam == 8 else 4} pick's recipe at TAR seed {seed}: is its trade a seed's?")
+       for lam, seed in ((8, 1), (6, 1), (6, 2))},
+    "s1lr_all_outer_lr_3e-3": ("stage1_benign_lr_1e-3", {**S1LR_ALL, "outer_lr": 3e-3},
                                "s1lr_all with smaller outer steps: less of G_dev moved per step"),
 }
 UNSEEN = (*HOLDS_E, "Re", "G_test", "N")  # sealed: E and the base's stream, and the reported benign groups
