@@ -171,6 +171,23 @@ def test_search_table_picks_by_the_rule_and_the_cli_refuses_what_it_cannot_run(t
     assert {"E", "all", "Re", "G_test", "N"} <= set(search.UNSEEN) and not set(search.SEEN) & set(search.UNSEEN)
 
 
+def test_search_judges_a_recipe_by_its_worst_seed():
+    def row(name, overrides, step, v_att, g_rest):
+        return {"name": name, "stage1": "s", "overrides": overrides, "step": step, "V": 0.25, "G_dev": g_rest,
+                "G_dev_rest": g_rest, "forget_V_attacked": v_att, "G_dev_attacked": 0.80, "diverged": None}
+    rows = [row("a", {"outer_params": "all"}, 25, 0.26, 0.90),  # a lucky seed 0 ...
+            row("a_seed_1", {"outer_params": "all", "seed": 1, "lambda_retain": 4.0}, 25, 0.70, 0.95),  # a default
+            row("b", {"outer_params": "all", "lambda_retain": 6.0}, 25, 0.20, 0.90),  # one seed: not judged here
+            row("c", {"lambda_retain": 8.0}, 25, 0.40, 0.90), row("c_seed_1", {"lambda_retain": 8.0, "seed": 1}, 25,
+                                                                 0.45, 0.86)]
+    worst = {r["name"]: r for r in search.worst_over_seeds(rows)}
+    assert set(worst) == {"a", "c"} and worst["a"]["seeds"] == ["a", "a_seed_1"]
+    assert worst["a"]["forget_V_attacked"] == 0.70 and worst["a"]["G_dev"] == 0.90 and worst["c"]["G_dev"] == 0.86
+    # ... so the pick over seeds is c (worst 45%), not a (its seed 0 alone would win with 26%)
+    assert search.seeds_table(rows).splitlines()[-1] == "pick over seeds: c@25"
+    assert "| **c** (2) | 25 |" in search.seeds_table(rows) and "70.0% | 26.0% / 70.0% |" in search.seeds_table(rows)
+
+
 def test_interval_against_hand_computed_values():
     # 8 facts of 4 templates each; facts known all-or-nothing (3 of 8): p = 12/32
     facts = [f for f in range(8) for _ in range(4)]
