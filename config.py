@@ -104,6 +104,11 @@ class TARConfig:
                                         "4 of 5 seeds, 0 of 3 at a constant lr; docs/results.md)",
                               choices=("constant", "cosine"))
     grad_clip: float = arg(1.0, "clip the outer gradient to this norm (0 = off)", at_least=0)
+    # deviation: an optional pull of the trained weights back towards θ0 (not in the paper; off by default) because
+    # the retain loss keeps only what its few families say, and the rest of θ0's knowledge (the held-out benign
+    # family G) drifts with every TR step; in weight space the pull keeps all of it alike (docs/search.md round 7).
+    anchor: float = arg(0.0, "after each outer step θ ← θ − lr·anchor·(θ − θ0): decoupled decay towards θ0, as "
+                             "AdamW's is towards 0, on the weights TAR trains (0 = off; lr·anchor ≤ 1)", at_least=0)
     squared_distance: bool = arg(True, "squared hidden-state distance in the retain loss")
     reference: str = arg("safeguard", "frozen reference of the retain loss: safeguard (θ0) | base (the model θ0 "
                                       "was made from: the miniature's base; with --model the parent θ0's "
@@ -141,6 +146,8 @@ class TARConfig:
             raise UsageError("--reference takes a model directory or hub id only with --model (here: safeguard, base)")
         if self.outer_warmup >= self.outer_steps:
             raise UsageError("--outer-warmup must be shorter than --outer-steps")
+        if self.anchor * self.outer_lr > 1:
+            raise UsageError("--anchor times --outer-lr must be at most 1 (a step would overshoot θ0)")
         if self.tr_every > self.inner_steps:
             raise UsageError("--tr-every must not exceed --inner-steps (no TR point would be taken)")
         if self.outer_optimizer == "schedulefree" and self.outer_schedule != "constant":
@@ -151,6 +158,8 @@ class TARConfig:
             raise UsageError("--tr-loss dpo keeps (chosen, rejected) rows together: --micro-batch must be even")
         check_split({"--inner-batch": self.inner_batch, "--retain-batch": self.retain_batch,
                      "--tr-batch": self.tr_batch * (2 if self.tr_loss == "dpo" else 1)}, self.micro_batch)  # DPO: pairs
+        if self.model and self.retain_data != "Rt":
+            raise UsageError("--retain-data benign is the miniature world's (Rt and the rivers); with --model: Rt")
         if self.model and self.tr_mask == "fact" and self.tr_loss == "entropy":
             raise UsageError("real text has no fact positions: use --tr-mask tokens or all with --model")
 

@@ -86,6 +86,11 @@ CANDIDATES = {
                      "s1lr_all with train-time attacks 1.5x as long (8 TR points, as at K = 64): at K = 64 the "
                      "attacks at lr 1e-4 and 3e-4 leave the entropy of x_TR at its maximum from step 50, while the "
                      "200-step reference attack still recovers V (K = 128 would train on A14's length)"),
+    **{f"s1lr_all_k96_anchor_{a}": ("stage1_benign_lr_1e-3", {**S1LR_ALL, "inner_steps": 96, "tr_every": 12,
+                                                              "anchor": float(a)},
+                                    f"s1lr_all_k96 (resists at seed 0 with G_dev 69%) with every weight pulled "
+                                    f"towards θ0 (--anchor {a}): keep what no retain family covers")
+       for a in (1, 3)},
 }
 # recipes run again at other TAR seeds: (recipe, TAR seed, what the recipe was)
 CANDIDATES.update({f"{recipe}_seed_{seed}": (CANDIDATES[recipe][0], {**CANDIDATES[recipe][1], "seed": seed},

@@ -217,10 +217,10 @@ def train_tar(model, ref, world, cfg: TARConfig, run_dir: Path, d: Dist = Dist()
     on_step(step, model) after each step sees the weights that would be saved (search.py scores snapshots)."""
     ref.eval().requires_grad_(False)
     opt, schedule = outer_optimizer(model, cfg)
+    trained = [fsdp.local(p) for g in opt.param_groups for p in g["params"]] if cfg.anchor else []  # rank's shards
+    theta0 = [s.detach().to("cpu" if cfg.snapshot_offload else s.device, copy=True) for s in trained]  # pre-resume
     rng = random.Random(cfg.seed)  # attacks and their data orders; the same on every rank
     x_trs = Stream(world.tokens["T_tr"], cfg.tr_batch, cfg.seed)  # held-out forget batches (T's other half)
-    if cfg.retain_data not in world.tokens:
-        raise UserError(f"--retain-data {cfg.retain_data}: this world has no such documents")
     x_rs = Stream(world.tokens[cfg.retain_data], cfg.retain_batch, cfg.seed + 1)
     ckpt, partial, start, saved_at = run_dir / "checkpoint", run_dir / PARTIAL, 1, None
     state = {"rng": rng, "x_tr": x_trs, "x_r": x_rs, "schedule": schedule}  # what the next step depends on
@@ -242,6 +242,9 @@ def train_tar(model, ref, world, cfg: TARConfig, run_dir: Path, d: Dist = Dist()
                     kept = f"; the checkpoint of outer step {saved_at} is kept in {ckpt}" if saved_at else ""
                     raise adversary.Diverged(f"TAR diverged at outer step {step}: {e}; no model or results were "
                                              f"written{kept}. Lower --outer-lr or --inner-lrs", step) from None
+                with torch.no_grad():  # --anchor: θ ← θ − lr·anchor·(θ − θ0), at this step's lr
+                    for s, s0 in zip(trained, theta0):
+                        s.lerp_(s0.to(s.device), opt.param_groups[0]["lr"] * cfg.anchor)
                 schedule.step()
                 m = {"step": step, **m, "seconds": round(time.time() - t0, 2)}
                 if cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.outer_steps):

@@ -129,6 +129,22 @@ def test_retain_data_chooses_the_retain_documents(small_world, retain_data, tmp_
     assert_retain_documents(small_world, seen, retain_data)
 
 
+@pytest.mark.parametrize("anchor,kept", [(0.0, 1.0), (25.0, 0.75)])
+def test_anchor_pulls_the_trained_weights_towards_theta0(small_world, tmp_path, monkeypatch, anchor, kept):
+    def step(model, ref, opt, *a, **k):  # an outer step that moves every weight it trains by +1
+        with torch.no_grad():
+            for p in (p for g in opt.param_groups for p in g["params"]):
+                p.add_(1.0)
+        return {}
+    monkeypatch.setattr(tar, "outer_step", step)
+    cfg = tar.TARConfig(outer_steps=1, inner_steps=4, eval_every=0, outer_lr=1e-2, anchor=anchor)  # lr·anchor = 1/4
+    model = tiny_model(len(small_world.tokenizer))
+    theta0 = copy.deepcopy(model)
+    tar.train_tar(model, copy.deepcopy(model), small_world, cfg, tmp_path, log=lambda *_: None)
+    for (name, p), p0 in zip(model.named_parameters(), theta0.parameters()):  # --outer-params mlp: the MLPs move
+        assert torch.allclose(p - p0, torch.full_like(p, kept if ".mlp." in name else 0.0), atol=1e-6), name
+
+
 @pytest.mark.parametrize("retain", ["Rt", "benign"])
 def test_safeguard_retain_chooses_the_retain_documents(small_world, retain, monkeypatch):
     """Stage 1's retain term (SafeguardConfig.retain) reads Rt, or Rt and the rivers U."""
