@@ -86,6 +86,11 @@ class TARConfig:
                                  "(Rt and the unrelated text U: rivers; the miniature world only)",
                            choices=("Rt", "benign"))
     lambda_tr: float = arg(4.0, "λ_TR", at_least=0)
+    # deviation: an optional retain term at the attacked weights (not in the paper; off by default) because Eq. 1
+    # keeps benign knowledge only at θ, so TAR may resist by making every fine-tuning wreck every fact, hazardous
+    # or not: the attacked model must then still predict the retain text (docs/search.md round 8).
+    lambda_retain_attacked: float = arg(0.0, "weight of the retain text's LM loss at each TR point's attacked "
+                                             "weights (0 = off: Eq. 1 as written)", at_least=0)
     # deviation: λ_retain = 4 (paper: 1) because an outer lr of 1e-2 on a 0.8M-parameter model needs a stronger
     # pull back to θ0's benign behaviour; the searches of docs/results.md ran around it (6 and 8 did not help).
     lambda_retain: float = arg(4.0, "λ_retain", at_least=0)

@@ -74,12 +74,13 @@ def test_outer_params_mlp_moves_only_the_mlps(small_world):
         tar.outer_optimizer(torch.nn.Linear(2, 2), cfg)
 
 
-@pytest.mark.parametrize("weights,mask", [("uniform", "fact"), ("paper", "tokens")])
-def test_outer_gradient_is_the_first_order_tar_gradient(small_world, weights, mask):
-    """g = λ_retain ∇L_retain(θ) + λ_TR Σ_k w_k ∇L_TR(θ_k), with θ_k the weights after k attacker steps,
-    recomputed here by a hand-written inner loop (plain AdamW, no attack())."""
+@pytest.mark.parametrize("weights,mask,ra", [("uniform", "fact", 0.0), ("paper", "tokens", 0.0),
+                                             ("uniform", "fact", 1.5)])
+def test_outer_gradient_is_the_first_order_tar_gradient(small_world, weights, mask, ra):
+    """g = λ_retain ∇L_retain(θ) + Σ_k w_k ∇(λ_TR L_TR + λ_ra L_LM(x_r))(θ_k), with θ_k the weights after k
+    attacker steps, recomputed here by a hand-written inner loop (plain AdamW, no attack())."""
     cfg = tar.TARConfig(inner_steps=6, tr_every=3, inner_batch=4, tr_weights=weights, tr_mask=mask,
-                        lambda_tr=2.5, lambda_retain=0.7, grad_clip=0.0)
+                        lambda_tr=2.5, lambda_retain=0.7, grad_clip=0.0, lambda_retain_attacked=ra)
     model = tiny_model(vocab_size=len(small_world.tokenizer))
     start = copy.deepcopy(model)
     probe, ref, x_tr, x_r, spec, seed, metrics = one_step(small_world, cfg, model)
@@ -102,15 +103,17 @@ def test_outer_gradient_is_the_first_order_tar_gradient(small_world, weights, ma
         if k % cfg.tr_every == 0:
             l_tr = losses.entropy_tr_loss(m(x_tr.input_ids, attention_mask=x_tr.attention_mask).logits, tr_mask)
             tr_values.append(l_tr.item())
-            for g, gi in zip(g_tr, torch.autograd.grad(l_tr, params)):
-                g += w[k] * gi
+            l_ra = losses.lm_loss(m(x_r.input_ids, attention_mask=x_r.attention_mask).logits, x_r.input_ids,
+                                  x_r.attention_mask)  # the retain text at the attacked weights
+            for g, gi, gr in zip(g_tr, torch.autograd.grad(l_tr, params), torch.autograd.grad(l_ra, params)):
+                g += w[k] * (cfg.lambda_tr * gi + ra * gr)
     s = copy.deepcopy(start)
     out = s(x_r.input_ids, attention_mask=x_r.attention_mask, output_hidden_states=True)
     out_ref = ref(x_r.input_ids, attention_mask=x_r.attention_mask, output_hidden_states=True)
     l_ret, _ = losses.retain_loss(out, out_ref, x_r.input_ids, x_r.attention_mask)
     g_ret = torch.autograd.grad(l_ret, list(s.parameters()), allow_unused=True)
     for got_p, gr, gt in zip(got, g_ret, g_tr):
-        expected = cfg.lambda_tr * gt + (cfg.lambda_retain * gr if gr is not None else 0)
+        expected = gt + (cfg.lambda_retain * gr if gr is not None else 0)
         assert torch.allclose(got_p, expected, atol=1e-6, rtol=1e-4)
     assert metrics["tr_loss"] == pytest.approx(sum(tr_values) / len(tr_values), rel=1e-5)
     assert any(gt.abs().max() > 0 for gt in g_tr)  # the TR term is really there
