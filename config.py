@@ -86,11 +86,6 @@ class TARConfig:
                                  "(Rt and the unrelated text U: rivers; the miniature world only)",
                            choices=("Rt", "benign"))
     lambda_tr: float = arg(4.0, "λ_TR", at_least=0)
-    # deviation: an optional retain term at the attacked weights (not in the paper; off by default) because Eq. 1
-    # keeps benign knowledge only at θ, so TAR may resist by making every fine-tuning wreck every fact, hazardous
-    # or not: the attacked model must then still predict the retain text (docs/search.md round 8).
-    lambda_retain_attacked: float = arg(0.0, "weight of the retain text's LM loss at each TR point's attacked "
-                                             "weights (0 = off: Eq. 1 as written)", at_least=0)
     # deviation: λ_retain = 4 (paper: 1) because an outer lr of 1e-2 on a 0.8M-parameter model needs a stronger
     # pull back to θ0's benign behaviour; the searches of docs/results.md ran around it (6 and 8 did not help).
     lambda_retain: float = arg(4.0, "λ_retain", at_least=0)
@@ -109,11 +104,6 @@ class TARConfig:
                                         "4 of 5 seeds, 0 of 3 at a constant lr; docs/results.md)",
                               choices=("constant", "cosine"))
     grad_clip: float = arg(1.0, "clip the outer gradient to this norm (0 = off)", at_least=0)
-    # deviation: an optional pull of the trained weights back towards θ0 (not in the paper; off by default) because
-    # the retain loss keeps only what its few families say, and the rest of θ0's knowledge (the held-out benign
-    # family G) drifts with every TR step; in weight space the pull keeps all of it alike (docs/search.md round 7).
-    anchor: float = arg(0.0, "after each outer step θ ← θ − lr·anchor·(θ − θ0): decoupled decay towards θ0, as "
-                             "AdamW's is towards 0, on the weights TAR trains (0 = off; lr·anchor ≤ 1)", at_least=0)
     squared_distance: bool = arg(True, "squared hidden-state distance in the retain loss")
     reference: str = arg("safeguard", "frozen reference of the retain loss: safeguard (θ0) | base (the model θ0 "
                                       "was made from: the miniature's base; with --model the parent θ0's "
@@ -151,8 +141,6 @@ class TARConfig:
             raise UsageError("--reference takes a model directory or hub id only with --model (here: safeguard, base)")
         if self.outer_warmup >= self.outer_steps:
             raise UsageError("--outer-warmup must be shorter than --outer-steps")
-        if self.anchor * self.outer_lr > 1:
-            raise UsageError("--anchor times --outer-lr must be at most 1 (a step would overshoot θ0)")
         if self.tr_every > self.inner_steps:
             raise UsageError("--tr-every must not exceed --inner-steps (no TR point would be taken)")
         if self.outer_optimizer == "schedulefree" and self.outer_schedule != "constant":

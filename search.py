@@ -86,23 +86,13 @@ CANDIDATES = {
                      "s1lr_all with train-time attacks 1.5x as long (8 TR points, as at K = 64): at K = 64 the "
                      "attacks at lr 1e-4 and 3e-4 leave the entropy of x_TR at its maximum from step 50, while the "
                      "200-step reference attack still recovers V (K = 128 would train on A14's length)"),
-    **{f"s1lr_all_k96_anchor_{a}": ("stage1_benign_lr_1e-3", {**S1LR_ALL, "inner_steps": 96, "tr_every": 12,
-                                                              "anchor": float(a)},
-                                    f"s1lr_all_k96 (resists at seed 0 with G_dev 69%) with every weight pulled "
-                                    f"towards θ0 (--anchor {a}): keep what no retain family covers")
-       for a in (1, 3)},
-    **{f"s1lr_all_k96_ra_{lam}": ("stage1_benign_lr_1e-3", {**S1LR_ALL, "inner_steps": 96, "tr_every": 12,
-                                                          "lambda_retain_attacked": float(lam)},
-                                  "s1lr_all_k96 with the retain text's LM loss at the attacked weights too "
-                                  f"(λ {lam}): under the reference attack G falls with V (round 7); resist by "
-                                  "hiding the hazard, not by breaking under any fine-tuning")
-       for lam in (1, 4)},
 }
 # recipes with the paper's 32 warmup steps of the outer lr
 CANDIDATES.update({f"{recipe}_warmup_32": (CANDIDATES[recipe][0], {**CANDIDATES[recipe][1], "outer_warmup": 32},
                                            f"{recipe} warmed up: on base C G_dev falls from 97% to 60-68% in the "
-                                           "first 25 outer steps of every candidate without --anchor, while Adam's "
-                                           "first steps move every weight by about the full lr")
+                                           "first 25 outer steps of rounds 5-8's candidates (bar the one pulled "
+                                           "towards θ0), while Adam's first steps move every weight by about the "
+                                           "full lr")
                    for recipe in ("s1lr_all", "s1lr_all_k96")})
 # recipes run again at other TAR seeds: (recipe, TAR seed, what the recipe was)
 CANDIDATES.update({f"{recipe}_seed_{seed}": (CANDIDATES[recipe][0], {**CANDIDATES[recipe][1], "seed": seed},

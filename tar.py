@@ -24,7 +24,8 @@ Run manual
 Files (runs/<domain>/, one writer each): checkpoint/ (resume state), metrics.jsonl (metrics.partial.jsonl while
 training; a line per outer step: tr_loss, retain_loss, retain_lm, retain_rep, grad_norm, inner_lr, seconds; every
 --eval-every steps dev_forget on V and dev_benign on G_dev (refusal: ASR / harmless, and refusal), never E; none with
---model), tar/ (save_pretrained + tokenizer), results.json (`report.run_results`), results.md, *.png."""
+--model), tar/ (save_pretrained + tokenizer), results.json (`report.run_results`), results.md, *.png. A non-finite
+loss stops the run: nothing is saved."""
 
 from __future__ import annotations
 
@@ -98,7 +99,7 @@ def outer_step(model, ref, outer_opt, world, x_tr, x_r, rng: random.Random, cfg:
     x_tr, x_r = micro(x_tr), micro(x_r)
     # l.5: snapshot θ (the attack moves the weights in place; on the CPU if asked, as the code); g_TR ← 0
     snapshot = [s.detach().to("cpu" if cfg.snapshot_offload else s.device, copy=True) for s in shards]
-    g_tr = [torch.zeros_like(s) for s in shards]  # Σ_k w_k λ_TR ∇L_TR(θ_k)
+    g_tr = [torch.zeros_like(s) for s in shards]  # Σ_k w_k ∇L_TR(θ_k)
     tr_losses = []
     # deviation: uniform mean over the TR points by default (official code: exp(0.0625 (k − K)), not normalised)
     # because that is the recipe measured here (docs/paper.md §7); --tr-weights paper gives the code's weights.
@@ -108,16 +109,13 @@ def outer_step(model, ref, outer_opt, world, x_tr, x_r, rng: random.Random, cfg:
     batches = map(micro, adversary.attack_stream(spec, world.tokens, attack_seed))
     attacker_loss = functools.partial(adversary.lm_batch_loss, chunk=cfg.loss_chunk)
     for k in adversary.attack_steps(model, spec, batches, loss_fn=attacker_loss, every=cfg.tr_every):
-        # l.9: g_TR ← g_TR + w_k λ_TR ∇_θ L_TR(θ_k; x_TR), the first-order gradient at the attacked weights
+        # l.9: g_TR ← g_TR + w_k ∇_θ L_TR(θ_k; x_TR), the first-order gradient at the attacked weights
         model.zero_grad(set_to_none=True)  # drop the attacker's last gradient
         l_tr = 0.0
         for b in x_tr:
             part = tr_loss(model, ref, b, cfg) / len(x_tr)
-            (cfg.lambda_tr * part).backward()
+            part.backward()
             l_tr = l_tr + part.detach()
-        # --lambda-retain-attacked (off; a deviation, config.py): the attacked model must still predict x_r
-        for b in x_r if cfg.lambda_retain_attacked else []:
-            (cfg.lambda_retain_attacked * attacker_loss(model, b) / len(x_r)).backward()
         for g, p in zip(g_tr, params):
             g.add_(fsdp.local(p.grad), alpha=w[k])
         tr_losses.append(l_tr)
@@ -127,7 +125,7 @@ def outer_step(model, ref, outer_opt, world, x_tr, x_r, rng: random.Random, cfg:
         for s, snap in zip(shards, snapshot):
             s.copy_(snap)
 
-    # l.11: g = λ_retain ∇L_retain(θ; x_r) + g_TR, the retain gradient at the restored θ (Eq. 2)
+    # l.11: g = λ_retain ∇L_retain(θ; x_r) + λ_TR g_TR, the retain gradient at the restored θ (Eq. 2)
     outer_opt.zero_grad(set_to_none=True)
     l_retain, parts = 0.0, {}
     for b in x_r:
@@ -141,7 +139,7 @@ def outer_step(model, ref, outer_opt, world, x_tr, x_r, rng: random.Random, cfg:
         parts = {k: parts.get(k, 0.0) + v / len(x_r) for k, v in terms.items()}
     fsdp.reshard(ref)  # its forwards alone left its root (the embeddings and head) gathered
     for p, g in zip(params, g_tr):
-        fsdp.local(p.grad).add_(g)
+        fsdp.local(p.grad).add_(g, alpha=cfg.lambda_tr)
 
     # l.12: outer optimizer step. It moves the weights it holds (--outer-params): with mlp, the MLP
     # coordinates of the clipped TAR gradient of every weight (the norm is the whole gradient's)
@@ -219,8 +217,6 @@ def train_tar(model, ref, world, cfg: TARConfig, run_dir: Path, d: Dist = Dist()
     on_step(step, model) after each step sees the weights that would be saved (search.py scores snapshots)."""
     ref.eval().requires_grad_(False)
     opt, schedule = outer_optimizer(model, cfg)
-    trained = [fsdp.local(p) for g in opt.param_groups for p in g["params"]] if cfg.anchor else []  # rank's shards
-    theta0 = [s.detach().to("cpu" if cfg.snapshot_offload else s.device, copy=True) for s in trained]  # pre-resume
     rng = random.Random(cfg.seed)  # attacks and their data orders; the same on every rank
     x_trs = Stream(world.tokens["T_tr"], cfg.tr_batch, cfg.seed)  # held-out forget batches (T's other half)
     x_rs = Stream(world.tokens[cfg.retain_data], cfg.retain_batch, cfg.seed + 1)
@@ -244,9 +240,6 @@ def train_tar(model, ref, world, cfg: TARConfig, run_dir: Path, d: Dist = Dist()
                     kept = f"; the checkpoint of outer step {saved_at} is kept in {ckpt}" if saved_at else ""
                     raise adversary.Diverged(f"TAR diverged at outer step {step}: {e}; no model or results were "
                                              f"written{kept}. Lower --outer-lr or --inner-lrs", step) from None
-                with torch.no_grad():  # --anchor: θ ← θ − lr·anchor·(θ − θ0), at this step's lr
-                    for s, s0 in zip(trained, theta0):
-                        s.lerp_(s0.to(s.device), opt.param_groups[0]["lr"] * cfg.anchor)
                 schedule.step()
                 m = {"step": step, **m, "seconds": round(time.time() - t0, 2)}
                 if cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.outer_steps):

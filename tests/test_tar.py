@@ -74,13 +74,12 @@ def test_outer_params_mlp_moves_only_the_mlps(small_world):
         tar.outer_optimizer(torch.nn.Linear(2, 2), cfg)
 
 
-@pytest.mark.parametrize("weights,mask,ra", [("uniform", "fact", 0.0), ("paper", "tokens", 0.0),
-                                             ("uniform", "fact", 1.5)])
-def test_outer_gradient_is_the_first_order_tar_gradient(small_world, weights, mask, ra):
-    """g = λ_retain ∇L_retain(θ) + Σ_k w_k ∇(λ_TR L_TR + λ_ra L_LM(x_r))(θ_k), with θ_k the weights after k
-    attacker steps, recomputed here by a hand-written inner loop (plain AdamW, no attack())."""
+@pytest.mark.parametrize("weights,mask", [("uniform", "fact"), ("paper", "tokens")])
+def test_outer_gradient_is_the_first_order_tar_gradient(small_world, weights, mask):
+    """g = λ_retain ∇L_retain(θ) + λ_TR Σ_k w_k ∇L_TR(θ_k), with θ_k the weights after k attacker steps,
+    recomputed here by a hand-written inner loop (plain AdamW, no attack())."""
     cfg = tar.TARConfig(inner_steps=6, tr_every=3, inner_batch=4, tr_weights=weights, tr_mask=mask,
-                        lambda_tr=2.5, lambda_retain=0.7, grad_clip=0.0, lambda_retain_attacked=ra)
+                        lambda_tr=2.5, lambda_retain=0.7, grad_clip=0.0)
     model = tiny_model(vocab_size=len(small_world.tokenizer))
     start = copy.deepcopy(model)
     probe, ref, x_tr, x_r, spec, seed, metrics = one_step(small_world, cfg, model)
@@ -103,17 +102,15 @@ def test_outer_gradient_is_the_first_order_tar_gradient(small_world, weights, ma
         if k % cfg.tr_every == 0:
             l_tr = losses.entropy_tr_loss(m(x_tr.input_ids, attention_mask=x_tr.attention_mask).logits, tr_mask)
             tr_values.append(l_tr.item())
-            l_ra = losses.lm_loss(m(x_r.input_ids, attention_mask=x_r.attention_mask).logits, x_r.input_ids,
-                                  x_r.attention_mask)  # the retain text at the attacked weights
-            for g, gi, gr in zip(g_tr, torch.autograd.grad(l_tr, params), torch.autograd.grad(l_ra, params)):
-                g += w[k] * (cfg.lambda_tr * gi + ra * gr)
+            for g, gi in zip(g_tr, torch.autograd.grad(l_tr, params)):
+                g += w[k] * gi
     s = copy.deepcopy(start)
     out = s(x_r.input_ids, attention_mask=x_r.attention_mask, output_hidden_states=True)
     out_ref = ref(x_r.input_ids, attention_mask=x_r.attention_mask, output_hidden_states=True)
     l_ret, _ = losses.retain_loss(out, out_ref, x_r.input_ids, x_r.attention_mask)
     g_ret = torch.autograd.grad(l_ret, list(s.parameters()), allow_unused=True)
     for got_p, gr, gt in zip(got, g_ret, g_tr):
-        expected = gt + (cfg.lambda_retain * gr if gr is not None else 0)
+        expected = cfg.lambda_tr * gt + (cfg.lambda_retain * gr if gr is not None else 0)
         assert torch.allclose(got_p, expected, atol=1e-6, rtol=1e-4)
     assert metrics["tr_loss"] == pytest.approx(sum(tr_values) / len(tr_values), rel=1e-5)
     assert any(gt.abs().max() > 0 for gt in g_tr)  # the TR term is really there
@@ -130,22 +127,6 @@ def test_retain_data_chooses_the_retain_documents(small_world, retain_data, tmp_
                   on_step=lambda step, m: steps.append((step, m is model)))  # search.py's snapshots
     assert steps == [(s, True) for s in range(1, 7)]
     assert_retain_documents(small_world, seen, retain_data)
-
-
-@pytest.mark.parametrize("anchor,kept", [(0.0, 1.0), (25.0, 0.75)])
-def test_anchor_pulls_the_trained_weights_towards_theta0(small_world, tmp_path, monkeypatch, anchor, kept):
-    def step(model, ref, opt, *a, **k):  # an outer step that moves every weight it trains by +1
-        with torch.no_grad():
-            for p in (p for g in opt.param_groups for p in g["params"]):
-                p.add_(1.0)
-        return {}
-    monkeypatch.setattr(tar, "outer_step", step)
-    cfg = tar.TARConfig(outer_steps=1, inner_steps=4, eval_every=0, outer_lr=1e-2, anchor=anchor)  # lr·anchor = 1/4
-    model = tiny_model(len(small_world.tokenizer))
-    theta0 = copy.deepcopy(model)
-    tar.train_tar(model, copy.deepcopy(model), small_world, cfg, tmp_path, log=lambda *_: None)
-    for (name, p), p0 in zip(model.named_parameters(), theta0.parameters()):  # --outer-params mlp: the MLPs move
-        assert torch.allclose(p - p0, torch.full_like(p, kept if ".mlp." in name else 0.0), atol=1e-6), name
 
 
 @pytest.mark.parametrize("retain", ["Rt", "benign"])
