@@ -284,14 +284,15 @@ def plot_search(rows: list[dict], path: Path, g_dev_rest: float) -> Path:
     theta0 = {r["name"]: r for r in rows if r["step"] == 0}
     tar = [n for n in dict.fromkeys(r["name"] for r in rows) if n not in theta0]
     for i, name in enumerate(tar):
+        color = plt.cm.tab20(i % 20) if len(tar) > 10 else f"C{i}"  # more candidates than the 10 default colours
         pts = [r for r in rows if r["name"] == name and "failed" not in r]
         start = theta0.get(pts[0]["stage1"]) if pts else None
         line = ([start] if start else []) + pts
-        ax.plot([r["G_dev"] for r in line], [r["forget_V_attacked"] for r in line], "-", color=f"C{i}", lw=1,
+        ax.plot([r["G_dev"] for r in line], [r["forget_V_attacked"] for r in line], "-", color=color, lw=1,
                 label=name)
         for r in pts:
             fill = None if r["admissible"] else "none"
-            ax.plot(r["G_dev"], r["forget_V_attacked"], "o", color=f"C{i}", ms=4, mfc=fill)
+            ax.plot(r["G_dev"], r["forget_V_attacked"], "o", color=color, ms=4, mfc=fill)
             ax.annotate(str(r["step"]), (r["G_dev"], r["forget_V_attacked"]), fontsize=5, xytext=(2, 2),
                         textcoords="offset points")
     for r in theta0.values():

@@ -91,7 +91,7 @@ CANDIDATES = {
 CANDIDATES.update({f"{recipe}_warmup_32": (CANDIDATES[recipe][0], {**CANDIDATES[recipe][1], "outer_warmup": 32},
                                            f"{recipe} warmed up: on base C G_dev falls from 97% to 60-68% in the "
                                            "first 25 outer steps of rounds 5-8's candidates (bar the one pulled "
-                                           "towards θ0), while Adam's first steps move every weight by about the "
+                                           "hardest towards θ0), while Adam's first steps move every weight by about the "
                                            "full lr")
                    for recipe in ("s1lr_all", "s1lr_all_k96")})
 # recipes run again at other TAR seeds: (recipe, TAR seed, what the recipe was)
@@ -102,7 +102,8 @@ CANDIDATES.update({f"{recipe}_seed_{seed}": (CANDIDATES[recipe][0], {**CANDIDATE
                                              ("s1lr_all_lambda_retain_6", 2, "the round-4 pick's recipe"),
                                              ("s1lr_all", 1, "round 2's resisting recipe"),
                                              ("s1lr_all", 2, "round 2's resisting recipe"),
-                                             ("s1lr_all_k96", 1, "round 6's longer train-time attacks"))})
+                                             ("s1lr_all_k96", 1, "round 6's longer train-time attacks"),
+                                             ("defaults", 1, "today's defaults"))})
 UNSEEN = (*HOLDS_E, "Re", "G_test", "N")  # sealed: E and the base's stream, and the reported benign groups
 SEEN = ("T", "Rt", "U")  # scored at rest besides V and G_dev (those come with selection's evidence, at step 0)
 
