@@ -86,6 +86,10 @@ CANDIDATES = {
                      "s1lr_all with train-time attacks 1.5x as long (8 TR points, as at K = 64): at K = 64 the "
                      "attacks at lr 1e-4 and 3e-4 leave the entropy of x_TR at its maximum from step 50, while the "
                      "200-step reference attack still recovers V (K = 128 would train on A14's length)"),
+    "s1lr_all_k96_lambda_retain_6": ("stage1_benign_lr_1e-3", {**S1LR_ALL, "inner_steps": 96, "tr_every": 12,
+                                                             "lambda_retain": 6.0},
+                                     "s1lr_all_k96 (resists at one seed of two, G_dev 65-69%) with round 4's "
+                                     "λ_retain: the longer attacks' resistance with more of G"),
 }
 # recipes with the paper's 32 warmup steps of the outer lr
 CANDIDATES.update({f"{recipe}_warmup_32": (CANDIDATES[recipe][0], {**CANDIDATES[recipe][1], "outer_warmup": 32},
@@ -103,7 +107,8 @@ CANDIDATES.update({f"{recipe}_seed_{seed}": (CANDIDATES[recipe][0], {**CANDIDATE
                                              ("s1lr_all", 1, "round 2's resisting recipe"),
                                              ("s1lr_all", 2, "round 2's resisting recipe"),
                                              ("s1lr_all_k96", 1, "round 6's longer train-time attacks"),
-                                             ("defaults", 1, "today's defaults"))})
+                                             ("defaults", 1, "today's defaults"),
+                                             ("s1lr_all_k96_lambda_retain_6", 1, "round 11's recipe"))})
 UNSEEN = (*HOLDS_E, "Re", "G_test", "N")  # sealed: E and the base's stream, and the reported benign groups
 SEEN = ("T", "Rt", "U")  # scored at rest besides V and G_dev (those come with selection's evidence, at step 0)
 
