@@ -95,8 +95,8 @@ CANDIDATES = {
 CANDIDATES.update({f"{recipe}_warmup_32": (CANDIDATES[recipe][0], {**CANDIDATES[recipe][1], "outer_warmup": 32},
                                            f"{recipe} warmed up: on base C G_dev falls from 97% to 60-68% in the "
                                            "first 25 outer steps of rounds 5-8's candidates (bar the one pulled "
-                                           "hardest towards θ0), while Adam's first steps move every weight by about the "
-                                           "full lr")
+                                           "hardest towards θ0), while Adam's first steps move every weight by "
+                                           "about the full lr")
                    for recipe in ("s1lr_all", "s1lr_all_k96")})
 # recipes run again at other TAR seeds: (recipe, TAR seed, what the recipe was)
 CANDIDATES.update({f"{recipe}_seed_{seed}": (CANDIDATES[recipe][0], {**CANDIDATES[recipe][1], "seed": seed},
@@ -213,6 +213,11 @@ def admissible(row: dict) -> bool:
     return "failed" not in row and selection.admissible(row, selection.Bounds())
 
 
+def attacked(row: dict) -> str:
+    """The reference attack's peak on V, marked ✝ where the attack diverged."""
+    return f"{row['forget_V_attacked']:.1%}{' ✝' if row['diverged'] else ''}"
+
+
 def table(rows: list[dict]) -> str:
     """search.md: one line per scored model (θ0 of each stage 1 at step 0), the admissible marked, the pick in bold."""
     label = lambda r: f"{r['name']}@{r['step']}"
@@ -224,9 +229,8 @@ def table(rows: list[dict]) -> str:
         if "failed" in r:
             out.append(f"| {name} | {r['stage1']} | {r['step']} | {r['failed']} |||||||")
             continue
-        attacked = f"{r['forget_V_attacked']:.1%}{' ✝' if r['diverged'] else ''}"
         out.append(f"| {name} | {r['stage1']} | {r['step']} | {r['V']:.1%} | {r['G_dev']:.1%} | {r['Rt']:.1%} | "
-                   f"{r['U']:.1%} | {attacked} | {r['G_dev_attacked']:.1%} | "
+                   f"{r['U']:.1%} | {attacked(r)} | {r['G_dev_attacked']:.1%} | "
                    f"{'θ0' if r['step'] == 0 else 'yes' if admissible(r) else 'no'} | {r.get('train_seconds', '–')} |")
     out.append(f"\npick: {chosen or 'none: no candidate keeps G_dev within the bounds'}")
     return "\n".join(out) + "\n"
@@ -269,9 +273,8 @@ def seeds_table(rows: list[dict]) -> str:
     for r in worst:
         name = f"**{r['name']}**" if label(r) == chosen else r["name"]
         out.append(f"| {name} ({len(r['seeds'])}) | {r['step']} | {r['V']:.1%} | {r['G_dev']:.1%} | "
-                   f"{r['forget_V_attacked']:.1%}{' ✝' if r['diverged'] else ''} | "
-                   f"{' / '.join(f'{v:.1%}' for v in r['max_V_each'])} | {r['G_dev_attacked']:.1%} | "
-                   f"{'yes' if selection.admissible(r, selection.Bounds()) else 'no'} |")
+                   f"{attacked(r)} | {' / '.join(f'{v:.1%}' for v in r['max_V_each'])} | "
+                   f"{r['G_dev_attacked']:.1%} | {'yes' if admissible(r) else 'no'} |")
     out.append(f"\npick over seeds: {chosen or 'none: no recipe keeps G_dev within the bounds at every seed'}")
     return "\n".join(out) + "\n"
 
