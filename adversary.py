@@ -210,6 +210,7 @@ def attack_steps(model: torch.nn.Module, spec: Attack, batches: Iterator, *, los
     if spec.lora_rank:
         from peft import LoraConfig, get_peft_model
         rank = min(spec.lora_rank, model.config.hidden_size)  # r ≥ width is a full-rank update: cap it
+        fsdp.reshard(model)  # peft freezes what .parameters() shows: the shards, not a gathered copy left by scoring
         peft_model = get_peft_model(model, LoraConfig(r=rank, lora_alpha=spec.lora_alpha or 2 * rank,
                                                       lora_dropout=spec.lora_dropout, target_modules="all-linear"))
     params = fsdp.trainable(model)
@@ -231,6 +232,7 @@ def attack_steps(model: torch.nn.Module, spec: Attack, batches: Iterator, *, los
             part = loss_fn(model, mb) / len(micro)
             part.backward()
             loss = loss + part.detach()
+        fsdp.average_replicated_grads(params)  # LoRA under torchrun: the adapters are whole on each rank
         finite = torch.isfinite(loss)
         if spec.grad_clip:
             finite = finite & torch.isfinite(torch.nn.utils.clip_grad_norm_(params, spec.grad_clip))
@@ -251,8 +253,21 @@ def attack_steps(model: torch.nn.Module, spec: Attack, batches: Iterator, *, los
     eval_mode()  # the model leaves holding the weights one would evaluate (and save)
     opt.zero_grad(set_to_none=True)  # leave no attacker gradients behind in .grad
     if spec.lora_rank:
-        peft_model.merge_and_unload()  # adapters folded into the weights; the module structure is restored
+        merge_lora(model, peft_model)
         model.requires_grad_(True)
+
+
+def merge_lora(model: torch.nn.Module, peft_model) -> None:
+    """Folds each adapter's update ΔW = (α/r)·B·A into the weight it adapts and removes the adapters, restoring
+    the model's structure. peft's own merge adds a plain tensor to the weight, which under FSDP2 is a shard
+    (DTensor): here each rank adds the rows of ΔW its shard holds (the adapters are whole on every rank)."""
+    from peft.tuners.lora import Linear as LoraLinear
+    fsdp.reshard(model)  # the shards, not a gathered copy, are what the next forward reads
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, LoraLinear):
+                fsdp.add_full(module.get_base_layer().weight, module.get_delta_weight("default"))
+    peft_model.unload()  # the adapters removed, every wrapped projection back in its place
 
 
 class Diverged(UserError):

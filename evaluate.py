@@ -98,11 +98,6 @@ def red_team(args: RedTeamArgs) -> None:
         raise UsageError(f"unknown attack {', '.join(unknown)}; known: {', '.join(suite.ATTACKS)}")
     specs = [at_length(suite.ATTACKS[a], args.steps) for a in args.attacks or
              [s.name for s in suite.SUITES.get(args.suite, [])]]
-    if d.distributed and (lora := [s.name for s in specs if s.lora_rank]):  # FSDP2 does not shard peft's adapters
-        specs = [s for s in specs if not s.lora_rank]
-        if d.is_main:
-            print(f"skipping {', '.join(lora)} under torchrun: LoRA attacks run in one process (python evaluate.py "
-                  f"--model ... --attacks {' '.join(lora)})")
     check_split({f"{s.name}'s batch of": s.batch_size for s in specs}, args.micro_batch)  # before any work
     layout = data_layout(Path(args.data_dir)) if args.data_dir else None
     run_dir = Path(args.run_dir) if args.run_dir else None

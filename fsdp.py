@@ -123,6 +123,32 @@ def full(t: torch.Tensor) -> torch.Tensor:
     return t.full_tensor() if hasattr(t, "full_tensor") else t
 
 
+def add_full(param: torch.Tensor, delta: torch.Tensor) -> None:
+    """param += delta, `delta` full-size on every rank: under FSDP2 each rank adds the rows its shard holds (sliced
+    locally, no communication); in one process the whole of it."""
+    if hasattr(param, "device_mesh"):  # a DTensor shard
+        from torch.distributed.tensor import distribute_tensor
+        delta = distribute_tensor(delta, param.device_mesh, param.placements, src_data_rank=None)
+    with torch.no_grad():
+        local(param).add_(local(delta))
+
+
+def average_replicated_grads(params: list) -> None:
+    """Averages over ranks the gradients of parameters FSDP2 does not shard (a LoRA attack's adapters, injected
+    after `shard`: whole on every rank, each rank's gradient from its own rows), as FSDP2 averages its shards'
+    (DDP's rule). A no-op in one process, and where every parameter is sharded."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    grads = [p.grad for p in params if p.grad is not None and not hasattr(p.grad, "to_local")]
+    if not grads:
+        return
+    flat = torch.cat([g.reshape(-1) for g in grads])  # one all-reduce per step, not one per adapter
+    dist.all_reduce(flat)
+    flat /= dist.get_world_size()
+    for g, part in zip(grads, flat.split([g.numel() for g in grads])):
+        g.copy_(part.view_as(g))
+
+
 def any_rank(flag: bool, d: Dist) -> bool:
     """True on every rank when it is true on any (a SIGTERM reaches the ranks at slightly different times)."""
     if not d.distributed:

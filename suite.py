@@ -13,7 +13,7 @@ E is only ever evaluated).
 The `paper` tier: the paper's and Qi et al.'s attacks at their published values, for a real model on a GPU
 (`torchrun ... evaluate.py --model DIR --suite paper`): AdamW at 2e-5 / 4e-5, batch 64, 1000 steps, constant,
 with 100 warmup steps, or warmup + cosine; retain→forget; benign text (Pile-bio retain and Magpie, or the
-retain text alone); LoRA r16 α32 (in one process). Not in it: A1 at batch 32 (the paper's 64 rows are the
+retain text alone); LoRA r16 α32. Not in it: A1 at batch 32 (the paper's 64 rows are the
 stronger attacker per step), the held-out optimizers of A7 (the paper does not publish their learning rates at
 scale) and the few-shot and budget rows A10-A14 (their miniature forms are in `all`).
 
