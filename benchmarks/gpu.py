@@ -1,7 +1,8 @@
 """GPU report: TAR's own `tar.outer_step` on real-model shapes, measured on one accelerator (FSDP2 path, bf16).
 
-For each shape (random init from a config; random token batches; no hub, no `datasets`):
-    outer step time   one Alg. 1 step at the paper's batches (attacker 32, TR 64, retain 64), seq 256, small K
+For each shape (random init from a config; random token batches; no hub, no `datasets`) and micro-batch:
+    outer step time   one Alg. 1 step at ONE RANK'S SHARE of the paper's batches on --ranks GPUs (attacker 32, TR
+                      64, retain 64 rows in all: 4, 8 and 8 rows per rank on 8 GPUs), seq 256, small K
     sum of parts      K attacker steps + K/4 TR fwd/bwd + retain fwd/bwd + reference fwd, measured in the same run
     MFU               model FLOPs of the step / time / peak (989 TFLOP/s: H100/H200 dense bf16)
                       FLOPs per token: 6·N + 12·L·d·T for a fwd+bwd, a third of that for the reference fwd
@@ -16,6 +17,9 @@ The model runs as an FSDP2 module in a one-process group (nccl on CUDA, gloo on 
 `torchrun --nproc_per_node 1 tar.py --model ...`: fp32 master weights, bf16 compute through the mixed-precision
 policy on CUDA.
 
+The projection of the paper's run (`projection`) uses only entries measured at the share of the GPUs it projects
+to: a micro-batch that no rank of that run can hold (8 rows when each rank has 4 attacker rows) is not projected.
+
 Run:  python benchmarks/gpu.py [--out DIR]      # the card; writes gpu_report.json to $OUT, else DIR
       python benchmarks/gpu.py --tiny --out /tmp # CPU smoke test of the whole script (tests/test_gpu_bench.py)
 """
@@ -25,6 +29,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import datetime
+import itertools
 import json
 import os
 import random
@@ -46,8 +51,8 @@ import scoring  # noqa: E402
 import storage  # noqa: E402
 import tar  # noqa: E402
 from batching import Tokens  # noqa: E402
-from config import configure  # noqa: E402
-from cli import arg  # noqa: E402
+from config import PAPER, configure  # noqa: E402
+from cli import UsageError, arg  # noqa: E402
 from tokenizer import make_tokenizer  # noqa: E402
 from world import World, WorldConfig  # noqa: E402
 from tar_step import parts_time  # noqa: E402
@@ -64,6 +69,7 @@ SHAPES = {  # docs/data.md §5 and the issue: Llama-3.2-1B, and Llama-3-8B cut t
 TINY = {"tiny-llama": dict(LLAMA, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                            intermediate_size=128, vocab_size=512, tie_word_embeddings=False)}
 STATE = ("parameters", "gradients", "outer optimizer state", "frozen reference")  # kept between outer steps
+BATCHES = {k: PAPER[k] for k in ("inner_batch", "tr_batch", "retain_batch")}  # global rows of each batch
 WORDS = "leaf pollen river stone cloud lamp tower garden window bridge meadow candle harbor violin orchard".split()
 
 
@@ -78,6 +84,18 @@ def synthetic_world(vocab: int, seq: int, n_docs: int, tokenizer=None, items: in
     return World(WorldConfig(), tokenizer, {}, {}, {"E": mc, "Re": mc[::-1]},
                  {s: split() for s in ("T_inner", "T_tr", "Rt")}, digest=f"synthetic-{vocab}-{seq}", style="letter",
                  topic="biology")
+
+
+def per_rank(ranks: int, micro: int) -> dict[str, int]:
+    """One rank's rows of each of the paper's global batches on `ranks` GPUs; a UsageError before any work when a
+    batch does not split over the ranks or a share into micro-batches of `micro` rows (0: each whole share)."""
+    shares = {}
+    for name, rows in BATCHES.items():
+        if rows % ranks or (micro and (rows // ranks) % micro):
+            raise UsageError(f"--{name.replace('_', '-')} {rows} does not split over {ranks} ranks in micro-batches "
+                             f"of {micro or 'a whole share'} ({rows / ranks:g} rows per rank)")
+        shares[name] = rows // ranks
+    return shares
 
 
 def model_of(config, d):
@@ -129,12 +147,14 @@ def plain_step_mfu(shape: dict, d, args) -> float | None:
     return round(flops_per_token(shape, args.seq) * 32 * args.seq / seconds / PEAK_FLOPS, 3)
 
 
-def measure_shape(name: str, shape: dict, d, args) -> dict:
+def measure_shape(name: str, shape: dict, micro: int, d, args) -> dict:
+    """One rank's outer step of an args.ranks-GPU run (its share of every batch, `micro` rows per forward), timed
+    against the sum of its parts; FSDP's communication between ranks is not in it."""
     from transformers import AutoConfig
     config = AutoConfig.for_model(**shape)
     plain = plain_step_mfu(shape, d, args)
-    cfg = configure(preset="paper", inner_steps=args.k, tr_every=min(4, args.k), tr_mask="all",
-                    micro_batch=args.micro_batch, seq_len=args.seq, outer_steps=64, loss_chunk=args.loss_chunk)
+    cfg = configure(preset="paper", inner_steps=args.k, tr_every=min(4, args.k), tr_mask="all", micro_batch=micro,
+                    seq_len=args.seq, outer_steps=64, loss_chunk=args.loss_chunk, **per_rank(args.ranks, micro))
     if d.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     model, ref = model_of(config, d)
@@ -162,7 +182,8 @@ def measure_shape(name: str, shape: dict, d, args) -> dict:
     tokens = args.seq * (cfg.inner_steps * cfg.inner_batch + cfg.inner_steps // cfg.tr_every * cfg.tr_batch
                          + cfg.retain_batch)
     flops = per_token * tokens + per_token / 3 * args.seq * cfg.retain_batch  # + the reference forward
-    est = fsdp.memory_estimate(config, 1, cfg.micro_batch, args.seq, d.device.type == "cuda", False, cfg.loss_chunk)
+    rows = cfg.micro_batch or max(cfg.inner_batch, cfg.tr_batch, cfg.retain_batch)  # the largest forward
+    est = fsdp.memory_estimate(config, 1, rows, args.seq, d.device.type == "cuda", False, cfg.loss_chunk)
     peak = torch.cuda.max_memory_allocated() / 2**30 if d.device.type == "cuda" else None
 
     # restore exactness on this device: an outer step with lr 0 must leave every weight bit-identical
@@ -170,7 +191,8 @@ def measure_shape(name: str, shape: dict, d, args) -> dict:
     frozen = torch.optim.AdamW(model.parameters(), lr=0.0, weight_decay=0.0)
     tar.outer_step(model, ref, frozen, world, x_tr, x_r, random.Random(2), cfg, d)
     restore = max((fsdp.local(p).detach() - b).abs().max().item() for p, b in zip(model.parameters(), before))
-    return {"shape": name, "parameters": P, "K": cfg.inner_steps, "seq": args.seq, "micro_batch": cfg.micro_batch,
+    return {"shape": name, "parameters": P, "K": cfg.inner_steps, "seq": args.seq, "ranks": args.ranks,
+            "micro_batch": cfg.micro_batch,
             "loss_chunk": cfg.loss_chunk,
             "batches": {"attacker": cfg.inner_batch, "tr": cfg.tr_batch, "retain": cfg.retain_batch},
             "outer_step_s": round(o, 4), "parts_s": round(s, 4), "ratio": round(o / s, 3),
@@ -188,8 +210,16 @@ def projection(entry: dict, gpus: int = 8, gpu_gib: float = 78.0) -> dict:
     entry: the full model's FLOPs per outer step at the MFU measured per layer-shaped work (the 4-layer model is
     the 8B's own layers, embedding and head), and whether the estimate at that micro-batch, corrected by the
     error measured here and with the snapshot in CPU memory (as the official code keeps it), fits a card of gpu_gib
-    (78 GiB: what an H100 80 GB offers; 139 for an H200). FSDP's all-gathers across cards are not measured here."""
+    (78 GiB: what an H100 80 GB offers; 139 for an H200). FSDP's all-gathers across cards are not measured here.
+    Only an entry measured at one rank's share of a `gpus`-card run is projected: MFU falls with the rows per
+    forward, and the report of 2026-11-27 (no "ranks": the whole batch in one process, micro-batches of 8-32 rows,
+    more than the 4 attacker rows each of 8 ranks holds) is not."""
     from transformers import AutoConfig
+    head = {"gpus": gpus, "card_gib": gpu_gib, "micro_batch": entry["micro_batch"], "mfu": entry["mfu"]}
+    measured = entry.get("ranks", 1)
+    if measured != gpus:
+        return {**head, "projected": False,
+                "why": f"measured at {measured} rank(s)' batches, not one rank's share of {gpus}"}
     cfg = configure(preset="paper", model="llama")
     shape = dict(SHAPES["llama-3-8b-4-layers"], num_hidden_layers=fsdp.LLAMA3_8B["num_hidden_layers"])
     per_token = flops_per_token(shape, entry["seq"])
@@ -197,11 +227,11 @@ def projection(entry: dict, gpus: int = 8, gpu_gib: float = 78.0) -> dict:
                              + cfg.retain_batch)
     flops = cfg.outer_steps * (per_token * tokens + per_token / 3 * entry["seq"] * cfg.retain_batch)
     hours = flops / (gpus * PEAK_FLOPS * entry["mfu"]) / 3600
-    est = fsdp.memory_estimate(AutoConfig.for_model(**fsdp.LLAMA3_8B), gpus, entry["micro_batch"], entry["seq"],
-                               snapshot_offload=True)
+    rows = entry["micro_batch"] or max(per_rank(gpus, 0).values())  # the largest forward on a rank
+    est = fsdp.memory_estimate(AutoConfig.for_model(**fsdp.LLAMA3_8B), gpus, rows, entry["seq"], snapshot_offload=True)
     need = est["total"] / (1 + min(entry["estimate_error"], 0.0))  # the estimator ran low by that much here
-    return {"gpus": gpus, "card_gib": gpu_gib, "micro_batch": entry["micro_batch"], "mfu": entry["mfu"], "hours": round(hours, 2),
-            "gib_per_rank": round(need, 1), "fits": need <= gpu_gib}
+    return {**head, "projected": True, "hours": round(hours, 2), "gib_per_rank": round(need, 1),
+            "fits": need <= gpu_gib}
 
 
 def checkpoint_round_trip(d, args, root: Path) -> dict:
@@ -238,7 +268,10 @@ class GpuArgs:
     out: str = arg("", "report directory (default: $OUT, else benchmarks/results)")
     k: int = arg(8, "inner steps K (small: the step's shape, not its length, matters)", above=0)
     seq: int = arg(256, "tokens per row", above=0)
-    micro_batch: int = arg(8, "rows per forward (the batches are accumulated)", above=0)
+    ranks: int = arg(8, "measure one rank's share of a run on this many GPUs (the paper's batches / ranks) and "
+                        "project to it", above=0)
+    micro_batches: list = arg((4, 0), "rows per forward on the rank, each measured (0: each batch's whole share; on "
+                                      "8 GPUs 4 attacker, 8 TR and 8 retain rows)", of=int, at_least=0)
     loss_chunk: int = arg(0, "tar.py --loss-chunk: the LM head applied this many positions at a time (0: all)",
                           at_least=0)
     repeats: int = arg(3, "timed repeats", above=0)
@@ -248,9 +281,11 @@ class GpuArgs:
 def report_gpu(args: GpuArgs) -> None:
     shapes = TINY if args.tiny else {k: SHAPES[k] for k in args.shapes}
     if args.tiny:
-        args.k, args.seq, args.micro_batch, args.repeats = 2, 32, 16, 1
+        args.k, args.seq, args.micro_batches, args.repeats = 2, 32, [0], 1
         args.loss_chunk = args.loss_chunk or 8  # the smoke test goes through the chunked losses too
         torch.set_num_threads(1)
+    for micro in args.micro_batches:
+        per_rank(args.ranks, micro)  # a batch that does not split fails here, before any model is built
     out = Path(args.out or os.environ.get("OUT") or Path(__file__).parent / "results")
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
     os.environ.setdefault("MASTER_PORT", str(29500 + os.getpid() % 1000))
@@ -261,16 +296,16 @@ def report_gpu(args: GpuArgs) -> None:
     card = torch.cuda.get_device_name(d.device) if d.device.type == "cuda" else "cpu"
     report = {"date": datetime.datetime.now().isoformat(timespec="seconds"), "card": card,
               "torch": torch.__version__, "shapes": [], "errors": {}}
-    for name, shape in shapes.items():
+    for (name, shape), micro in itertools.product(shapes.items(), args.micro_batches):
         try:
-            report["shapes"].append(measure_shape(name, shape, d, args))
+            report["shapes"].append(measure_shape(name, shape, micro, d, args))
             print(json.dumps(report["shapes"][-1]), flush=True)
         except Exception as e:  # e.g. out of memory on a smaller card: say so in the report, go on
-            report["errors"][name] = f"{type(e).__name__}: {str(e)[:300]}"
-            print(f"{name}: {report['errors'][name]}", flush=True)
+            report["errors"][f"{name} micro-batch {micro}"] = f"{type(e).__name__}: {str(e)[:300]}"
+            print(f"{name} micro-batch {micro}: {type(e).__name__}: {str(e)[:300]}", flush=True)
         if d.device.type == "cuda":
             torch.cuda.empty_cache()
-    report["projection"] = [projection(e, 8, gib) for e in report["shapes"] for gib in (78.0, 139.0)
+    report["projection"] = [projection(e, args.ranks, gib) for e in report["shapes"] for gib in (78.0, 139.0)
                             if e["shape"] == "llama-3-8b-4-layers" and e["mfu"]]
     with tempfile.TemporaryDirectory() as tmp:
         try:

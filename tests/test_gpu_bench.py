@@ -7,6 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+import cli
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -17,19 +21,30 @@ def test_gpu_report_runs_on_cpu(tmp_path):
     report = json.loads((tmp_path / "gpu_report.json").read_text())
     assert report["errors"] == {} and report["card"] == "cpu"
     (shape,) = report["shapes"]
+    assert shape["ranks"] == 8 and shape["batches"] == {"attacker": 4, "tr": 8, "retain": 8}  # one rank's share
     assert shape["restore_max_abs_diff"] == 0.0
     assert shape["outer_step_s"] > 0 and shape["parts_s"] > 0 and 0.5 < shape["ratio"] < 3
     assert report["checkpoint"]["resume_max_abs_diff"] == 0.0 and report["checkpoint"]["scores_equal"]
     assert report["checkpoint"]["loglik_max_abs_diff"] < 1e-5
 
 
-def test_projection_reproduces_the_committed_h200_report():
-    """The 8 x H100 projection of docs/scale.md is recomputed from the committed measurements by gpu.projection."""
+def test_projection_uses_only_one_ranks_share_of_the_run_it_projects():
+    """The committed H200 report (2026-11-27) ran the whole batch in one process at micro-batches of 8-32 rows: no
+    rank of an 8-card run holds them (4 attacker rows each), so none of it is projected to 8 cards. An entry
+    measured at one rank's share of 8 is: its FLOPs at its MFU, its memory at its micro-batch. Batches that do
+    not split over the ranks fail before any work."""
     sys.path.insert(0, str(ROOT / "benchmarks"))
     import gpu
     report = json.loads((ROOT / "benchmarks" / "results" / "gpu_h200_2026-11-27.json").read_text())
     entries = [e for e in report["shapes"] if e["shape"] == "llama-3-8b-4-layers"]
-    again = [gpu.projection(e, 8, gib) for e in entries for gib in (78.0, 139.0)]
-    assert again == report["projection"]
-    by_micro = {p["micro_batch"]: p for p in again if p["card_gib"] == 78.0}
-    assert 2.0 < by_micro[16]["hours"] < 3.0 and by_micro[16]["fits"] and not by_micro[32]["fits"]
+    assert {e["micro_batch"] for e in entries} == {8, 16, 32}
+    assert not any(gpu.projection(e, 8, 78.0)["projected"] for e in entries)
+    share = {**entries[0], "ranks": 8, "micro_batch": 4}  # as if measured at 4 rows per rank (MFU 27.5%)
+    at_4, whole = gpu.projection(share, 8, 78.0), gpu.projection({**share, "micro_batch": 0}, 8, 78.0)
+    assert at_4["projected"] and 3.4 < at_4["hours"] < 3.6 and at_4["fits"]
+    assert whole["gib_per_rank"] > at_4["gib_per_rank"]  # 8 TR and retain rows per forward, not 4
+    assert gpu.per_rank(8, 4) == {"inner_batch": 4, "tr_batch": 8, "retain_batch": 8}
+    with pytest.raises(cli.UsageError, match="does not split over 8 ranks in micro-batches of 8"):
+        gpu.per_rank(8, 8)
+    with pytest.raises(cli.UsageError, match="does not split over 64 ranks"):
+        gpu.per_rank(64, 0)
