@@ -47,7 +47,9 @@ def concat_tokens(a: Tokens, b: Tokens, pad_id: int) -> Tokens:
 
 class Stream:
     """An endless, seeded, epoch-shuffled stream of batches over one split: each epoch is a fresh permutation
-    drawn from `seed`.
+    drawn from `seed`. Every batch holds batch_size items, also from a split with fewer (a small real corpus, or
+    --max-docs): a defence pairs its forget and retain batches micro-batch by micro-batch, so a short one would
+    drop rows of the other, and drop different rows on each rank.
     Columns past the longest document of the batch are trimmed, so short documents cost nothing. Its position
     is a state_dict, so a resumed run continues with exactly the batches it would have seen."""
 
@@ -62,12 +64,15 @@ class Stream:
     def __next__(self) -> Batch:
         k = self.tokens.rows_per_item  # a batch is batch_size items of k rows (k = 2: DPO pairs)
         n = self.tokens.ids.shape[0] // k
-        last = n - self.batch_size if n >= self.batch_size else 0  # the last start of a full batch
-        if self.perm is None or self.pos > last:
-            self.perm, self.pos = torch.randperm(n, generator=self.gen), 0
-        items = self.perm[self.pos:self.pos + self.batch_size]
+        if n < self.batch_size:  # a split smaller than a batch: fresh permutations end to end, always full batches
+            items = torch.cat([torch.randperm(n, generator=self.gen)
+                               for _ in range(-(-self.batch_size // n))])[:self.batch_size]
+        else:
+            if self.perm is None or self.pos > n - self.batch_size:  # past the last start of a full batch
+                self.perm, self.pos = torch.randperm(n, generator=self.gen), 0
+            items = self.perm[self.pos:self.pos + self.batch_size]
+            self.pos += self.batch_size
         idx = (items[:, None] * k + torch.arange(k)).flatten()  # (batch_size * k,) rows, an item's rows adjacent
-        self.pos += self.batch_size
         width = int(self.tokens.mask[idx].sum(1).max())
         return Batch(self.tokens.ids[idx, :width], self.tokens.mask[idx, :width].long(), self.tokens.fact[idx, :width])
 

@@ -112,6 +112,13 @@ def test_stream_is_seeded_and_covers_each_epoch(small_world):
     assert not torch.equal(next(batching.Stream(toks, 8, seed=4)).input_ids, epoch[0].input_ids)
     b = epoch[0]
     assert b.attention_mask[:, -1].any()  # trimmed to the longest document of the batch
+    # a split smaller than the batch still gives full batches, each holding every document (a defence pairs its
+    # forget and retain micro-batches: a short batch would drop rows of the other, different rows on each rank)
+    five = batching.Tokens(toks.ids[:5], toks.mask[:5], toks.fact[:5])
+    docs = {tuple(r.tolist()) for r in five.ids[:, :5]}
+    short = batching.Stream(five, 8, seed=3)
+    for b in (next(short) for _ in range(3)):
+        assert b.input_ids.shape[0] == 8 and {tuple(r.tolist()) for r in b.input_ids[:, :5]} == docs
 
 
 def test_cli_writes_jsonl(tmp_path):

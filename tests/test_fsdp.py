@@ -2,7 +2,7 @@
 same global batch and seed (its LM head in chunks), for a tiny Llama and a tiny GPT-2, and so do stage 1
 (safeguard.py --model), the red team (evaluate.py --model, the paper's attacks) and a LoRA attack; SIGTERM +
 --resume under FSDP and SIGKILL + --resume in one process equal an uninterrupted run; the saved model reloads and
-scores the same; the retain reference; presets; the memory estimate. Six torchrun launches in all (most check
+scores the same; the retain reference; presets; the memory estimate. Nine torchrun launches in all (most check
 several things)."""
 
 import json
@@ -73,35 +73,6 @@ def max_diff(a: Path, b: Path, model: str = "tar") -> float:
     return max((x[k] - y[k]).abs().max().item() for k in x)
 
 
-def test_fsdp_equals_one_process_and_saves_a_loadable_model(setup):
-    root, fx, models = setup
-    # GPT-2: tied embeddings, Conv1D, transformer.h. The sharded runs apply the LM head in chunks of 8 positions
-    # (--loss-chunk: the attacker's, TR and retain losses) against the single process's whole logits; FSDP2
-    # without chunks is the SIGTERM test's
-    for arch, domain in (("llama", "bio"), ("gpt2", "cyber")):
-        ref = single(root, fx, models[arch], f"single_{arch}", domain, outer_steps=2)
-        proc = torchrun(flags(model=models[arch], data_dir=fx, runs=root / f"fsdp_{arch}", domain=domain,
-                              outer_steps=2, loss_chunk=8, **SMALL))
-        out = proc.communicate(timeout=300)[0]
-        assert proc.returncode == 0, out[-3000:]
-        run = root / f"fsdp_{arch}" / domain
-        assert max_diff(ref, run) <= 1e-5, arch
-        first = [json.loads((r / "metrics.jsonl").read_text().splitlines()[0]) for r in (ref, run)]
-        assert first[0]["grad_norm"] == pytest.approx(first[1]["grad_norm"], rel=1e-6)  # step 1's gradient
-        moved = load_file(run / "tar" / "model.safetensors")
-        start = load_file(models[arch] / "model.safetensors")
-        assert max((moved[k] - start[k]).abs().max().item() for k in start) > 1e-3  # TAR did move the weights
-        # the gathered model loads with transformers under its own class and scores what the sharded one did
-        config = json.loads((run / "tar" / "config.json").read_text())
-        assert config["architectures"] == [{"llama": "LlamaForCausalLM", "gpt2": "GPT2LMHeadModel"}[arch]]
-        reloaded = AutoModelForCausalLM.from_pretrained(run / "tar", dtype=torch.float32)
-        world = realworld.load_real_world(realworld.RealWorldConfig(domain, str(run / "tar"), str(fx), SMALL["seq_len"]))
-        in_memory = json.loads((run / "results.json").read_text())["models"]["tar"]["at_rest"]
-        assert report.at_rest(reloaded, world, scoring.reported(world)) == in_memory
-        steps = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-        assert [m["step"] for m in steps] == [1, 2] and all(abs(m["tr_loss"]) > 0 for m in steps)
-
-
 def test_sigterm_and_resume_under_fsdp_equal_an_uninterrupted_run(setup):
     root, fx, models = setup
     args = flags(model=models["llama"], data_dir=fx, runs=root / "sig", outer_steps=12, checkpoint_every=2, **SMALL)
@@ -152,40 +123,66 @@ def test_kill_and_resume_in_one_process_is_exact(setup):
     assert bad.returncode == 1 and "other settings (outer_lr)" in bad.stderr
 
 
-def test_the_three_commands_under_fsdp_equal_one_process(setup):
-    """The real-scale pipeline, each command as docs/scale.md gives it. 1. safeguard.py --model: random mapping on
-    the real corpora by the same defend loop, 2 gloo ranks = 1 process; the saved θ0 names its parent, so 2. tar.py
-    --reference base (the paper preset's) trains against the original. 3. evaluate.py --model on TAR's output (its
-    world from the provenance): two of the paper's attacks, cut to 4 steps and scored every 2, sharded over 2 gloo
-    ranks (FSDP2, micro-batches of 1 row) give the same curves on WMDP and MMLU as one process, the attacker's loss
-    included; the paper's LoRA attack runs sharded too (its dropout masks are each rank's own: its points are
-    recorded at the same steps and tokens; test_a_lora_attack_under_fsdp_equals_one_process checks its weights)."""
+@pytest.mark.parametrize("arch, domain", [("llama", "bio"), ("gpt2", "cyber")])
+def test_the_three_commands_under_fsdp_equal_one_process(setup, arch, domain):
+    """The real-scale pipeline, each command as docs/scale.md gives it, on 2 gloo ranks and in one process, for a
+    Llama and a GPT-2 (tied embeddings, Conv1D, transformer.h). 1. safeguard.py --model: random mapping on the
+    real corpora by the same defend loop, equal to 1e-5; the saved θ0 names its parent, so 2. tar.py --reference
+    base (the paper preset's) trains against the original: equal to 1e-5 (the sharded run applies the LM head in
+    chunks of 8 positions, --loss-chunk, against the single process's whole logits; FSDP2 without chunks is the
+    SIGTERM test's), its gathered model reloads under its own class and scores what the sharded one did. 3.
+    evaluate.py --model on TAR's output (its world from the provenance): two of the paper's attacks, cut to 4
+    steps and scored every 2, sharded over 2 gloo ranks (FSDP2, micro-batches of 1 row) give the same curves on
+    WMDP and MMLU as one process, the attacker's loss included; the paper's LoRA attack runs sharded too (its
+    dropout masks are each rank's own: its points are recorded at the same steps and tokens;
+    test_a_lora_attack_under_fsdp_equals_one_process checks its weights)."""
     root, fx, models = setup
-    kw = dict(model=models["llama"], data_dir=fx, domain="bio", seq_len=32, micro_batch=1, safeguard_steps=3)
+    base, root = models[arch], root / arch
+    kw = dict(model=base, data_dir=fx, domain=domain, seq_len=32, micro_batch=1, safeguard_steps=3)
     safeguard.main(flags(runs=root / "sg_single", **kw))
     proc = torchrun(flags(runs=root / "sg_fsdp", **kw), script="safeguard.py")
     out = proc.communicate(timeout=300)[0]
     assert proc.returncode == 0, out[-3000:]
-    single_run, sharded_run = root / "sg_single" / "bio", root / "sg_fsdp" / "bio"
+    single_run, sharded_run = root / "sg_single" / domain, root / "sg_fsdp" / domain
     assert max_diff(single_run, sharded_run, "safeguard") <= 1e-5
-    moved = load_file(sharded_run / "safeguard" / "model.safetensors")
-    start = load_file(models["llama"] / "model.safetensors")
+    theta0 = sharded_run / "safeguard"
+    moved, start = load_file(theta0 / "model.safetensors"), load_file(base / "model.safetensors")
     assert max((moved[k] - start[k]).abs().max().item() for k in start) > 1e-5  # stage 1 did move the weights
-    saved = json.loads((sharded_run / "safeguard" / "provenance.json").read_text())
-    assert saved["parent"] == str(models["llama"]) and saved["config"]["per"] == "token" and saved["config"]["absolute"]
-    assert f'base_model: "{models["llama"]}"' in (sharded_run / "safeguard" / "README.md").read_text()
-    theta0 = config.configure(model=str(sharded_run / "safeguard"))  # the paper preset: reference = base
-    assert theta0.reference_model() == (str(models["llama"]), "θ0's recorded parent")
-    with pytest.raises(cli.UsageError, match="--method random_mapping"):
-        safeguard.build_real(safeguard.SafeguardArgs(model=str(models["llama"]), method="rmu"))
-    # the miniature's stage 1 never retrains over a real θ0 in the same directory
-    with pytest.raises(cli.UserError, match="holds a safeguard of a real model"):
-        safeguard.build(safeguard.SafeguardArgs(runs=str(root / "sg_single"), world_entities=4, base_steps=2))
+    saved = json.loads((theta0 / "provenance.json").read_text())
+    assert saved["parent"] == str(base) and saved["config"]["per"] == "token" and saved["config"]["absolute"]
+    assert f'base_model: "{base}"' in (theta0 / "README.md").read_text()
+    assert config.configure(model=str(theta0)).reference_model() == (str(base), "θ0's recorded parent")
+    if arch == "llama":
+        with pytest.raises(cli.UsageError, match="--method random_mapping"):
+            safeguard.build_real(safeguard.SafeguardArgs(model=str(base), method="rmu"))
+        # the miniature's stage 1 never retrains over a real θ0 in the same directory
+        with pytest.raises(cli.UserError, match="holds a safeguard of a real model"):
+            safeguard.build(safeguard.SafeguardArgs(runs=str(root / "sg_single"), world_entities=4, base_steps=2))
 
-    tar_run = single(root, fx, sharded_run / "safeguard", "chain", reference="base", outer_steps=2)
-    assert json.loads((tar_run / "tar" / "provenance.json").read_text())["parent"] == str(sharded_run / "safeguard")
+    ref = single(root, fx, theta0, "tar_single", domain, reference="base", outer_steps=2)
+    proc = torchrun(flags(model=theta0, data_dir=fx, runs=root / "tar_fsdp", domain=domain, reference="base",
+                          outer_steps=2, loss_chunk=8, **SMALL))
+    out = proc.communicate(timeout=300)[0]
+    assert proc.returncode == 0, out[-3000:]
+    run = root / "tar_fsdp" / domain
+    assert max_diff(ref, run) <= 1e-5
+    first = [json.loads((r / "metrics.jsonl").read_text().splitlines()[0]) for r in (ref, run)]
+    assert first[0]["grad_norm"] == pytest.approx(first[1]["grad_norm"], rel=1e-6)  # step 1's gradient
+    tarred = load_file(run / "tar" / "model.safetensors")
+    assert max((tarred[k] - moved[k]).abs().max().item() for k in moved) > 1e-3  # TAR did move the weights
+    assert json.loads((run / "tar" / "provenance.json").read_text())["parent"] == str(theta0)
+    # the gathered model loads with transformers under its own class and scores what the sharded one did
+    assert json.loads((run / "tar" / "config.json").read_text())["architectures"] == [
+        {"llama": "LlamaForCausalLM", "gpt2": "GPT2LMHeadModel"}[arch]]
+    reloaded = AutoModelForCausalLM.from_pretrained(run / "tar", dtype=torch.float32)
+    world = realworld.load_real_world(realworld.RealWorldConfig(domain, str(run / "tar"), str(fx), SMALL["seq_len"]))
+    in_memory = json.loads((run / "results.json").read_text())["models"]["tar"]["at_rest"]
+    assert report.at_rest(reloaded, world, scoring.reported(world)) == in_memory
+    steps = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in steps] == [1, 2] and all(abs(m["tr_loss"]) > 0 for m in steps)
+
     attacks = ["--attacks", "A1_adamw_4e-5_1000", "A2_r2f_2e-5_1000", "A8_lora16_1e-4_1000"]
-    args = [*flags(model=tar_run / "tar", steps=4, every=2, seeds=1, micro_batch=1), *attacks]
+    args = [*flags(model=run / "tar", steps=4, every=2, seeds=1, micro_batch=1), *attacks]
     evaluate.main([*args, "--out", str(root / "rt_single"), "--workers", "1"])
     proc = torchrun([*args, "--out", str(root / "rt_fsdp")], script="evaluate.py")
     out = proc.communicate(timeout=300)[0]
