@@ -9,6 +9,9 @@ For each shape (random init from a config; random token batches; no hub, no `dat
                       (N = parameters doing matmuls: all but the input embedding, unless tied)
     memory            torch.cuda.max_memory_allocated vs fsdp.memory_estimate (the start-up estimate of tar.py)
     restore exact     an outer step with outer lr 0 leaves every weight bit-identical (snapshot/restore on CUDA)
+Then the rest of the paper's pipeline on the same shapes, a few steps each at one rank's share (`pipeline`):
+stage 1 (safeguard.defend's random mapping at --model's settings) and every attack of the paper's red team
+(suite.SUITES["paper"], LoRA included), each timed, its losses finite, its peak memory.
 Then the CUDA checkpoint path on a small model: 3 outer steps with a checkpoint after step 2, a fresh model
 resumed from it (the 3rd step must be identical), the result gathered and written with save_pretrained, reloaded
 with transformers and scored the same as the in-memory model.
@@ -47,7 +50,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import adversary  # noqa: E402
 import cli  # noqa: E402
 import fsdp  # noqa: E402
+import safeguard  # noqa: E402
 import scoring  # noqa: E402
+import suite  # noqa: E402
 import storage  # noqa: E402
 import tar  # noqa: E402
 from batching import Tokens  # noqa: E402
@@ -82,7 +87,7 @@ def synthetic_world(vocab: int, seq: int, n_docs: int, tokenizer=None, items: in
     mc = [{"question": f"Which {rng.choice(WORDS)} is {rng.choice(WORDS)}?", "choices": rng.sample(WORDS, 4),
            "answer": i % 4} for i in range(items)]
     return World(WorldConfig(), tokenizer, {}, {}, {"E": mc, "Re": mc[::-1]},
-                 {s: split() for s in ("T_inner", "T_tr", "Rt")}, digest=f"synthetic-{vocab}-{seq}", style="letter",
+                 {s: split() for s in ("T_inner", "T_tr", "Rt", "T", "A", "Rt:pile-bio")}, digest=f"synthetic-{vocab}-{seq}", style="letter",
                  topic="biology")
 
 
@@ -234,6 +239,47 @@ def projection(entry: dict, gpus: int = 8, gpu_gib: float = 78.0) -> dict:
             "fits": need <= gpu_gib}
 
 
+def pipeline(name: str, shape: dict, d, args) -> dict:
+    """Stage 1 and the paper's red team on `shape`, args.pipeline_steps steps each at one rank's share of an
+    args.ranks-GPU run (their batches / ranks, whole shares per forward): seconds per step, the last loss (finite,
+    or the run's error), peak memory. The attacks each start from the stage-1 weights (this rank's shards put
+    back: FSDP2 modules cannot be deep-copied)."""
+    from transformers import AutoConfig
+    model, ref = model_of(AutoConfig.for_model(**shape), d)
+    world = synthetic_world(shape["vocab_size"], args.seq, 4 * max(s.batch_size for s in suite.SUITES["paper"]))
+    rows = lambda batch: max(batch // args.ranks, 1)
+    out = {"shape": name, "ranks": args.ranks, "steps": args.pipeline_steps, "runs": {}}
+
+    def timed(what: str, run) -> None:
+        if d.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        sync(d)
+        t0 = time.perf_counter()
+        try:
+            losses = run()
+            sync(d)
+            out["runs"][what] = {"s_per_step": round((time.perf_counter() - t0) / args.pipeline_steps, 4),
+                                 "last_loss": losses[-1], "finite": all(map(torch.isfinite, torch.tensor(losses)))}
+        except Exception as e:  # one failing piece is a finding; the others still run
+            out["runs"][what] = {"error": f"{type(e).__name__}: {str(e)[:300]}"}
+        if d.device.type == "cuda":
+            out["runs"][what]["peak_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+
+    cfg = safeguard.for_method("random_mapping", **safeguard.REAL_RANDOM_MAPPING, steps=args.pipeline_steps,
+                               batch_size=rows(safeguard.SafeguardConfig.batch_size))
+    timed("stage 1 (random mapping)", lambda: safeguard.defend(model, ref, world, cfg, d=d))
+    theta0 = [fsdp.local(p).detach().clone() for p in fsdp.reshard(model).parameters()]
+    for spec in suite.SUITES["paper"]:
+        spec = dataclasses.replace(spec, steps=args.pipeline_steps, switch=min(spec.switch, 1),
+                                   batch_size=rows(spec.batch_size))
+        torch.manual_seed(0)  # LoRA's initialisation
+        timed(spec.name, lambda: adversary.attack(model, spec, adversary.attack_stream(spec, world.tokens, 0)))
+        with torch.no_grad():
+            for p, start in zip(fsdp.reshard(model).parameters(), theta0, strict=True):
+                fsdp.local(p).copy_(start)
+    return out
+
+
 def checkpoint_round_trip(d, args, root: Path) -> dict:
     """3 outer steps (checkpoint after 2); a fresh model resumed from it; save_pretrained; reload and score."""
     from transformers import AutoConfig, AutoModelForCausalLM
@@ -275,13 +321,14 @@ class GpuArgs:
     loss_chunk: int = arg(0, "tar.py --loss-chunk: the LM head applied this many positions at a time (0: all)",
                           at_least=0)
     repeats: int = arg(3, "timed repeats", above=0)
+    pipeline_steps: int = arg(4, "steps of stage 1 and of each paper attack in the pipeline check", above=0)
     shapes: list = arg(sorted(SHAPES), "shapes to measure", of=str, choices=tuple(sorted(SHAPES)))
 
 
 def report_gpu(args: GpuArgs) -> None:
     shapes = TINY if args.tiny else {k: SHAPES[k] for k in args.shapes}
     if args.tiny:
-        args.k, args.seq, args.micro_batches, args.repeats = 2, 32, [0], 1
+        args.k, args.seq, args.micro_batches, args.repeats, args.pipeline_steps = 2, 32, [0], 1, 2
         args.loss_chunk = args.loss_chunk or 8  # the smoke test goes through the chunked losses too
         torch.set_num_threads(1)
     for micro in args.micro_batches:
@@ -307,6 +354,12 @@ def report_gpu(args: GpuArgs) -> None:
             torch.cuda.empty_cache()
     report["projection"] = [projection(e, args.ranks, gib) for e in report["shapes"] for gib in (78.0, 139.0)
                             if e["shape"] == "llama-3-8b-4-layers" and e["mfu"]]
+    report["pipeline"] = []
+    for name, shape in shapes.items():
+        report["pipeline"].append(pipeline(name, shape, d, args))
+        print(json.dumps(report["pipeline"][-1]), flush=True)
+        if d.device.type == "cuda":
+            torch.cuda.empty_cache()
     with tempfile.TemporaryDirectory() as tmp:
         try:
             report["checkpoint"] = checkpoint_round_trip(d, args, Path(tmp))

@@ -1,6 +1,6 @@
 """benchmarks/gpu.py (the one script the GPU machine runs) smoke-tested on CPU with --tiny: it runs tar.py's own
-outer step under a one-process FSDP2 group, restores exactly, resumes a checkpoint identically, and the model it
-writes reloads and scores the same."""
+outer step at one rank's share under a one-process FSDP2 group, restores exactly, runs stage 1 and every attack of
+the paper's red team, resumes a checkpoint identically, and the model it writes reloads and scores the same."""
 
 import json
 import subprocess
@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 import cli
+import suite
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -24,6 +25,9 @@ def test_gpu_report_runs_on_cpu(tmp_path):
     assert shape["ranks"] == 8 and shape["batches"] == {"attacker": 4, "tr": 8, "retain": 8}  # one rank's share
     assert shape["restore_max_abs_diff"] == 0.0
     assert shape["outer_step_s"] > 0 and shape["parts_s"] > 0 and 0.5 < shape["ratio"] < 3
+    (pipeline,) = report["pipeline"]  # stage 1 and every paper attack, LoRA included, at one rank's share
+    assert set(pipeline["runs"]) == {"stage 1 (random mapping)", *(s.name for s in suite.SUITES["paper"])}
+    assert all(run.get("finite") for run in pipeline["runs"].values()), pipeline
     assert report["checkpoint"]["resume_max_abs_diff"] == 0.0 and report["checkpoint"]["scores_equal"]
     assert report["checkpoint"]["loglik_max_abs_diff"] < 1e-5
 
