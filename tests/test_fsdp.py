@@ -24,7 +24,7 @@ import cli
 import config
 import evaluate
 import fsdp
-import lora_ranks
+import ranks
 import realdata
 import realworld
 import report
@@ -135,7 +135,7 @@ def test_the_three_commands_under_fsdp_equal_one_process(setup, arch, domain):
     steps and scored every 2, sharded over 2 gloo ranks (FSDP2, micro-batches of 1 row) give the same curves on
     WMDP and MMLU as one process, the attacker's loss included; the paper's LoRA attack runs sharded too (its
     dropout masks are each rank's own: its points are recorded at the same steps and tokens;
-    test_a_lora_attack_under_fsdp_equals_one_process checks its weights)."""
+    test_lora_attacks_and_chunked_losses_under_fsdp_equal_one_process checks its weights)."""
     root, fx, models = setup
     base, root = models[arch], root / arch
     kw = dict(model=base, data_dir=fx, domain=domain, seq_len=32, micro_batch=1, safeguard_steps=3)
@@ -200,16 +200,21 @@ def test_the_three_commands_under_fsdp_equal_one_process(setup, arch, domain):
             assert a == {**b, **({"loss": pytest.approx(b["loss"], rel=1e-5)} if "loss" in b else {})}, key
 
 
-def test_a_lora_attack_under_fsdp_equals_one_process(setup):
-    """peft's adapters are injected into the sharded model, whole on each rank: their gradients are averaged over
-    the ranks (without it the weights differ by 7e-4) and each rank merges its rows of ΔW into its shards. Three
-    steps on 2 gloo ranks = one process, for a Llama and a GPT-2 (Conv1D projections); the adapters are gone."""
+def test_lora_attacks_and_chunked_losses_under_fsdp_equal_one_process(setup):
+    """One launch of tests/ranks.py on 2 gloo ranks, for a Llama and a GPT-2 (tied head, Conv1D projections):
+    - LoRA: peft's adapters are injected into the sharded model, whole on each rank; their gradients are averaged
+      over the ranks (without it the weights differ by 7e-4) and each rank merges its rows of ΔW into its shards.
+      Three steps leave the weights of one process (≤ 1e-5); no adapter is left.
+    - Logits in chunks (--loss-chunk 3): the gradient of every weight of the entropy TR + LM + retain loss, sharded
+      and chunked, equals one process's with whole logits (≤ 1e-6)."""
     root, _, models = setup
     args = []
     for arch, path in models.items():
-        lora_ranks.lora_attack(path, root / f"lora_{arch}_single.safetensors")
-        args += [str(path), str(root / f"lora_{arch}_fsdp.safetensors")]
-    proc = torchrun(args, script="tests/lora_ranks.py")
+        ranks.lora_attack(path, root / f"lora_{arch}_single.safetensors")
+        ranks.chunked_grads(path, root / f"grads_{arch}_single.safetensors")
+        args += ["lora", str(path), str(root / f"lora_{arch}_fsdp.safetensors")]
+        args += ["chunked3", str(path), str(root / f"grads_{arch}_fsdp.safetensors")]
+    proc = torchrun(args, script="tests/ranks.py")
     out = proc.communicate(timeout=300)[0]
     assert proc.returncode == 0, out[-3000:]
     for arch, path in models.items():
@@ -218,6 +223,9 @@ def test_a_lora_attack_under_fsdp_equals_one_process(setup):
         assert single.keys() == sharded.keys() and set(start) <= set(single), arch  # no lora_A/lora_B left
         assert max((single[k] - sharded[k]).abs().max().item() for k in single) <= 1e-5, arch
         assert max((single[k] - start[k]).abs().max().item() for k in start) > 1e-4, arch  # the attack moved them
+        whole, chunked = (load_file(root / f"grads_{arch}_{how}.safetensors") for how in ("single", "fsdp"))
+        assert whole.keys() == chunked.keys() and all(g.abs().max() > 0 for g in whole.values()), arch
+        assert max((whole[k] - chunked[k]).abs().max().item() for k in whole) <= 1e-6, arch
 
 
 def test_the_retain_reference_is_theta0_its_recorded_parent_or_a_given_model(setup):
