@@ -90,6 +90,10 @@ CANDIDATES = {
                                                              "lambda_retain": 6.0},
                                      "s1lr_all_k96 (resists at one seed of two, G_dev 65-69%) with round 4's "
                                      "λ_retain: the longer attacks' resistance with more of G"),
+    "s1lr_all_k96_tr_paper": ("stage1_benign_lr_1e-3", {**S1LR_ALL, "inner_steps": 96, "tr_every": 12,
+                                                      "tr_weights": "paper"},
+                              "s1lr_all_k96 with the paper's TR weights exp(0.0625(k-K)): the points late in a "
+                              "train-time attack, which TAR beats last, weigh most"),
 }
 # recipes with the paper's 32 warmup steps of the outer lr
 CANDIDATES.update({f"{recipe}_warmup_32": (CANDIDATES[recipe][0], {**CANDIDATES[recipe][1], "outer_warmup": 32},
@@ -108,7 +112,8 @@ CANDIDATES.update({f"{recipe}_seed_{seed}": (CANDIDATES[recipe][0], {**CANDIDATE
                                              ("s1lr_all", 2, "round 2's resisting recipe"),
                                              ("s1lr_all_k96", 1, "round 6's longer train-time attacks"),
                                              ("defaults", 1, "today's defaults"),
-                                             ("s1lr_all_k96_lambda_retain_6", 1, "round 11's recipe"))})
+                                             ("s1lr_all_k96_lambda_retain_6", 1, "round 11's recipe"),
+                                             ("s1lr_all_k96_tr_paper", 1, "round 12's recipe"))})
 UNSEEN = (*HOLDS_E, "Re", "G_test", "N")  # sealed: E and the base's stream, and the reported benign groups
 SEEN = ("T", "Rt", "U")  # scored at rest besides V and G_dev (those come with selection's evidence, at step 0)
 
