@@ -310,7 +310,7 @@ def load_real_world(cfg: RealWorldConfig) -> World:
         if not getattr(tokenizer, "chat_template", None):
             raise UserError(f"--domain refusal needs a chat model: {cfg.tokenizer}'s tokenizer has no chat template")
         return _real_refusal(cfg, tokenizer, rows)
-    docs = {"T_inner": [], "T_tr": [], "A": []}
+    docs, seen = {"T_inner": [], "T_tr": [], "A": []}, set()
     for corpus in FORGET_CORPORA[cfg.domain]:
         if corpus == "chem-forget":  # private in the paper (docs/data.md): one passage per non-empty line
             path = Path(cfg.data_dir or ".") / "chem-forget.txt"
@@ -326,6 +326,9 @@ def load_real_world(cfg: RealWorldConfig) -> World:
         else:
             texts = [r["txt_chunk"] for r in rows(corpus) if r["label"]] if corpus == "pile-bio" else \
                 [r["text_chunk"] for r in rows(corpus)]
+        # a passage twice in a corpus, or in two, goes to one split: the red team's A shares no text with TAR's
+        texts = [t for t in dict.fromkeys(texts) if t not in seen]
+        seen.update(texts)
         train, tr = split_forget(texts)
         # deviation: TAR's attacker trains on 70% of each forget corpus (official code: the 80% train split) because
         # an eighth of that split is the red team's (A): no public hazardous corpus disjoint from TAR's exists, so

@@ -5,6 +5,7 @@ WMDP and MMLU tasks; and the offline hub error. Bad files and rows: tests/test_i
 
 import hashlib
 import json
+import shutil
 from dataclasses import asdict
 
 import pytest
@@ -65,6 +66,21 @@ def test_mc_items_normalise_letters_and_drop_subjects(tmp_path):
     assert items[0] == {"question": rows[4]["question"], "choices": rows[4]["choices"], "answer": 0,
                         "subject": "astronomy"}  # kept: MMLU's prompt is about the item's subject
     assert len(realworld.mc_items(realworld.load_rows("mmlu", str(tmp_path)), realworld.MMLU_DROP["cyber"])) == 8
+
+
+def test_a_repeated_passage_lands_in_one_split(fx, tmp_path):
+    """Real corpora repeat passages (within one, across two): each text goes to one split only, so the red team's
+    A holds no text TAR trains on even then."""
+    root, model = fx
+    shutil.copytree(root, tmp_path / "fx")
+    pile = [json.loads(line) for line in (root / "pile-bio.jsonl").read_text().splitlines()]
+    camel = [json.loads(line) for line in (root / "camel-bio.jsonl").read_text().splitlines()]
+    repeated = [r["txt_chunk"] for r in pile if r["label"]]  # every hazardous pile-bio passage, again in camel-bio
+    camel += [{"text_chunk": t} for t in repeated] + camel[:5]  # and five camel-bio passages twice
+    (tmp_path / "fx" / "camel-bio.jsonl").write_text("".join(json.dumps(r) + "\n" for r in camel))
+    w = realworld.load_real_world(realworld.RealWorldConfig("bio", str(model), str(tmp_path / "fx"), seq_len=16))
+    texts = [t for s in ("T_inner", "T_tr", "A") for t in w.docs[s]]
+    assert len(texts) == len(set(texts)) == 20 + 20  # 20 distinct pile-bio passages, 20 distinct camel-bio ones
 
 
 def test_real_worlds_have_every_role(fx):
