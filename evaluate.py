@@ -66,6 +66,9 @@ class RedTeamArgs:
     every: int = arg(0, "score every this many attack steps (0: at 8 evenly spaced steps)", at_least=0)
     micro_batch: int = arg(0, "rows per forward (on each process under torchrun); larger batches are accumulated "
                               "(0: a process's whole share of a batch)", at_least=0)
+    loss_chunk: int = arg(0, "apply the LM head this many positions at a time in the attacker's loss (tar.py's "
+                             "--loss-chunk: at 8B the (rows, T, 128K) logits are the largest activation; 0 = all)",
+                          at_least=0)
     workers: int = arg(cli.WORKERS, "parallel worker processes, one torch thread each", above=0)
     trials: int = arg(50, "--suite sweep: trials per model (the study's total: a resumed study runs what is "
                           "missing)", above=0)
@@ -116,7 +119,8 @@ def red_team(args: RedTeamArgs) -> None:
         print(f"wrote {out / 'sweep.json'}, sweep.md, sweep.db, {figure.name}; {time.time() - t0:.0f}s in all")
         return
     results = redteam.redteam(models, specs, world_cfg, args.seeds, args.workers, out, every=args.every, d=d,
-                              micro_batch=args.micro_batch, log=print if d.is_main else (lambda *_: None))
+                              micro_batch=args.micro_batch, loss_chunk=args.loss_chunk,
+                              log=print if d.is_main else (lambda *_: None))
     if not d.is_main:
         return
     table = redteam.redteam_table(results)

@@ -36,6 +36,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import datetime
+import functools
 import json
 import statistics
 import time
@@ -63,14 +64,15 @@ CHANCE = protocol.CHANCE
 
 def attack_curve(model, spec: adversary.Attack, world, seed: int, every: int, groups: dict | None = None,
                  until: tuple[str, float] | None = None, fresh: bool = False, d: Dist = Dist(),
-                 micro_batch: int = 0) -> list[dict]:
+                 micro_batch: int = 0, loss_chunk: int = 0) -> list[dict]:
     """Runs `spec` on a COPY of `model` (the model under test is never touched; a LoRA attack's adapters live
     in the copy; fresh=True: `model` is a copy already, attacked in place) and records accuracies on `groups`
     (default: the report's, scoring.reported) at step 0, every, 2·every, ... and the last step. The attack's data
     order is drawn from `seed` (never TAR's order: docs/paper.md §8, pitfall 2). until=(label, level): stop at the
     first point where that accuracy reaches level (relearning). An attack whose loss stops being finite raises
     adversary.Diverged carrying the points measured before (`.curve`). Under torchrun (`d`) every batch is cut to
-    this rank's rows, and with `micro_batch` into micro-batches of that many rows (gradients accumulated)."""
+    this rank's rows, and with `micro_batch` into micro-batches of that many rows (gradients accumulated);
+    loss_chunk > 0 applies the LM head that many positions at a time in the attacker's loss (chunked_sum)."""
     groups = groups or reported(world)
     victim = model if fresh else copy.deepcopy(model)
     victim.requires_grad_(True)  # the attacker trains every weight (a frozen reference too)
@@ -88,10 +90,12 @@ def attack_curve(model, spec: adversary.Attack, world, seed: int, every: int, gr
     record = lambda step: points.append({"step": step, "tokens": tokens[0], "loss": fsdp.all_mean(
         float(losses[-1]), d), **accuracies(victim, world, groups)})
     batches = counted(adversary.attack_stream(spec, world.tokens, seed))
+    attacker_loss = functools.partial(adversary.lm_batch_loss, chunk=loss_chunk)
     if d.distributed or micro_batch or d.device.type != "cpu":  # ranks' rows, micro-batches, the GPU
         batches = (shard_batch(b, d.rank, d.world_size, micro_batch, d.device) for b in batches)
     try:
-        for k in [] if reached() else adversary.attack_steps(victim, spec, batches, every=every, history=losses):
+        steps = adversary.attack_steps(victim, spec, batches, every=every, history=losses, loss_fn=attacker_loss)
+        for k in [] if reached() else steps:
             record(k)
             if reached():
                 return points
@@ -117,6 +121,7 @@ class Job:
     groups: dict | None = None  # attack_curve's: None = the report's
     until: tuple[str, float] | None = None  # attack_curve's early stop (relearning, learnability)
     micro_batch: int = 0  # rows per forward (on each rank under torchrun; 0: the whole batch or share)
+    loss_chunk: int = 0  # positions per chunk of the LM head in the attacker's loss (0: all)
 
 
 def curve_or_divergence(model, spec: adversary.Attack, world, seed: int, every: int, groups: dict | None = None,
@@ -135,7 +140,7 @@ def run_job(job: Job, d: Dist = Dist()) -> dict:
     t0 = time.time()
     curve, diverged = curve_or_divergence(load_model(job.path, d), job.spec, load_world(job.world), job.seed,
                                           job.every, job.groups, job.until, fresh=True, d=d,
-                                          micro_batch=job.micro_batch)
+                                          micro_batch=job.micro_batch, loss_chunk=job.loss_chunk)
     return {"model": job.model, "attack": job.spec.name, "seed": job.seed, "curve": curve, "diverged": diverged,
             "until": job.until, "seconds": round(time.time() - t0, 1)}
 
@@ -161,7 +166,8 @@ def run_key(digest: str, attack: str, seed: int) -> str:
 
 
 def redteam(models: dict[str, Path], specs: list[adversary.Attack], world_cfg, seeds: int, workers: int,
-            out: Path, log=print, every: int = 0, d: Dist = Dist(), micro_batch: int = 0) -> dict:
+            out: Path, log=print, every: int = 0, d: Dist = Dist(), micro_batch: int = 0,
+            loss_chunk: int = 0) -> dict:
     """Runs every (model, attack, seed) not already in out/results.json, saving after each one finishes (an
     interrupted suite resumes where it stopped), each scored at step 0, every `every` steps (0: at 8 evenly
     spaced steps) and its last. Under torchrun (`d`) every rank runs each attack on its shard, one after another,
@@ -200,7 +206,8 @@ def redteam(models: dict[str, Path], specs: list[adversary.Attack], world_cfg, s
                 key = run_key(digests[name], s.name, seed)
                 if key not in results["runs"]:
                     todo.setdefault(key, Job(name, str(models[name]), s, world_cfg, seed,
-                                             every or max(1, -(-s.steps // 8)), micro_batch=micro_batch))
+                                             every or max(1, -(-s.steps // 8)), micro_batch=micro_batch,
+                                             loss_chunk=loss_chunk))
     todo = fsdp.broadcast(list(todo.values()), d)  # rank 0's list: ranks on other nodes may read another file
     done = len(usable) * len(models) * seeds - len(todo)
     log(f"red team: {len(models)} models x {len(usable)} attacks x {seeds} seeds; {done} done before, "

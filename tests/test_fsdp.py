@@ -132,8 +132,8 @@ def test_the_three_commands_under_fsdp_equal_one_process(setup, arch, domain):
     chunks of 8 positions, --loss-chunk, against the single process's whole logits; FSDP2 without chunks is the
     SIGTERM test's), its gathered model reloads under its own class and scores what the sharded one did. 3.
     evaluate.py --model on TAR's output (its world from the provenance): two of the paper's attacks, cut to 4
-    steps and scored every 2, sharded over 2 gloo ranks (FSDP2, micro-batches of 1 row) give the same curves on
-    WMDP and MMLU as one process, the attacker's loss included; the paper's LoRA attack runs sharded too (its
+    steps and scored every 2, sharded over 2 gloo ranks (FSDP2, micro-batches of 1 row, the attacker's LM head in
+    chunks of 3) give the same curves on WMDP and MMLU as one process, the attacker's loss included; the paper's LoRA attack runs sharded too (its
     dropout masks are each rank's own: its points are recorded at the same steps and tokens;
     test_lora_attacks_and_chunked_losses_under_fsdp_equal_one_process checks its weights)."""
     root, fx, models = setup
@@ -184,7 +184,7 @@ def test_the_three_commands_under_fsdp_equal_one_process(setup, arch, domain):
     attacks = ["--attacks", "A1_adamw_4e-5_1000", "A2_r2f_2e-5_1000", "A8_lora16_1e-4_1000"]
     args = [*flags(model=run / "tar", steps=4, every=2, seeds=1, micro_batch=1), *attacks]
     evaluate.main([*args, "--out", str(root / "rt_single"), "--workers", "1"])
-    proc = torchrun([*args, "--out", str(root / "rt_fsdp")], script="evaluate.py")
+    proc = torchrun([*args, "--out", str(root / "rt_fsdp"), "--loss-chunk", "3"], script="evaluate.py")
     out = proc.communicate(timeout=300)[0]
     assert proc.returncode == 0, out[-3000:]
     single_rt, sharded_rt = (json.loads((root / r / "results.json").read_text())["runs"]
