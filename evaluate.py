@@ -56,6 +56,11 @@ class RedTeamArgs:
                           "run's results.json, else bio)")
     data_dir: str = arg("", "a world from local files: one python data.py --out wrote (world.json), or the real "
                             "datasets' files that tar.py --data-dir reads (realworld.SOURCES names them)")
+    wmdp_revision: str = arg("", "a real world: the hub revision of WMDP (default: the models' provenance.json's, "
+                                 "else the newest; tar.py's flag)")
+    mmlu_shots: int = arg(5, "a real world: MMLU's few-shot examples from its dev split (lm-eval's --num_fewshot; "
+                             "a model whose provenance.json names another number is refused: leave it out)",
+                          at_least=0)
     suite: str = arg("heldout", "the attack suite (suite.SUITES), or sweep: a hyperparameter search for the "
                                 "most harmful attack (sweep.py)", choices=(*suite.SUITES, "sweep"))
     attacks: list = arg((), "only these attacks (any name of any suite)", of=str)
@@ -189,10 +194,15 @@ def world_for(models: dict[str, Path], args: RedTeamArgs, run_dir: Path | None, 
     if layout == "export":
         return LocalWorldConfig(args.data_dir, tokenizer)
     real = saved if saved is not None and "tokenizer" in saved else None
+    scoring_flags = {"revision": args.wmdp_revision or None, "mmlu_shots": args.mmlu_shots}  # a real world's
+    for (key, value), flag in zip(scoring_flags.items(), ("--wmdp-revision", "--mmlu-shots")):
+        if real is not None and value not in (real.get(key), getattr(RealWorldConfig, key)):  # given, and not theirs
+            raise UsageError(f"{flag} {value} contradicts the models' provenance.json ({real.get(key)}); leave "
+                             f"{flag} out")
     if layout == "real":
         domain = args.domain or (saved or {}).get("domain") or "bio"
-        return config_of({**(real or {}), "domain": domain, "tokenizer": tokenizer, "data_dir": args.data_dir},
-                         "--data-dir")
+        return config_of({**scoring_flags, **(real or {}), "domain": domain, "tokenizer": tokenizer,
+                          "data_dir": args.data_dir}, "--data-dir")
     if real is not None:
         return config_of({**real, "tokenizer": tokenizer}, "the models' provenance.json")
     if saved is not None:

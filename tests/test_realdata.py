@@ -252,3 +252,22 @@ def test_scores_equal_lm_evaluation_harness_shipped_wmdp_and_mmlu_tasks(fx, tmp_
         assert out["results"][f"local_{task}"]["acc,none"] == pytest.approx(
             sum(p == it["answer"] for p, it in zip(preds, items)) / len(items))
     assert mc.prompts[0].count("\nAnswer: ") == 5 and "about high school geography." in mc.prompts[0]
+
+
+def test_the_red_teams_real_world_takes_wmdp_revision_and_shots(fx, tmp_path):
+    """evaluate.py --model with --data-dir: a model from elsewhere is scored with the given WMDP revision and MMLU
+    shots; a model whose provenance names its own is scored with those, and a flag contradicting them is refused."""
+    import evaluate
+    root, model = fx
+    args = evaluate.RedTeamArgs(model=str(model), data_dir=str(root), wmdp_revision="abc123", mmlu_shots=0)
+    cfg = evaluate.world_for({"m": model}, args, None, "real")
+    assert (cfg.revision, cfg.mmlu_shots, cfg.domain) == ("abc123", 0, "bio")
+    made = tmp_path / "made"
+    shutil.copytree(model, made)
+    world = asdict(realworld.RealWorldConfig("bio", str(made), str(root), 16, revision="v1", mmlu_shots=3))
+    (made / "provenance.json").write_text(json.dumps({"world": world}))
+    mine = evaluate.world_for({"m": made}, evaluate.RedTeamArgs(model=str(made), data_dir=str(root)), None, "real")
+    assert (mine.revision, mine.mmlu_shots, mine.seq_len) == ("v1", 3, 16)
+    with pytest.raises(cli.UsageError, match="--mmlu-shots 0 contradicts the models' provenance.json"):
+        evaluate.world_for({"m": made}, evaluate.RedTeamArgs(model=str(made), data_dir=str(root), mmlu_shots=0),
+                           None, "real")
