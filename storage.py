@@ -191,7 +191,8 @@ def model_card(provenance: dict) -> str:
     meta += ["datasets:", *(f"- {json.dumps(n.split('@')[0])}" for n in provenance["datasets"])] \
         if provenance.get("datasets") else []
     data = ("the hub datasets " + ", ".join(provenance.get("datasets", [])) + (
-        f", from local files in their schemas ({world['data_dir']})" if world.get("data_dir") else "")) \
+        f", from local files in their schemas ({world['data_dir']})" if world.get("data_dir") else
+        " (a revision after @ where pinned; the others as the hub held them when loaded)")) \
         if "tokenizer" in world else f"the built-in miniature world ({world.get('domain', '?')}, seed "  \
                                      f"{world.get('seed', '?')}), not real data"
     lines = ["---", *meta, "library_name: transformers", "tags:", "- tamper-resistance", "---", "",
