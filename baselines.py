@@ -138,6 +138,7 @@ class Method:
     picked: dict  # the grid's pick (first protocol: lowest at-rest forget on A with Rt ≥ 90%): the defaults
     trainable: object = None  # model -> the parameters it trains (None: all)
     teacher: str = ""  # UNDO: the baseline it distils (its model, perturbed, is the start; the reference is it)
+    grid_steps: tuple = (150, 300)  # the step counts each grid setting is measured at
 
 
 LRS = (1e-4, 3e-4, 1e-3)
@@ -160,7 +161,9 @@ BASELINES: dict[str, Method] = {
 }
 # UNDO, scaled to the miniature (Lee et al. distil for a share of pretraining's compute, α their main knob): 500
 # distillation steps, a quarter of the base's 2000, at lr 1e-3 (the base's peak is 2e-3), batch 32, on Rt and U
-# (the retain text a defence may read; never G), α = 0.5. No grid yet: a grid point needs its teacher trained first.
+# (the retain text a defence may read; never G), α = 0.5; its grid is α at 250 and 500 steps, from the teacher
+# trained first (python safeguard.py --method <teacher>).
 UNDO: dict[str, Method] = {
-    f"undo_{name}": Method(_undo, "α, the share of random initialisation in the student", {},
-                           dict(lr=1e-3, steps=500, coef=0.5, retain="benign"), teacher=name) for name in BASELINES}
+    f"undo_{name}": Method(_undo, "α, the share of random initialisation in the student", dict(coef=(0.25, 0.5, 0.75)),
+                           dict(lr=1e-3, steps=500, coef=0.5, retain="benign"), teacher=name, grid_steps=(250, 500))
+    for name in BASELINES}

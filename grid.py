@@ -5,8 +5,10 @@ a method (baselines.Method.grid: lr x the method's coefficients, at 150 and 300 
 base by the one defence loop (safeguard.defend) in a world with E sealed away, and scored as selection.py scores
 every candidate: at rest on every group but E, and under the reference attack on V and G_dev. The pick is
 selection.pick's: the lowest forget on V under the attack among the points that keep G_dev within its bounds.
+UNDO's grid (α at 250 and 500 steps) starts from its teacher, which must be trained first.
 
 Run:  python safeguard.py --domain bio --method all --grid      # runs/bio/baselines/grid.json
+      python safeguard.py --domain bio --method undo_rmu --grid # after python safeguard.py --method rmu
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from pathlib import Path
 import adversary
 import scoring
 import selection
+from baselines import fresh_init, perturb
+from cli import UsageError, UserError
 from safeguard import METHODS, SafeguardConfig, defend
 from storage import atomic_write, load_model
 from workers import Workers
@@ -27,11 +31,14 @@ from world import build_world, sealed
 
 def grid_point(job) -> list[dict]:
     """Trains one grid setting for its longest step count, measuring at every step count of the grid on the way
-    (at rest on every group but E, and selection's evidence)."""
-    method, overrides, steps, world_cfg, base_path = job
+    (at rest on every group but E, and selection's evidence). UNDO's student starts from its teacher perturbed
+    towards a fresh initialisation, the teacher its reference."""
+    method, overrides, steps, world_cfg, start = job  # start: the base, or UNDO's teacher
     world = sealed(build_world(world_cfg))  # nothing here can read E
-    cfg = SafeguardConfig(method=method, **{**overrides, "steps": max(steps)})
-    base, model = load_model(base_path), load_model(base_path)
+    cfg = SafeguardConfig(method=method, **{**METHODS[method].picked, **overrides, "steps": max(steps)})
+    base, model = load_model(start), load_model(start)
+    if METHODS[method].teacher:
+        perturb(model, fresh_init(model, cfg.seed), cfg.coef)
     rows = []
 
     def record(step):
@@ -47,15 +54,26 @@ def grid_point(job) -> list[dict]:
     return rows
 
 
+def check(methods: list[str], run_dir: Path) -> None:
+    """Before any work: a method to tune, and UNDO's teacher trained (its grid starts from it)."""
+    if not methods:
+        raise UsageError("--grid needs --method NAME or --method all (data filtering and stage 1 have none)")
+    for m in methods:
+        if (teacher := METHODS[m].teacher) and not (run_dir / "baselines" / teacher / "model.safetensors").exists():
+            raise UserError(f"{m}'s grid starts from its teacher: train it first (python safeguard.py --domain "
+                            f"{run_dir.name} --method {teacher})")
+
+
 def run_grid(methods: list[str], world, run_dir: Path, workers: int, log=print) -> dict:
     path = run_dir / "baselines" / "grid.json"
     saved = json.loads(path.read_text()) if path.exists() else {}
     jobs = []
     for m in methods:
-        axes = METHODS[m].grid
-        for values in itertools.product(*axes.values()):
-            jobs.append((m, dict(zip(axes, values)), (150, 300), world.config, str(run_dir / "base")))
-    log(f"grid: {len(jobs)} settings x 2 step counts over {', '.join(methods)} on {workers} worker(s)")
+        method = METHODS[m]
+        start = run_dir / (f"baselines/{method.teacher}" if method.teacher else "base")
+        for values in itertools.product(*method.grid.values()):
+            jobs.append((m, dict(zip(method.grid, values)), method.grid_steps, world.config, str(start)))
+    log(f"grid: {len(jobs)} settings x their step counts over {', '.join(methods)} on {workers} worker(s)")
     t0, bounds = time.time(), selection.Bounds()
     with Workers(min(workers, len(jobs))) as pool:
         results = list(pool.map(grid_point, jobs))

@@ -333,8 +333,9 @@ def build(args: SafeguardArgs) -> None:
     if args.method and args.method not in ("all", "data_filtering") and args.method not in METHODS:
         raise UsageError(f"unknown method {args.method!r}: choose one of {', '.join(METHODS)}, data_filtering or all")
     methods = {"": [], "all": list(BASELINES), "data_filtering": []}.get(args.method, [args.method])
-    if args.grid and (not methods or any(METHODS[m].teacher for m in methods)):
-        raise UsageError("--grid needs --method NAME or --method all (a baseline's; UNDO and data filtering have none)")
+    if args.grid:
+        import grid  # grid.py imports this module
+        grid.check(methods, Path(args.runs) / args.domain)  # before any work
     world = build_world(world_config(args.domain, args.world_entities, args.world_seed))
     run_dir = Path(args.runs) / args.domain
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -344,7 +345,6 @@ def build(args: SafeguardArgs) -> None:
         return
     base, key = base_model(world, base_cfg, run_dir)
     if args.grid:
-        import grid  # grid.py imports this module
         grid.run_grid(methods, world, run_dir, args.workers)
     elif methods:
         t0 = time.time()

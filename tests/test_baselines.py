@@ -173,11 +173,13 @@ def test_nan_is_one_clear_error_and_saves_nothing(small_world, tmp_path):
     assert not (tmp_path / "baselines" / "x").exists()
 
 
-def test_unknown_method_is_one_clear_error(capsys):
+def test_unknown_method_is_one_clear_error(capsys, tmp_path):
     code, line = cli_error(capsys, safeguard.main, ["--method", "bogus"])
     assert code == 2 and line.startswith("error: unknown method 'bogus'")
-    code, line = cli_error(capsys, safeguard.main, ["--method", "undo_rmu", "--grid"])
-    assert code == 2 and "UNDO and data filtering have none" in line
+    code, line = cli_error(capsys, safeguard.main, ["--method", "data_filtering", "--grid"])
+    assert code == 2 and "--grid needs --method NAME" in line
+    code, line = cli_error(capsys, safeguard.main, ["--method", "undo_rmu", "--grid", "--runs", str(tmp_path)])
+    assert code == 1 and "grid starts from its teacher: train it first" in line and "--method rmu" in line
     code, line = cli_error(capsys, safeguard.main, ["--micro-batch", "4"])  # given without --model: not ignored
     assert code == 2 and "only apply to a real --model" in line
 

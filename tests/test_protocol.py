@@ -249,3 +249,8 @@ def test_baseline_grid_points_carry_selection_evidence_and_never_read_E(small_wo
     assert [r["steps"] for r in rows] == [2, 4]
     for r in rows:
         assert {"forget_V_attacked", "G_dev_rest", "G_dev_attacked", "V", "G_dev"} <= set(r) and "E" not in r
+    # UNDO's grid: α from its teacher (here the base's directory stands for it), the perturbation at the start
+    perturbed = []
+    monkeypatch.setattr(grid, "perturb", lambda model, init, alpha: perturbed.append(alpha))
+    rows = grid.grid_point(("undo_max_entropy", {"coef": 0.75}, (2,), small_world.config, str(tmp_path / "base")))
+    assert perturbed == [0.75] and [(r["coef"], r["steps"]) for r in rows] == [(0.75, 2)]
