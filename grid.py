@@ -2,8 +2,9 @@
 
 Not in the paper, which grid-searched its baselines without saying by what (docs/paper.md §5). Each grid point of
 a method (baselines.Method.grid: lr x the method's coefficients, at 150 and 300 steps) is trained from the cached
-base by the one defence loop (safeguard.defend) in a world with E sealed away, and scored as selection.py scores
-every candidate: at rest on every group but E, and under the reference attack on V and G_dev. The pick is
+base by the one defence loop (safeguard.defend) in a world with E, Re, G_test and N sealed away (the groups the
+tables report), and scored as selection.py scores every candidate: at rest on every group left, and under the
+reference attack on V and G_dev. The pick is
 selection.pick's: the lowest forget on V under the attack among the points that keep G_dev within its bounds.
 UNDO's grid (α at 250 and 500 steps) starts from its teacher, which must be trained first.
 
@@ -26,7 +27,7 @@ from cli import UsageError, UserError
 from safeguard import METHODS, SafeguardConfig, defend
 from storage import atomic_write, load_model
 from workers import Workers
-from world import build_world, sealed
+from world import UNSEEN, build_world, sealed
 
 
 def grid_point(job) -> list[dict]:
@@ -34,7 +35,7 @@ def grid_point(job) -> list[dict]:
     (at rest on every group but E, and selection's evidence). UNDO's student starts from its teacher perturbed
     towards a fresh initialisation, the teacher its reference."""
     method, overrides, steps, world_cfg, start = job  # start: the base, or UNDO's teacher
-    world = sealed(build_world(world_cfg))  # nothing here can read E
+    world = sealed(build_world(world_cfg), UNSEEN)  # nothing here can read E, Re, G_test or N
     cfg = SafeguardConfig(method=method, **{**METHODS[method].picked, **overrides, "steps": max(steps)})
     base, model = load_model(start), load_model(start)
     if METHODS[method].teacher:

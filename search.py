@@ -42,7 +42,7 @@ from cli import UsageError, UserError, arg
 from config import NOT_TRAINING, TARConfig, configure
 from storage import cached, digest, file_digest, read_jsonl, save_model
 from workers import Workers, result
-from world import HOLDS_E, build_world, entities_flag, sealed
+from world import UNSEEN, build_world, entities_flag, sealed
 
 # Stage 1: name -> (SafeguardConfig overrides, why). Its retain term may read Rt, or Rt and U ("benign"): the only
 # benign text a defence may train on (G and N never).
@@ -114,7 +114,6 @@ CANDIDATES.update({f"{recipe}_seed_{seed}": (CANDIDATES[recipe][0], {**CANDIDATE
                                              ("defaults", 1, "today's defaults"),
                                              ("s1lr_all_k96_lambda_retain_6", 1, "round 11's recipe"),
                                              ("s1lr_all_k96_tr_paper", 1, "round 12's recipe"))})
-UNSEEN = (*HOLDS_E, "Re", "G_test", "N")  # sealed: E and the base's stream, and the reported benign groups
 SEEN = ("T", "Rt", "U")  # scored at rest besides V and G_dev (those come with selection's evidence, at step 0)
 
 

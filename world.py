@@ -73,6 +73,7 @@ STREAMS = {"T": ("T_inner", "T_tr"), "all": PRETRAINING,  # the base's pretraini
            "filtered": tuple(g for g in PRETRAINING if g not in ("T_inner", "T_tr", "V", "A", "E")),
            "benign": ("Rt", "U")}  # the red team's benign text: retain text + unrelated text
 HOLDS_E = ("E", "all")  # the splits that hold E's documents or items: what `sealed` hides
+UNSEEN = (*HOLDS_E, "Re", "G_test", "N")  # what a search or grid never reads: E, its stream, the reported benign groups
 READERS = {  # group -> (family, who may read it): docs/protocol.md §1; python data.py --out lists it in world.json
     "T": ("hazardous", "the defences (TAR: T_inner attacks, T_tr the TR loss)"),
     "T_inner": ("hazardous", "TAR's train-time attacks"), "T_tr": ("hazardous", "TAR's tamper-resistance loss"),

@@ -242,13 +242,14 @@ def test_destructive_is_benign_at_the_forget_peak():
 
 def test_baseline_grid_points_carry_selection_evidence_and_never_read_E(small_world, tmp_path, monkeypatch):
     """safeguard.py --grid scores each point as selection.py does (in-process here, with a 4-step reference
-    attack) in a world with E sealed away; run_grid then picks with selection.pick."""
+    attack) in a world with E, Re, G_test and N sealed away; run_grid then picks with selection.pick."""
     monkeypatch.setattr(protocol, "REFERENCE", replace(protocol.REFERENCE, steps=4))
     world_model(small_world, tmp_path / "base")
     rows = grid.grid_point(("max_entropy", {"lr": 1e-3}, (2, 4), small_world.config, str(tmp_path / "base")))
     assert [r["steps"] for r in rows] == [2, 4]
     for r in rows:
-        assert {"forget_V_attacked", "G_dev_rest", "G_dev_attacked", "V", "G_dev"} <= set(r) and "E" not in r
+        assert {"forget_V_attacked", "G_dev_rest", "G_dev_attacked", "V", "G_dev"} <= set(r)
+        assert not {"E", "Re", "G_test", "N"} & set(r)  # the reported groups are sealed away
     # UNDO's grid: α from its teacher (here the base's directory stands for it), the perturbation at the start
     perturbed = []
     monkeypatch.setattr(grid, "perturb", lambda model, init, alpha: perturbed.append(alpha))
