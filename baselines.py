@@ -2,10 +2,9 @@
 
 Each baseline is a forget term on hazardous text x_f plus a retain term on benign text x_r, trained without
 an attacker by the one defence loop `safeguard.defend` (which calls the one fine-tuning loop). A `Method` is
-that pair plus its tuning grid and the grid's pick (safeguard.py's `--grid` now chooses by protocol v2's rule,
-selection.py: lowest forget on the dev group V under the reference attack, G_dev within its bounds, E sealed
-away; the `picked` values below are still those of the first protocol's rule, lowest at-rest forget on group A
-among settings keeping Rt ≥ 90%, on the world before V and G, until the grid is run again):
+that pair plus its tuning grid and the grid's pick (safeguard.py's `--grid`, by protocol v2's rule, selection.py:
+lowest forget on the dev group V under the reference attack among the settings that keep G_dev within its bounds,
+E and the other reported groups sealed away):
 
     max_entropy       maximise the entropy of the next-token distribution on forget text    + retain CE
     min_posterior     push p(true next token) on forget text to 0: −log(1 − p)              + retain CE
@@ -135,29 +134,30 @@ class Method:
     terms: object  # (model, ref, x_f, x_r, cfg, ctx) -> (forget term, retain term)
     coef: str  # what SafeguardConfig.coef means for this method
     grid: dict  # the tuning grid (lr x steps x coefficients), docs/baselines.md
-    picked: dict  # the grid's pick (first protocol: lowest at-rest forget on A with Rt ≥ 90%): the defaults
+    picked: dict  # the grid's pick by protocol v2's rule: the defaults
     trainable: object = None  # model -> the parameters it trains (None: all)
     teacher: str = ""  # UNDO: the baseline it distils (its model, perturbed, is the start; the reference is it)
     grid_steps: tuple = (150, 300)  # the step counts each grid setting is measured at
 
 
 LRS = (1e-4, 3e-4, 1e-3)
-# `picked` = the grid's pick on bio (runs/bio/baselines/grid.json, 2026-11-27: 42 settings x {150, 300} steps,
-# 25 min on 2 cores), with its at-rest accuracy on group A / E and held-out retain Re in the comment.
+# `picked` = the grid's pick on bio by protocol v2's rule (runs/bio/baselines/grid.json, 2026-12-02, base C: 42
+# settings x {150, 300} steps, 36 min on 2 cores; docs/baselines.md), with its dev evidence in the comment: V at
+# rest / its peak under the reference attack, G_dev at rest. Every method had admissible settings.
 BASELINES: dict[str, Method] = {
     "max_entropy": Method(_max_entropy, "weight of the entropy term", dict(lr=LRS, coef=(1.0, 4.0)),
-                          dict(lr=1e-4, steps=150, coef=1.0)),  # A 42.7%, E 46.0%, Re 99.8%
+                          dict(lr=1e-3, steps=150, coef=1.0)),  # V 72.2% / 97.7%, G_dev 89.2%
     "min_posterior": Method(_min_posterior, "weight of the forget term", dict(lr=LRS, coef=(1.0, 4.0)),
-                            dict(lr=1e-3, steps=150, coef=4.0)),  # A 42.8%, E 46.0%, Re 99.5%
+                            dict(lr=1e-3, steps=150, coef=4.0)),  # V 44.8% / 91.7%, G_dev 89.8%
     "llmu": Method(_llmu, "weight of the gradient-ascent + mismatch term", dict(lr=LRS, coef=(0.5, 1.0)),
-                   dict(lr=1e-3, steps=150, coef=1.0)),  # A 19.3%, E 22.5%, Re 97.5%
+                   dict(lr=3e-4, steps=300, coef=1.0)),  # V 23.2% / 93.2%, G_dev 90.5%
     "rmu": Method(_rmu, "steering coefficient c (alpha: retain weight α)",
-                  dict(lr=LRS, coef=(5.0, 20.0), alpha=(10.0, 100.0)), dict(lr=1e-3, steps=300, coef=20.0, alpha=10.0),
-                  _mlps_of_first_two_layers),  # A 29.3%, E 37.3%, Re 100%
+                  dict(lr=LRS, coef=(5.0, 20.0), alpha=(10.0, 100.0)), dict(lr=1e-3, steps=150, coef=20.0, alpha=10.0),
+                  _mlps_of_first_two_layers),  # V 52.7% / 99.3%, G_dev 96.0%
     "repnoise": Method(_repnoise, "β, the weight of the noise (MMD) term", dict(lr=LRS, coef=(1e-3, 1e-1)),
-                       dict(lr=3e-4, steps=300, coef=1e-3)),  # A 22.3%, E 28.2%, Re 99.2%
+                       dict(lr=1e-3, steps=300, coef=0.1)),  # V 27.8% / 67.8%, G_dev 85.5%
     "circuit_breakers": Method(_circuit_breakers, "a, the scale of the rerouting schedule", dict(lr=LRS, coef=(1.0, 10.0)),
-                               dict(lr=3e-4, steps=150, coef=1.0)),  # A 35.2%, E 36.3%, Re 100%
+                               dict(lr=1e-3, steps=150, coef=1.0)),  # V 30.5% / 98.5%, G_dev 94.2%
 }
 # UNDO, scaled to the miniature (Lee et al. distil for a share of pretraining's compute, α their main knob): 500
 # distillation steps, a quarter of the base's 2000, at lr 1e-3 (the base's peak is 2e-3), batch 32, on Rt and U
