@@ -138,6 +138,7 @@ class Method:
     trainable: object = None  # model -> the parameters it trains (None: all)
     teacher: str = ""  # UNDO: the baseline it distils (its model, perturbed, is the start; the reference is it)
     grid_steps: tuple = (150, 300)  # the step counts each grid setting is measured at
+    by_length: bool = False  # its loss reads the run's length (a schedule): each step count is a run of its own
 
 
 LRS = (1e-4, 3e-4, 1e-3)
@@ -157,7 +158,7 @@ BASELINES: dict[str, Method] = {
     "repnoise": Method(_repnoise, "β, the weight of the noise (MMD) term", dict(lr=LRS, coef=(1e-3, 1e-1)),
                        dict(lr=1e-3, steps=300, coef=0.1)),  # V 27.8% / 67.8%, G_dev 85.5%
     "circuit_breakers": Method(_circuit_breakers, "a, the scale of the rerouting schedule", dict(lr=LRS, coef=(1.0, 10.0)),
-                               dict(lr=1e-3, steps=150, coef=1.0)),  # V 30.5% / 98.5%, G_dev 94.2%
+                               dict(lr=1e-3, steps=150, coef=1.0), by_length=True),  # V 30.5% / 98.5%, G_dev 94.2%
 }
 # UNDO, scaled to the miniature (Lee et al. distil for a share of pretraining's compute, α their main knob): 500
 # distillation steps, a quarter of the base's 2000, at lr 1e-3 (the base's peak is 2e-3), batch 32, on Rt and U

@@ -35,6 +35,8 @@ def grid_point(job) -> list[dict]:
     (at rest on every group but E, and selection's evidence). UNDO's student starts from its teacher perturbed
     towards a fresh initialisation, the teacher its reference."""
     method, overrides, steps, world_cfg, start = job  # start: the base, or UNDO's teacher
+    if METHODS[method].by_length and len(steps) > 1:  # 150 steps of a 300-step schedule are not a 150-step run
+        return [row for n in steps for row in grid_point((method, overrides, (n,), world_cfg, start))]
     world = sealed(build_world(world_cfg), UNSEEN)  # nothing here can read E, Re, G_test or N
     cfg = SafeguardConfig(method=method, **{**METHODS[method].picked, **overrides, "steps": max(steps)})
     base, model = load_model(start), load_model(start)

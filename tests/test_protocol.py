@@ -255,3 +255,9 @@ def test_baseline_grid_points_carry_selection_evidence_and_never_read_E(small_wo
     monkeypatch.setattr(grid, "perturb", lambda model, init, alpha: perturbed.append(alpha))
     rows = grid.grid_point(("undo_max_entropy", {"coef": 0.75}, (2,), small_world.config, str(tmp_path / "base")))
     assert perturbed == [0.75] and [(r["coef"], r["steps"]) for r in rows] == [(0.75, 2)]
+    # circuit breakers' schedule reads the run's length: each step count is trained as a run of its own
+    lengths = []
+    monkeypatch.setattr(grid, "defend", lambda model, base, world, cfg, **kw: lengths.append(cfg.steps))
+    grid.grid_point(("circuit_breakers", {}, (2, 4), small_world.config, str(tmp_path / "base")))
+    grid.grid_point(("max_entropy", {}, (2, 4), small_world.config, str(tmp_path / "base")))
+    assert lengths == [2, 4, 4]
