@@ -163,7 +163,8 @@ BASELINES: dict[str, Method] = {
 # UNDO, scaled to the miniature (Lee et al. distil for a share of pretraining's compute, α their main knob): 500
 # distillation steps, a quarter of the base's 2000, at lr 1e-3 (the base's peak is 2e-3), batch 32, on Rt and U
 # (the retain text a defence may read; never G), α = 0.5; its grid is α at 250 and 500 steps, from the teacher
-# trained first (python safeguard.py --method <teacher>).
+# trained first (python safeguard.py --method <teacher>). On bio from RepNoise (the rule's first) no α kept G_dev
+# within the bounds (docs/baselines.md): α stays the recipe's.
 UNDO: dict[str, Method] = {
     f"undo_{name}": Method(_undo, "α, the share of random initialisation in the student", dict(coef=(0.25, 0.5, 0.75)),
                            dict(lr=1e-3, steps=500, coef=0.5, retain="benign"), teacher=name, grid_steps=(250, 500))
