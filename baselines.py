@@ -28,6 +28,7 @@ Use:  python safeguard.py --domain bio --method rmu        # runs/bio/baselines/
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -108,6 +109,11 @@ def _circuit_breakers(model, ref, xf, xr, cfg, ctx):
 
 def _undo(model, ref, xf, xr, cfg, ctx):
     return torch.zeros(()), kl_to(ref, model, xr)  # `ref` is the teacher
+
+
+def start_dir(teacher: str, run_dir: Path) -> Path:
+    """Where a defence starts: the cached base, or (UNDO) its teacher's trained model."""
+    return run_dir / (f"baselines/{teacher}" if teacher else "base")
 
 
 def fresh_init(model, seed: int):

@@ -22,7 +22,7 @@ from pathlib import Path
 import adversary
 import scoring
 import selection
-from baselines import fresh_init, perturb
+from baselines import fresh_init, perturb, start_dir
 from cli import UsageError, UserError
 from safeguard import METHODS, SafeguardConfig, defend
 from storage import atomic_write, load_model
@@ -62,7 +62,7 @@ def check(methods: list[str], run_dir: Path) -> None:
     if not methods:
         raise UsageError("--grid needs --method NAME or --method all (data filtering and stage 1 have none)")
     for m in methods:
-        if (teacher := METHODS[m].teacher) and not (run_dir / "baselines" / teacher / "model.safetensors").exists():
+        if (teacher := METHODS[m].teacher) and not (start_dir(teacher, run_dir) / "model.safetensors").exists():
             raise UserError(f"{m}'s grid starts from its teacher: train it first (python safeguard.py --domain "
                             f"{run_dir.name} --method {teacher})")
 
@@ -72,8 +72,7 @@ def run_grid(methods: list[str], world, run_dir: Path, workers: int, log=print) 
     saved = json.loads(path.read_text()) if path.exists() else {}
     jobs = []
     for m in methods:
-        method = METHODS[m]
-        start = run_dir / (f"baselines/{method.teacher}" if method.teacher else "base")
+        method, start = METHODS[m], start_dir(METHODS[m].teacher, run_dir)
         for values in itertools.product(*method.grid.values()):
             jobs.append((m, dict(zip(method.grid, values)), method.grid_steps, world.config, str(start)))
     log(f"grid: {len(jobs)} settings x their step counts over {', '.join(methods)} on {workers} worker(s)")

@@ -47,7 +47,7 @@ import cli
 import fsdp
 import losses
 import scoring
-from baselines import BASELINES, UNDO, Method, ce, forward, fresh_init, perturb
+from baselines import BASELINES, UNDO, Method, ce, forward, fresh_init, perturb, start_dir
 from batching import Stream, check_split, shard_batch
 from cli import UsageError, UserError, arg
 from fsdp import Dist
@@ -279,7 +279,7 @@ def safeguard_model(base, base_key: str, world, cfg: SafeguardConfig, run_dir: P
     teacher (that baseline, trained first if need be), perturbed, and distils it."""
     teacher = METHODS[cfg.method].teacher
     teacher_cfg = for_method(teacher, seed=cfg.seed) if teacher else None
-    parent = run_dir / (f"baselines/{teacher}" if teacher else "base")
+    parent = start_dir(teacher, run_dir)
     # the base's weights too: a base pretrained again (another machine's rounding) makes every safeguard again
     key = digest("safeguard", base_key, file_digest(run_dir / "base"), asdict(cfg),
                  *([asdict(teacher_cfg)] if teacher else []))
