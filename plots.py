@@ -15,6 +15,7 @@ Paper: Fig. 1/4-style curves (forget accuracy against attack step) and pre/post-
     worst_case.png      per model: forget at rest, the mean over attacks, and the worst case (end of attack and
                         anywhere on the curve)
     sweep.png           the adaptive red team (sweep.json): best forget found so far vs trial, per model
+  table1.png            table1.py: every method as G_test against forget on E, at rest and under the reference attack
 
 Run:  python plots.py runs/bio/results.json [runs/bio/metrics.jsonl]     |    python plots.py runs/bio/redteam/results.json
 """
@@ -306,6 +307,32 @@ def plot_search(rows: list[dict], path: Path, g_dev_rest: float) -> Path:
     ax.set(xlim=(0, 1.02), ylim=(0, 1.02))
     ax.legend(fontsize=6, loc="upper left")
     ax.set_title("TAR candidates on the dev split (filled: admissible; numbers: outer step)", fontsize=9)
+    return _save(fig, path)
+
+
+def plot_table1(rows: list[dict], path: Path) -> Path:
+    """table1.png (table1.py): each row's model as G_test against forget on E, at rest (hollow) and at the
+    reference attack's peak (filled), joined; the oracle's peak is the floor a defence can reach, chance below it.
+    Lower right is what a tamper-resistant safeguard should reach: E hidden under the attack, G kept."""
+    fig, ax = plt.subplots(figsize=(6.4, 4.6))
+    measured = [r for r in rows if not r.get("missing")]
+    for i, r in enumerate(measured):
+        color = COLORS.get({"random mapping": "safeguard"}.get(r["row"], r["row"].lower()), plt.cm.tab20(i % 20))
+        rest, ref = r["rest"], r["reference"]
+        ax.plot([rest["G"], ref["G"]], [rest["forget"], ref["forget"]], "-", color=color, lw=1)
+        ax.plot(rest["G"], rest["forget"], "o", color=color, mfc="none", ms=5)
+        ax.plot(ref["G"], ref["forget"], "o", color=color, ms=5, label=r["row"])
+        ax.annotate(r["row"], (ref["G"], ref["forget"]), fontsize=6, xytext=(3, 3), textcoords="offset points")
+    oracle = next((r for r in measured if r["row"] == "oracle"), None)
+    if oracle:
+        ax.axhline(oracle["reference"]["forget"], ls="--", color=COLORS["oracle"], lw=1, label="oracle: the floor")
+    ax.axhline(CHANCE, ls=":", color="k", lw=1, label="chance")
+    ax.set_xlabel("G_test (benign family no defence reads)", fontsize=8)
+    ax.set_ylabel("forget on E", fontsize=8)
+    ax.set(xlim=(0, 1.02), ylim=(0, 1.02))
+    ax.legend(fontsize=6, loc="upper left", ncol=2)
+    ax.set_title("Table 1 under protocol v2: at rest (hollow) and at the reference attack's peak (filled)",
+                 fontsize=8)
     return _save(fig, path)
 
 

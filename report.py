@@ -44,6 +44,24 @@ def end_of_run_attacks(steps: int) -> list[adversary.Attack]:
             adversary.Attack("sgd_1e-2", "sgd", 1e-2, steps, 16, "A", momentum=0.9, dist="OOD")]
 
 
+def measurement_jobs(models: dict[str, Path], world, attacks: list, seed: int, level: float | None,
+                     cap: int) -> dict[tuple[str, str, int], redteam.Job]:
+    """{(model, attack, seed): redteam.Job}: each attack at `seed`, scored every 25 steps; with a `level` and a
+    `cap`, relearning E and learning N as well (protocol.py: `protocol.SEEDS` seeds from `seed`, scored every
+    `protocol.EVERY` steps until accuracy reaches the level, `cap` steps at most)."""
+    job = lambda m, spec, s, **kw: redteam.Job(m, str(models[m]), spec, world.config, s, **kw)
+    jobs = {(m, spec.name, seed): job(m, spec, seed, every=25) for m in models for spec in attacks}
+    if level is not None and cap:
+        relearn, learn = (replace(s, steps=cap) for s in (protocol.RELEARN, protocol.LEARN))
+        for m in models:
+            for s in range(seed, seed + protocol.SEEDS):
+                jobs[(m, relearn.name, s)] = job(m, relearn, s, every=protocol.EVERY, groups={"forget": "E"},
+                                                 until=("forget", level))
+                jobs[(m, learn.name, s)] = job(m, learn, s, every=protocol.EVERY, groups={"N": "N"},
+                                               until=("N", level))
+    return jobs
+
+
 class EndOfRun:
     """The end-of-run measurements of every model saved under run_dir (base, oracle, safeguard, tar), as a `with`
     block around TAR's training: the three attacks, and in the knowledge worlds relearning E and learning N
@@ -53,18 +71,11 @@ class EndOfRun:
 
     def __init__(self, run_dir: Path, world, cfg, base):
         models = ("safeguard", "tar") if world.chats else ("base", "oracle", "safeguard", "tar")
-        job = lambda m, spec, seed, **kw: redteam.Job(m, str(run_dir / m), spec, world.config, seed, **kw)
-        self.jobs = {(m, s.name, cfg.attack_seed): job(m, s, cfg.attack_seed, every=25)
-                     for m in models for s in end_of_run_attacks(cfg.attack_steps)}
-        if not world.chats and cfg.relearn_cap:  # the level both count to: midway between chance and the base on E
-            level = protocol.midpoint(accuracies(base, world, {"forget": "E"})["forget"])
-            relearn, learn = (replace(s, steps=cfg.relearn_cap) for s in (protocol.RELEARN, protocol.LEARN))
-            for m in models:
-                for seed in range(cfg.attack_seed, cfg.attack_seed + protocol.SEEDS):
-                    self.jobs[(m, relearn.name, seed)] = job(m, relearn, seed, every=protocol.EVERY,
-                                                             groups={"forget": "E"}, until=("forget", level))
-                    self.jobs[(m, learn.name, seed)] = job(m, learn, seed, every=protocol.EVERY, groups={"N": "N"},
-                                                           until=("N", level))
+        # relearning and learning count to the midpoint between chance and the base on E (knowledge worlds)
+        level = (protocol.midpoint(accuracies(base, world, {"forget": "E"})["forget"])
+                 if not world.chats and cfg.relearn_cap else None)
+        self.jobs = measurement_jobs({m: run_dir / m for m in models}, world, end_of_run_attacks(cfg.attack_steps),
+                                     cfg.attack_seed, level, cfg.relearn_cap)
         background = [k for k in self.jobs if k[0] != "tar"]
         self.pool = Workers(max(1, min(cfg.workers - 1, len(background))))  # one core stays with TAR
 
