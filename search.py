@@ -98,6 +98,10 @@ CANDIDATES = {
                                                                       "tr_weights": "paper", "lambda_retain": 6.0},
                                               "round 12's recipe (resists at two seeds, G_dev 53-64%) with round 4's "
                                               "λ_retain: G bought back where resistance has room"),
+    "s1lr_all_k96_tr_paper_lambda_retain_8": ("stage1_benign_lr_1e-3", {**S1LR_ALL, "inner_steps": 96, "tr_every": 12,
+                                                                      "tr_weights": "paper", "lambda_retain": 8.0},
+                                              "round 13's recipe (λ_retain 6: both seeds resist, G_dev 72% / 56%) "
+                                              "with the retain term stronger again"),
 }
 # recipes with the paper's 32 warmup steps of the outer lr
 CANDIDATES.update({f"{recipe}_warmup_32": (CANDIDATES[recipe][0], {**CANDIDATES[recipe][1], "outer_warmup": 32},
@@ -118,7 +122,8 @@ CANDIDATES.update({f"{recipe}_seed_{seed}": (CANDIDATES[recipe][0], {**CANDIDATE
                                              ("defaults", 1, "today's defaults"),
                                              ("s1lr_all_k96_lambda_retain_6", 1, "round 11's recipe"),
                                              ("s1lr_all_k96_tr_paper", 1, "round 12's recipe"),
-                                             ("s1lr_all_k96_tr_paper_lambda_retain_6", 1, "round 13's recipe"))})
+                                             ("s1lr_all_k96_tr_paper_lambda_retain_6", 1, "round 13's recipe"),
+                                             ("s1lr_all_k96_tr_paper_lambda_retain_8", 1, "round 14's recipe"))})
 SEEN = ("T", "Rt", "U")  # scored at rest besides V and G_dev (those come with selection's evidence, at step 0)
 
 
