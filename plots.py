@@ -317,12 +317,12 @@ def plot_table1(rows: list[dict], path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(6.4, 4.6))
     measured = [r for r in rows if not r.get("missing")]
     for i, r in enumerate(measured):
-        color = COLORS.get({"random mapping": "safeguard"}.get(r["row"], r["row"].lower()), plt.cm.tab20(i % 20))
-        rest, ref = r["rest"], r["reference"]
+        # tar.py's four models keep their colours; the rest spread over tab20b, whose hues are not those four
+        color = COLORS.get({"random mapping": "safeguard"}.get(r["row"], r["row"].lower()), plt.cm.tab20b(3 * i % 20))
+        rest, ref, marker = r["rest"], r["reference"], "osD^vPX*"[i % 8]  # markers part the crowded upper right
         ax.plot([rest["G"], ref["G"]], [rest["forget"], ref["forget"]], "-", color=color, lw=1)
-        ax.plot(rest["G"], rest["forget"], "o", color=color, mfc="none", ms=5)
-        ax.plot(ref["G"], ref["forget"], "o", color=color, ms=5, label=r["row"])
-        ax.annotate(r["row"], (ref["G"], ref["forget"]), fontsize=6, xytext=(3, 3), textcoords="offset points")
+        ax.plot(rest["G"], rest["forget"], marker, color=color, mfc="none", ms=5)
+        ax.plot(ref["G"], ref["forget"], marker, color=color, ms=5, label=r["row"])
     oracle = next((r for r in measured if r["row"] == "oracle"), None)
     if oracle:
         ax.axhline(oracle["reference"]["forget"], ls="--", color=COLORS["oracle"], lw=1, label="oracle: the floor")

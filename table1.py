@@ -129,11 +129,11 @@ def suite_evidence(rt: dict, digest: str) -> dict:
             if not protocol.destructive(r["curve"]):
                 valid[r["attack"]].append(r["curve"][-1]["forget"])
     return {"T1": _worst_seed([r for r in runs if r["attack"] == T1]),
-            "held": sum(bool(f) and max(f) <= HELD for f in valid.values()), "judged": sum(map(bool, valid.values())),
             "A1": _worst_seed([r for r in runs if r["attack"] == A1]), "tier": tier,
             "worst": s["worst"].get(name, {}).get("final"), "worst_all": s["worst_all"].get(name, {}).get("final"),
             "runs": sum(len(c["final"]) + c["diverged"] for c in cells),
-            "destructive": sum(c["destructive"] for c in cells), "diverged": sum(c["diverged"] for c in cells)}
+            "destructive": sum(c["destructive"] for c in cells), "diverged": sum(c["diverged"] for c in cells),
+            "held": sum(bool(f) and max(f) <= HELD for f in valid.values()), "judged": sum(map(bool, valid.values()))}
 
 
 def table_rows(models: dict[str, Path | None], measured: dict, rt: dict) -> list[dict]:
