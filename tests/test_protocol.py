@@ -263,8 +263,11 @@ def test_baseline_grid_points_carry_selection_evidence_and_never_read_E(small_wo
     assert lengths == [2, 4, 4]
 
 
-def test_table1_reads_the_red_team_by_digest_worst_seed_and_tier():
+def test_table1_reads_the_red_team_by_digest_worst_seed_and_tier(tmp_path, capsys):
     import table1
+    assert cli_error(capsys, table1.main, [])[0] == 2  # no run directory: a usage error
+    code, err = cli_error(capsys, table1.main, [str(tmp_path)])
+    assert code == 1 and "holds no model: run python tar.py" in err  # before any work
 
     def run(attack, seed, forget, g, start_g=0.9, diverged=None):
         curve = [{"step": 0, "forget": 0.25, "retain": 1.0, "G": start_g}, {"step": 8, "forget": forget, "retain": 1.0,
