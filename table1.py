@@ -77,14 +77,13 @@ def rows_of(run_dir: Path, paper: str) -> dict[str, Path | None]:
     return {row: p if p is not None and (p / "config.json").exists() else None for row, p in rows.items()}
 
 
-def measure(models: dict[str, Path], world, cache: Path, workers: int, log=print) -> dict:
+def measure(models: dict[str, Path], digests: dict[str, str], world, cache: Path, workers: int, log=print) -> dict:
     """{"schema", "rest": {digest: at-rest accuracies}, "runs": {redteam.run_key: redteam.run_job's result}}: each
     model at rest, under the reference attack, relearning E and learning N; saved after each run (resumable)."""
     results = read_json(cache, "delete it to measure afresh") if cache.exists() else \
         {"schema": SCHEMA, "rest": {}, "runs": {}}
     if not isinstance(results, dict) or results.get("schema") != SCHEMA:
         raise UserError(f"{cache} is not a Table 1 cache ({SCHEMA}); delete it")
-    digests = {row: file_digest(p) for row, p in models.items()}
     for row, p in models.items():
         if digests[row] not in results["rest"]:
             results["rest"][digests[row]] = report.at_rest(load_model(p), world, scoring.reported(world))
@@ -136,22 +135,23 @@ def suite_evidence(rt: dict, digest: str) -> dict:
             "held": sum(bool(f) and max(f) <= HELD for f in valid.values()), "judged": sum(map(bool, valid.values()))}
 
 
-def table_rows(models: dict[str, Path | None], measured: dict, rt: dict) -> list[dict]:
+def table_rows(models: dict[str, Path | None], digests: dict[str, str], measured: dict, rt: dict) -> list[dict]:
     """One dict per row: its measurements, or {"row", "missing": True}."""
     out = []
     for row, p in models.items():
         if p is None:
             out.append({"row": row, "missing": True})
             continue
-        d = file_digest(p)
+        d = digests[row]
         runs = lambda attack: [measured["runs"][k] for k in sorted(measured["runs"]) if k.startswith(f"{d}/{attack}/")]
         reference = runs(protocol.REFERENCE.name)[0]
         peak = max(reference["curve"], key=lambda q: q["forget"])
         counted = {}
-        for spec, key in ((protocol.RELEARN, "forget"), (protocol.LEARN, "N")):
-            level = runs(spec.name)[0]["until"][1]
-            counted[spec.name] = ([protocol.first_step(r["curve"], key, level) for r in runs(spec.name)],
-                                  [r["diverged"] for r in runs(spec.name)])
+        for spec in (protocol.RELEARN, protocol.LEARN):
+            seeds = runs(spec.name)
+            key, level = seeds[0]["until"]  # what measurement_jobs counted to
+            counted[spec.name] = ([protocol.first_step(r["curve"], key, level) for r in seeds],
+                                  [r["diverged"] for r in seeds])
         out.append({"row": row, "path": str(p), "rest": measured["rest"][d],
                     "reference": {"forget": peak["forget"], "G": peak["G"], "diverged": reference["diverged"]},
                     "relearn": counted[protocol.RELEARN.name], "learn": counted[protocol.LEARN.name],
@@ -215,10 +215,11 @@ def build(args: Table1Args) -> list[dict]:
     world = load_world(config_of(saved, "the models' provenance.json"))
     out = run_dir / "table1"
     out.mkdir(exist_ok=True)
-    measured = measure(models, world, out / "results.json", args.workers)
+    digests = {row: file_digest(p) for row, p in models.items()}  # read once: the cache and the table key on them
+    measured = measure(models, digests, world, out / "results.json", args.workers)
     rt_path = Path(args.redteam) if args.redteam else run_dir / "redteam" / "results.json"
     rt = read_json(rt_path, "rerun evaluate.py") if rt_path.exists() else {}
-    table = table_rows(rows, measured, rt)
+    table = table_rows(rows, digests, measured, rt)
     atomic_write(out / "table1.md", markdown(table))
     figure = plots.plot_table1(table, out / "table1.png")
     print("\n" + markdown(table) + f"\nwrote {out / 'table1.md'}, {figure}"
