@@ -70,6 +70,15 @@ class TARConfig:
     tr_mask: str = arg("fact", "positions of the entropy TR loss: fact (next token is a fact value; the miniature "
                                "world only) | tokens (real tokens) | all (padding too)",
                        choices=("fact", "tokens", "all"))
+    # --tr-entropy values / values_ce depart from the paper (search candidates, docs/search.md rounds 15-16): the
+    # entropy over every token taught today's TAR to answer facts no loss rehearses with noise (G_dev: 4.5 nats,
+    # 25% of p on its values; docs/fact_entropy.py)
+    tr_entropy: str = arg("vocab", "what L_TR drives the attacked model to at the fact positions: vocab (maximal "
+                                   "entropy over the whole vocabulary: the paper) | values (maximal entropy of p "
+                                   "renormalised over the domain's fact values, the tokens after T's fact positions) "
+                                   "| values_ce (cross-entropy to the uniform distribution over those values: mass "
+                                   "on them, spread among them, as a model that never knew). values*: the "
+                                   "miniature world only", choices=("vocab", "values", "values_ce"))
     # deviation: train-time attack LRs {1e-4, 3e-4, 1e-3} (paper bio: {2e-6, 2e-5, 4e-5}) because a 0.8M-parameter
     # model needs larger steps than an 8B one to relearn a fact in K steps; the red team keeps the paper's ratios.
     inner_lrs: list = arg((1e-4, 3e-4, 1e-3), "train-time attack learning rates (sampled uniformly)", above=0)
@@ -153,6 +162,9 @@ class TARConfig:
                      "--tr-batch": self.tr_batch * (2 if self.tr_loss == "dpo" else 1)}, self.micro_batch)  # DPO: pairs
         if self.model and self.retain_data != "Rt":
             raise UsageError("--retain-data benign is the miniature world's (Rt and the rivers); with --model: Rt")
+        if self.tr_entropy != "vocab" and (self.model or self.tr_loss != "entropy" or self.tr_mask != "fact"):
+            raise UsageError("--tr-entropy values/values_ce need the miniature world's fact positions: --tr-mask fact, "
+                             "--tr-loss entropy, no --model")
         if self.model and self.tr_mask == "fact" and self.tr_loss == "entropy":
             raise UsageError("real text has no fact positions: use --tr-mask tokens or all with --model")
 

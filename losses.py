@@ -5,6 +5,7 @@ Every mean runs over real tokens only (the official code averages over padding t
 
     LM loss          L_LM  = mean_{b,t} −log p_θ(x[b,t+1] | x[b,≤t])                       attacker, pretraining
     entropy TR loss  L_TR  = − mean_{b,t ∈ M} H(p_θ(·|x[b,≤t])),  H(p) = −Σ_v p_v log p_v     Sec. 4.2
+    uniform values   L_TR  = mean_{b,t ∈ M} −(1/S) Σ_{v ∈ values} log p_θ(v|x[b,≤t])    (search candidate)
     retain loss      L_ret = L_LM(x_r) + (1/L) Σ_l mean_{b,t} ‖h_l^θ(x_r)[b,t] − h_l^ref(x_r)[b,t]‖(²)   Eq. 2
     random mapping   L_RM  = mean_{b,t} [1 − cos(h^θ(x_f)[b,t], r[b,t])]   (+ a retain term)          Sec. 4.1
     DPO TR loss      L_DPO = − mean_pairs log σ(β [(log π(y_c|x) − log π(y_r|x))
@@ -51,17 +52,30 @@ def lm_loss(logits: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch
     return chunked_sum(nll, logits[:, :-1], labels, head=head, chunk=chunk) / (labels != -100).sum().clamp(min=1)
 
 
-def entropy_tr_loss(logits: torch.Tensor, mask: torch.Tensor, head=None, chunk: int = 0) -> torch.Tensor:
+def entropy_tr_loss(logits: torch.Tensor, mask: torch.Tensor, head=None, chunk: int = 0,
+                    over: torch.Tensor | None = None) -> torch.Tensor:
     """Sec. 4.2: L_TR = −mean over masked positions of the entropy of p_θ(· | prefix).
 
     logits (B, T, V) at the *attacked* weights (or with `head` the final hidden states, as `lm_loss`); mask (B, T)
     bool: positions that count (the fact positions of docs/paper.md §7, or every real token; the official code
     uses every position, padding included). Minimising drives the prediction towards uniform; a uniform
-    prediction gives exactly −ln V."""
+    prediction gives exactly −ln V. over (S,) token ids: the entropy of p renormalised over those tokens
+    instead, softmax(logits[..., over]) (its floor −ln S; the rest of the vocabulary gets no gradient)."""
     def minus_entropy(lg, m):  # Σ_{b,t ∈ M} Σ_v p_v log p_v = −Σ H over the chunk's counted positions
-        logp = F.log_softmax(lg.float(), dim=-1)  # (B, t, V)
+        logp = F.log_softmax((lg if over is None else lg[..., over]).float(), dim=-1)  # (B, t, V or S)
         return ((logp.exp() * logp).sum(-1) * m).sum()
     return chunked_sum(minus_entropy, logits, mask, head=head, chunk=chunk) / mask.sum().clamp(min=1)
+
+
+def uniform_values_loss(logits: torch.Tensor, mask: torch.Tensor, over: torch.Tensor, head=None,
+                        chunk: int = 0) -> torch.Tensor:
+    """Cross-entropy to the uniform distribution over the tokens `over` (S,): mean over masked positions of
+    −(1/S) Σ_{v ∈ over} log p_θ(v | prefix), floor ln S where p is uniform over them and zero elsewhere. What a
+    model that never knew the fact predicts: one of the values the sentence can end with, no idea which. logits,
+    mask, head and chunk as `entropy_tr_loss`."""
+    def ce(lg, m):  # Σ over the chunk's counted positions
+        return (-F.log_softmax(lg.float(), dim=-1)[..., over].mean(-1) * m).sum()
+    return chunked_sum(ce, logits, mask, head=head, chunk=chunk) / mask.sum().clamp(min=1)
 
 
 def chunked_sum(fn, x: torch.Tensor, *per_position: torch.Tensor, head=None, chunk: int = 0) -> torch.Tensor:

@@ -102,6 +102,21 @@ CANDIDATES = {
                                                                       "tr_weights": "paper", "lambda_retain": 8.0},
                                               "round 13's recipe (λ_retain 6: both seeds resist, G_dev 72% / 56%) "
                                               "with the retain term stronger again"),
+    "s1lr_all_k96_tr_paper_values": ("stage1_benign_lr_1e-3", {**S1LR_ALL, "inner_steps": 96, "tr_every": 12,
+                                                             "tr_weights": "paper", "tr_entropy": "values"},
+                                     "round 12's recipe (resists at two seeds, G_dev 53-64%) with the entropy over "
+                                     "the fact values, not the vocabulary: today's TAR answers G_dev's facts with "
+                                     "noise (entropy 4.3 nats, 32% of the mass on the composers' values; base: "
+                                     "0.03, 100%), the state it trains on the hazardous facts"),
+    "s1lr_all_k96_tr_paper_values_ce": ("stage1_benign_lr_1e-3", {**S1LR_ALL, "inner_steps": 96, "tr_every": 12,
+                                                                "tr_weights": "paper", "tr_entropy": "values_ce"},
+                                        "round 15's recipe with the attacked model driven to the oracle's state (p "
+                                        "uniform over the fact values), not to the renormalised entropy's maximum: "
+                                        "round 15's models moved p off the values (0% on V's, 20-26% on G_dev's)"),
+    "s1lr_all_k96_tr_paper_values_ce_lambda_retain_8": ("stage1_benign_lr_1e-3", {
+        **S1LR_ALL, "inner_steps": 96, "tr_every": 12, "tr_weights": "paper", "tr_entropy": "values_ce",
+        "lambda_retain": 8.0}, "round 16's recipe (resists at both seeds from step 100, G_dev 57-63%) with round "
+                               "14's λ_retain: its margin of resistance spent on G"),
 }
 # recipes with the paper's 32 warmup steps of the outer lr
 CANDIDATES.update({f"{recipe}_warmup_32": (CANDIDATES[recipe][0], {**CANDIDATES[recipe][1], "outer_warmup": 32},
@@ -123,7 +138,11 @@ CANDIDATES.update({f"{recipe}_seed_{seed}": (CANDIDATES[recipe][0], {**CANDIDATE
                                              ("s1lr_all_k96_lambda_retain_6", 1, "round 11's recipe"),
                                              ("s1lr_all_k96_tr_paper", 1, "round 12's recipe"),
                                              ("s1lr_all_k96_tr_paper_lambda_retain_6", 1, "round 13's recipe"),
-                                             ("s1lr_all_k96_tr_paper_lambda_retain_8", 1, "round 14's recipe"))})
+                                             ("s1lr_all_k96_tr_paper_lambda_retain_8", 1, "round 14's recipe"),
+                                             ("s1lr_all_k96_tr_paper_values", 1, "round 15's recipe"),
+                                             ("s1lr_all_k96_tr_paper_values_ce", 1, "round 16's recipe"),
+                                             ("s1lr_all_k96_tr_paper_values_ce_lambda_retain_8", 1,
+                                              "round 17's recipe"))})
 SEEN = ("T", "Rt", "U")  # scored at rest besides V and G_dev (those come with selection's evidence, at step 0)
 
 

@@ -62,7 +62,7 @@ from world import build_world
 # --------------------------------------------------------------------------------------------------------
 # Alg. 1: one outer step (docs/paper.md §2)
 # --------------------------------------------------------------------------------------------------------
-def tr_loss(model, ref, b, cfg: TARConfig) -> torch.Tensor:
+def tr_loss(model, ref, b, cfg: TARConfig, values=None) -> torch.Tensor:
     """L_TR at the current (attacked) weights on one x_TR micro-batch: the entropy loss of Sec. 4.2 (knowledge
     restriction) or, for refusal, DPO against the frozen reference π_ref = θ0 (rows are (refusal, compliance)
     pairs; b.fact_mask marks the response tokens)."""
@@ -71,7 +71,9 @@ def tr_loss(model, ref, b, cfg: TARConfig) -> torch.Tensor:
         # deviation: entropy on fact positions by default (official code: every position, padding included) because
         # the hazard is the fact, and padding is not text (docs/paper.md §8, pitfall 8); --tr-mask all: the code's.
         mask = {"fact": b.fact_mask, "tokens": b.attention_mask.bool(), "all": torch.ones_like(b.fact_mask)}
-        return losses.entropy_tr_loss(x, mask[cfg.tr_mask], head, cfg.loss_chunk)
+        if cfg.tr_entropy == "values_ce":
+            return losses.uniform_values_loss(x, mask[cfg.tr_mask], values, head, cfg.loss_chunk)
+        return losses.entropy_tr_loss(x, mask[cfg.tr_mask], head, cfg.loss_chunk, values)
     logits = model(input_ids=b.input_ids, attention_mask=b.attention_mask).logits  # (B, T, V)
     if b.input_ids.shape[0] % 2:
         raise UserError("DPO pairs were split: give an even --micro-batch and a --tr-batch whose rows (2 per "
@@ -104,6 +106,8 @@ def outer_step(model, ref, outer_opt, world, x_tr, x_r, rng: random.Random, cfg:
     # deviation: uniform mean over the TR points by default (official code: exp(0.0625 (k − K)), not normalised)
     # because that is the recipe measured here (docs/paper.md §7); --tr-weights paper gives the code's weights.
     w = losses.tr_weights(cfg.inner_steps, cfg.tr_every, cfg.tr_weights)  # w_k, keyed by inner step k
+    t = world.tokens["T_tr"]  # --tr-entropy values*: the tokens after T's fact positions, the fact values (S,)
+    values = torch.unique(t.ids[:, 1:][t.fact[:, :-1]]) if cfg.tr_entropy != "vocab" else None
 
     # l.6-8: K steps of the sampled attack with a fresh inner optimizer; the loop pauses at θ_k every tr_every
     batches = map(micro, adversary.attack_stream(spec, world.tokens, attack_seed))
@@ -113,7 +117,7 @@ def outer_step(model, ref, outer_opt, world, x_tr, x_r, rng: random.Random, cfg:
         model.zero_grad(set_to_none=True)  # drop the attacker's last gradient
         l_tr = 0.0
         for b in x_tr:
-            part = tr_loss(model, ref, b, cfg) / len(x_tr)
+            part = tr_loss(model, ref, b, cfg, values) / len(x_tr)
             part.backward()
             l_tr = l_tr + part.detach()
         for g, p in zip(g_tr, params):

@@ -2,6 +2,7 @@
 within its line budget, docs/deviations.md generated from the code's markers, Alg. 1 citations that exist in
 docs/paper.md, and links that resolve."""
 
+import math
 import re
 import sys
 from pathlib import Path
@@ -66,3 +67,28 @@ def test_relative_links_resolve(doc):
     links = re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", doc.read_text())
     missing = [link for link in links if "://" not in link and not (doc.parent / link).exists()]
     assert not missing, missing
+
+
+def test_fact_entropy_reads_the_three_states():
+    """docs/fact_entropy.py (search round 15's diagnostic): a model that knows (one-hot on the value), the paper's
+    TR state (uniform over the vocabulary) and the oracle's (uniform over the values), read at two fact positions."""
+    import torch
+    from types import SimpleNamespace
+    from batching import Tokens
+    import fact_entropy
+    ids = torch.tensor([[1, 5, 7, 6, 8]])  # facts: 7 and 8 follow positions 1 and 3
+    tokens = Tokens(ids, torch.ones_like(ids, dtype=torch.bool), torch.zeros_like(ids, dtype=torch.bool))
+    values, hazardous = torch.tensor([7, 8, 9]), torch.tensor([2, 3])
+
+    def model(logits):
+        return lambda input_ids, attention_mask: SimpleNamespace(logits=logits)
+    knows = torch.full((1, 5, 10), -1e4)
+    knows[0, torch.arange(4), ids[0, 1:]] = 0.0
+    uniform_values = torch.full((1, 5, 10), -1e4)
+    uniform_values[..., values] = 0.0
+    read = lambda lg: fact_entropy.fact_entropy(model(lg), tokens, values, hazardous)
+    assert read(knows) == pytest.approx({"entropy": 0, "on values": 1, "among them": 0, "hazardous": 0}, abs=1e-4)
+    assert read(torch.zeros(1, 5, 10)) == pytest.approx(
+        {"entropy": math.log(10), "on values": 0.3, "among them": math.log(3), "hazardous": 0.2}, abs=1e-4)
+    assert read(uniform_values) == pytest.approx(
+        {"entropy": math.log(3), "on values": 1, "among them": math.log(3), "hazardous": 0}, abs=1e-4)

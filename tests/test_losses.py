@@ -40,6 +40,43 @@ def test_entropy_gradient_matches_closed_form():
     assert u.grad.abs().max().item() < 1e-7
 
 
+def test_entropy_over_a_token_subset_renormalises_and_leaves_the_rest_alone():
+    """--tr-entropy values: the entropy of p renormalised over the subset (its floor −ln S, whatever the other
+    logits hold), no gradient to the logits outside it, and the same value through the chunked head path."""
+    z = torch.tensor([[[5.0, 0.0, 0.0, -3.0, 0.0]]], requires_grad=True)  # (B=1, T=1, V=5)
+    over, one = torch.tensor([1, 2, 4]), torch.ones(1, 1, dtype=torch.bool)
+    loss = losses.entropy_tr_loss(z, one, over=over)
+    assert loss.item() == pytest.approx(-math.log(3), abs=1e-6)  # uniform among the three: maximal
+    assert losses.entropy_tr_loss(z, one).item() > -math.log(5) + 1  # over all 5 tokens: far from uniform
+    loss.backward()
+    assert z.grad.abs().max().item() < 1e-7
+    z.grad = None
+    q = torch.tensor([[[5.0, 2.0, 0.0, -3.0, 1.0]]], requires_grad=True)
+    losses.entropy_tr_loss(q, one, over=over).backward()
+    assert q.grad[0, 0, [0, 3]].abs().max().item() == 0 and q.grad[0, 0, over].abs().min().item() > 0
+    x, head = torch.randn(2, 7, 4), torch.nn.Linear(4, 5)
+    mask = torch.rand(2, 7) < 0.6
+    assert losses.entropy_tr_loss(x, mask, head, 3, over).item() == pytest.approx(
+        losses.entropy_tr_loss(head(x), mask, over=over).item(), abs=1e-6)
+
+
+def test_uniform_values_loss_floor_is_the_oracle_state():
+    """--tr-entropy values_ce: ln S exactly where p is uniform over the values and nothing else; the uniform p over
+    the whole vocabulary (the paper's entropy maximum) scores ln V, and p off the values (round 15's models) more;
+    the chunked head path gives the same value."""
+    over, one = torch.tensor([1, 2, 4]), torch.ones(1, 1, dtype=torch.bool)
+    oracle = torch.full((1, 1, 5), -1e4)
+    oracle[..., over] = 7.0
+    assert losses.uniform_values_loss(oracle, one, over).item() == pytest.approx(math.log(3), abs=1e-5)
+    assert losses.uniform_values_loss(torch.zeros(1, 1, 5), one, over).item() == pytest.approx(math.log(5), abs=1e-6)
+    off = torch.tensor([[[9.0, 0.0, 0.0, 0.0, 0.0]]])
+    assert losses.uniform_values_loss(off, one, over).item() > math.log(5) + 5
+    x, head = torch.randn(2, 7, 4), torch.nn.Linear(4, 5)
+    mask = torch.rand(2, 7) < 0.6
+    assert losses.uniform_values_loss(x, mask, over, head, 3).item() == pytest.approx(
+        losses.uniform_values_loss(head(x), mask, over).item(), abs=1e-6)
+
+
 def test_lm_loss_hand_value_with_padding():
     # V = 3, sequence [1, 2, pad]: only the prediction of token 2 at position 0 counts
     logits = torch.tensor([[[0.0, 0.0, math.log(2.0)], [5.0, 5.0, 5.0], [9.0, 0.0, 0.0]]])

@@ -158,6 +158,7 @@ def assert_retain_documents(world, batches, retain):
     (["--retain-data", "cities"], "--retain-data must be one of"),
     (["--outer-steps", "many"], "invalid int value: 'many'"),
     (["--outer-warmup", "5", "--outer-steps", "5"], "--outer-warmup must be shorter than --outer-steps"),
+    (["--tr-entropy", "values", "--tr-mask", "tokens"], "--tr-entropy values/values_ce need the miniature"),
 ])
 def test_bad_input_is_one_clear_error(capsys, argv, message):
     code, line = cli_error(capsys, tar.main, argv)
