@@ -117,6 +117,10 @@ CANDIDATES = {
         **S1LR_ALL, "inner_steps": 96, "tr_every": 12, "tr_weights": "paper", "tr_entropy": "values_ce",
         "lambda_retain": 8.0}, "round 16's recipe (resists at both seeds from step 100, G_dev 57-63%) with round "
                                "14's λ_retain: its margin of resistance spent on G"),
+    "s1lr_all_k96_tr_paper_values_ce_lambda_retain_16": ("stage1_benign_lr_1e-3", {
+        **S1LR_ALL, "inner_steps": 96, "tr_every": 12, "tr_weights": "paper", "tr_entropy": "values_ce",
+        "lambda_retain": 16.0}, "round 17's recipe (both seeds resist from step 100, G_dev 66-68%) with the retain "
+                                "term twice as strong again: how far along the front it goes"),
 }
 # recipes with the paper's 32 warmup steps of the outer lr
 CANDIDATES.update({f"{recipe}_warmup_32": (CANDIDATES[recipe][0], {**CANDIDATES[recipe][1], "outer_warmup": 32},
@@ -141,8 +145,10 @@ CANDIDATES.update({f"{recipe}_seed_{seed}": (CANDIDATES[recipe][0], {**CANDIDATE
                                              ("s1lr_all_k96_tr_paper_lambda_retain_8", 1, "round 14's recipe"),
                                              ("s1lr_all_k96_tr_paper_values", 1, "round 15's recipe"),
                                              ("s1lr_all_k96_tr_paper_values_ce", 1, "round 16's recipe"),
-                                             ("s1lr_all_k96_tr_paper_values_ce_lambda_retain_8", 1,
-                                              "round 17's recipe"))})
+                                             ("s1lr_all_k96_tr_paper_values_ce_lambda_retain_16", 1,
+                                              "round 18's recipe"),
+                                             *(("s1lr_all_k96_tr_paper_values_ce_lambda_retain_8", seed,
+                                                "round 17's recipe") for seed in (1, 2, 3)))})
 SEEN = ("T", "Rt", "U")  # scored at rest besides V and G_dev (those come with selection's evidence, at step 0)
 
 
