@@ -70,7 +70,7 @@ class TARConfig:
     tr_mask: str = arg("fact", "positions of the entropy TR loss: fact (next token is a fact value; the miniature "
                                "world only) | tokens (real tokens) | all (padding too)",
                        choices=("fact", "tokens", "all"))
-    # --tr-entropy values / values_ce depart from the paper (search candidates, docs/search.md rounds 15-18): the
+    # --tr-entropy values / values_ce depart from the paper (search candidates, docs/search.md rounds 15-20): the
     # entropy over every token taught today's TAR to answer facts no loss rehearses with noise (G_dev: 4.5 nats,
     # 25% of p on its values; docs/fact_entropy.py)
     tr_entropy: str = arg("vocab", "what L_TR drives the attacked model to at the fact positions: vocab (maximal "

@@ -121,6 +121,10 @@ CANDIDATES = {
         **S1LR_ALL, "inner_steps": 96, "tr_every": 12, "tr_weights": "paper", "tr_entropy": "values_ce",
         "lambda_retain": 16.0}, "round 17's recipe (both seeds resist from step 100, G_dev 66-68%) with the retain "
                                 "term twice as strong again: how far along the front it goes"),
+    "s1lr_all_values_ce_lambda_retain_8": ("stage1_benign_lr_1e-3", {**S1LR_ALL, "tr_entropy": "values_ce",
+                                                                   "lambda_retain": 8.0},
+                                           "round 17's recipe at K = 64 with uniform TR weights: is its resistance "
+                                           "the TR target's, or the longer, late-weighted attacks'?"),
 }
 # recipes with the paper's 32 warmup steps of the outer lr
 CANDIDATES.update({f"{recipe}_warmup_32": (CANDIDATES[recipe][0], {**CANDIDATES[recipe][1], "outer_warmup": 32},
@@ -147,6 +151,7 @@ CANDIDATES.update({f"{recipe}_seed_{seed}": (CANDIDATES[recipe][0], {**CANDIDATE
                                              ("s1lr_all_k96_tr_paper_values_ce", 1, "round 16's recipe"),
                                              ("s1lr_all_k96_tr_paper_values_ce_lambda_retain_16", 1,
                                               "round 18's recipe"),
+                                             ("s1lr_all_values_ce_lambda_retain_8", 1, "round 20's recipe"),
                                              *(("s1lr_all_k96_tr_paper_values_ce_lambda_retain_8", seed,
                                                 "round 17's recipe") for seed in (1, 2, 3)))})
 SEEN = ("T", "Rt", "U")  # scored at rest besides V and G_dev (those come with selection's evidence, at step 0)

@@ -1,6 +1,6 @@
 """How a model answers a fact it cannot recall: with noise, or among the values the sentence can end with.
 
-A diagnostic for docs/search.md (rounds 15-18), not part of the method. At every position whose next token is a
+A diagnostic for docs/search.md (rounds 15-20), not part of the method. At every position whose next token is a
 fact value of a family (the hazardous dev group V, the held-out composers G_dev, the retain cities Rt), it
 reads the model's next-token distribution p (V = the vocabulary, S = the family's values):
 
