@@ -55,7 +55,7 @@ from realworld import FORGET_CORPORA, RealWorldConfig, hub_datasets, load_real_w
 from domains import CITIES
 from storage import cached, digest, file_digest, load_model, provenance, save_model
 from workers import Workers, result
-from world import STREAMS, WORLDS, build_world, entities_flag, world_config
+from world import STREAMS, WORLDS, build_world, entities_flag, value_ids, world_config
 
 
 @dataclass(frozen=True)
@@ -240,12 +240,10 @@ def defend(model, ref, world, cfg: SafeguardConfig, every: int = 0, callback=Non
     rows = {"constant": 1, "position": model.config.max_position_embeddings, "token": model.config.vocab_size}
     table = torch.randn(rows[cfg.per], width, generator=gen).to(d.device)  # random-mapping targets r ~ N(0, I)
     u = torch.rand(width, generator=gen).to(d.device)
-    city_values = [v for vals, _ in CITIES.attributes.values() for v in vals]  # LLMU's wrong answers (miniature)
     ctx = {"gen": gen, "step": 0, "table": table,
            "u": u / u.norm(),  # RMU's fixed random unit vector (uniform [0, 1), normalised)
            "rmu_layer": 2, "cb_layers": (2, 3),  # of 4 layers: RMU ℓ = 7 of 32 -> 2; circuit breakers 10, 20 -> 2, 3
-           "retain_values": torch.tensor(world.tokenizer.convert_tokens_to_ids(["▁" + v for v in city_values]))
-           if cfg.method == "llmu" else None}
+           "retain_values": value_ids(world.tokenizer, CITIES) if cfg.method == "llmu" else None}  # LLMU's wrong answers
     if method.trainable is not None:
         keep = {id(p) for p in method.trainable(model)}
         for p in model.parameters():

@@ -55,6 +55,7 @@ STAGE1 = {
                                                                       "only, not every layer's"),
 }
 S1LR_ALL = {"retain_data": "benign", "outer_params": "all"}  # TAR on every weight, Rt and U retained
+K96_TR_PAPER = {**S1LR_ALL, "inner_steps": 96, "tr_every": 12, "tr_weights": "paper"}  # round 12's recipe
 # TAR: name -> (its stage 1, TARConfig overrides, why). "defaults" is today's recipe (docs/results.md).
 CANDIDATES = {
     "defaults": ("stage1", {}, "today's defaults: where G is lost"),
@@ -90,37 +91,32 @@ CANDIDATES = {
                                                              "lambda_retain": 6.0},
                                      "s1lr_all_k96 (resists at one seed of two, G_dev 65-69%) with round 4's "
                                      "λ_retain: the longer attacks' resistance with more of G"),
-    "s1lr_all_k96_tr_paper": ("stage1_benign_lr_1e-3", {**S1LR_ALL, "inner_steps": 96, "tr_every": 12,
-                                                      "tr_weights": "paper"},
+    "s1lr_all_k96_tr_paper": ("stage1_benign_lr_1e-3", K96_TR_PAPER,
                               "s1lr_all_k96 with the paper's TR weights exp(0.0625(k-K)): the points late in a "
                               "train-time attack, which TAR beats last, weigh most"),
-    "s1lr_all_k96_tr_paper_lambda_retain_6": ("stage1_benign_lr_1e-3", {**S1LR_ALL, "inner_steps": 96, "tr_every": 12,
-                                                                      "tr_weights": "paper", "lambda_retain": 6.0},
+    "s1lr_all_k96_tr_paper_lambda_retain_6": ("stage1_benign_lr_1e-3", {**K96_TR_PAPER, "lambda_retain": 6.0},
                                               "round 12's recipe (resists at two seeds, G_dev 53-64%) with round 4's "
                                               "λ_retain: G bought back where resistance has room"),
-    "s1lr_all_k96_tr_paper_lambda_retain_8": ("stage1_benign_lr_1e-3", {**S1LR_ALL, "inner_steps": 96, "tr_every": 12,
-                                                                      "tr_weights": "paper", "lambda_retain": 8.0},
+    "s1lr_all_k96_tr_paper_lambda_retain_8": ("stage1_benign_lr_1e-3", {**K96_TR_PAPER, "lambda_retain": 8.0},
                                               "round 13's recipe (λ_retain 6: both seeds resist, G_dev 72% / 56%) "
                                               "with the retain term stronger again"),
-    "s1lr_all_k96_tr_paper_values": ("stage1_benign_lr_1e-3", {**S1LR_ALL, "inner_steps": 96, "tr_every": 12,
-                                                             "tr_weights": "paper", "tr_entropy": "values"},
+    "s1lr_all_k96_tr_paper_values": ("stage1_benign_lr_1e-3", {**K96_TR_PAPER, "tr_entropy": "values"},
                                      "round 12's recipe (resists at two seeds, G_dev 53-64%) with the entropy over "
                                      "the fact values, not the vocabulary: today's TAR answers G_dev's facts with "
-                                     "noise (entropy 4.3 nats, 32% of the mass on the composers' values; base: "
-                                     "0.03, 100%), the state it trains on the hazardous facts"),
-    "s1lr_all_k96_tr_paper_values_ce": ("stage1_benign_lr_1e-3", {**S1LR_ALL, "inner_steps": 96, "tr_every": 12,
-                                                                "tr_weights": "paper", "tr_entropy": "values_ce"},
+                                     "noise (entropy 4.5 nats, 25% of the mass on the composers' values; base: "
+                                     "0.04, 100%), the state it trains on the hazardous facts"),
+    "s1lr_all_k96_tr_paper_values_ce": ("stage1_benign_lr_1e-3", {**K96_TR_PAPER, "tr_entropy": "values_ce"},
                                         "round 15's recipe with the attacked model driven to the oracle's state (p "
                                         "uniform over the fact values), not to the renormalised entropy's maximum: "
                                         "round 15's models moved p off the values (0% on V's, 20-26% on G_dev's)"),
     "s1lr_all_k96_tr_paper_values_ce_lambda_retain_8": ("stage1_benign_lr_1e-3", {
-        **S1LR_ALL, "inner_steps": 96, "tr_every": 12, "tr_weights": "paper", "tr_entropy": "values_ce",
-        "lambda_retain": 8.0}, "round 16's recipe (resists at both seeds from step 100, G_dev 57-63%) with round "
-                               "14's λ_retain: its margin of resistance spent on G"),
+        **K96_TR_PAPER, "tr_entropy": "values_ce", "lambda_retain": 8.0},
+        "round 16's recipe (resists at both seeds from step 100, G_dev 57-63%) with round 14's λ_retain: its margin "
+        "of resistance spent on G"),
     "s1lr_all_k96_tr_paper_values_ce_lambda_retain_16": ("stage1_benign_lr_1e-3", {
-        **S1LR_ALL, "inner_steps": 96, "tr_every": 12, "tr_weights": "paper", "tr_entropy": "values_ce",
-        "lambda_retain": 16.0}, "round 17's recipe (both seeds resist from step 100, G_dev 66-68%) with the retain "
-                                "term twice as strong again: how far along the front it goes"),
+        **K96_TR_PAPER, "tr_entropy": "values_ce", "lambda_retain": 16.0},
+        "round 17's recipe (both seeds resist from step 100, G_dev 66-68%) with the retain term twice as strong "
+        "again: how far along the front it goes"),
     "s1lr_all_values_ce_lambda_retain_8": ("stage1_benign_lr_1e-3", {**S1LR_ALL, "tr_entropy": "values_ce",
                                                                    "lambda_retain": 8.0},
                                            "round 17's recipe at K = 64 with uniform TR weights: is its resistance "

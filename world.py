@@ -237,9 +237,7 @@ def build_world(config: WorldConfig = WorldConfig()) -> World:
     tokenizer = make_tokenizer(texts)
     tokenizer.chat_template = chats.CHAT_TEMPLATE
 
-    fact_ids = torch.tensor([tokenizer.convert_tokens_to_ids("▁" + v) for vals, _ in domain.attributes.values()
-                             for v in vals])
-    tokens = {s: tokenize(d, tokenizer, fact_ids) for s, d in docs.items() if s not in STREAMS}
+    tokens = {s: tokenize(d, tokenizer, value_ids(tokenizer, domain)) for s, d in docs.items() if s not in STREAMS}
     for stream, parts in STREAMS.items():  # the same rows, tokenized once
         tokens[stream] = functools.reduce(lambda a, b: concat_tokens(a, b, tokenizer.pad_token_id),
                                           (tokens[g] for g in parts))
@@ -247,6 +245,13 @@ def build_world(config: WorldConfig = WorldConfig()) -> World:
         tokens.update(chats.refusal_tokens(talks, tokenizer, tokens))
     key = world_key(config, tokenizer.get_vocab(), docs, items, talks)
     return World(config, tokenizer, groups, docs, items, tokens, key, topic=domain.topic, chats=talks)
+
+
+def value_ids(tokenizer, family: Domain) -> torch.Tensor:
+    """The token ids of every value of a family's attributes (S,), in attribute order: for the hazardous domain,
+    the tokens the fact mask marks (the entropy TR loss's positions precede them)."""
+    return torch.tensor(tokenizer.convert_tokens_to_ids(["▁" + v for vals, _ in family.attributes.values()
+                                                         for v in vals]))
 
 
 # --------------------------------------------------------------------------------------------------------

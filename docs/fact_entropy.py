@@ -29,15 +29,9 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from domains import CITIES, COMPOSERS, DOMAINS  # noqa: E402
 from storage import load_model  # noqa: E402
-from world import build_world, world_config  # noqa: E402
+from world import build_world, value_ids, world_config  # noqa: E402
 
 FAMILIES = {"V": None, "G_dev": COMPOSERS, "Rt": CITIES}  # group -> its family's vocabulary (None: the domain's)
-
-
-def value_ids(tokenizer, family) -> torch.Tensor:
-    """The token ids of every value of a family's attributes (S,)."""
-    return torch.tensor([tokenizer.convert_tokens_to_ids("▁" + v) for vals, _ in family.attributes.values()
-                         for v in vals])
 
 
 @torch.no_grad()
