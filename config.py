@@ -99,8 +99,13 @@ class TARConfig:
     # pull back to θ0's benign behaviour; the searches of docs/results.md ran around it (6 and 8 did not help).
     lambda_retain: float = arg(4.0, "λ_retain", at_least=0)
     outer_params: str = arg("mlp", "the weights the outer step trains: mlp (each layer's MLP, where a transformer "
-                                   "stores facts) | all (the paper). Attacks always move every weight",
-                            choices=("mlp", "all"))
+                                   "stores facts) | all (the paper) | neurons (the --outer-neurons MLP neurons per "
+                                   "layer that fire most on T's facts against the retain data's, in θ0: neurons.py; "
+                                   "the miniature world only) | neuron_outputs (of those, only what each writes) | "
+                                   "hazard_words (the embedding and LM-head rows of the words of T that the retain "
+                                   "data never uses). Attacks always move every weight",
+                            choices=("mlp", "all", "neurons", "neuron_outputs", "hazard_words"))
+    outer_neurons: int = arg(32, "with --outer-params neurons: neurons per layer the outer step trains", above=0)
     outer_optimizer: str = arg("adamw", "outer optimizer: adamw (wd 0) | schedulefree (Schedule-Free AdamW)",
                                choices=("adamw", "schedulefree"))
     outer_lr: float = arg(1e-2, "outer learning rate", above=0)
@@ -165,6 +170,9 @@ class TARConfig:
         if self.tr_entropy != "vocab" and (self.model or self.tr_loss != "entropy" or self.tr_mask != "fact"):
             raise UsageError("--tr-entropy values/values_ce need the miniature world's fact positions: --tr-mask fact, "
                              "--tr-loss entropy, no --model")
+        if self.outer_params not in ("mlp", "all") and (self.model or self.tr_loss != "entropy"):
+            raise UsageError(f"--outer-params {self.outer_params} selects by the miniature world's facts: no "
+                             "--model, no --tr-loss dpo")
         if self.model and self.tr_mask == "fact" and self.tr_loss == "entropy":
             raise UsageError("real text has no fact positions: use --tr-mask tokens or all with --model")
 

@@ -121,6 +121,19 @@ CANDIDATES = {
                                                                    "lambda_retain": 8.0},
                                            "round 17's recipe at K = 64 with uniform TR weights: is its resistance "
                                            "the TR target's, or the longer, late-weighted attacks'?"),
+    **{f"s1lr_k96_values_ce_neurons_{k}": ("stage1_benign_lr_1e-3", {
+        **K96_TR_PAPER, "tr_entropy": "values_ce", "lambda_retain": 8.0, "outer_params": "neurons", "outer_neurons": k},
+        f"round 17's recipe (resists at four seeds, G_dev 55-68%) with the outer step confined to the {k} neurons per "
+        "layer that fire most on T's facts against Rt's and U's in θ0 (neurons.py): the composers' facts, recalled "
+        "by other neurons, out of its reach") for k in (32, 64)},
+    "s1lr_k96_values_ce_neuron_outputs_32": ("stage1_benign_lr_1e-3", {
+        **K96_TR_PAPER, "tr_entropy": "values_ce", "lambda_retain": 8.0, "outer_params": "neuron_outputs",
+        "outer_neurons": 32}, "round 21's neurons with their reading weights frozen at θ0: there TAR made the 32 "
+        "neurons fire 15x as strongly on the composers' facts as in θ0 (and 9x on T's), none more on Rt's or U's"),
+    "s1lr_k96_values_ce_hazard_words": ("stage1_benign_lr_1e-3", {
+        **K96_TR_PAPER, "tr_entropy": "values_ce", "lambda_retain": 8.0, "outer_params": "hazard_words"},
+        "round 17's recipe with the outer step confined to the embedding and LM-head rows of the 66 words of T that "
+        "Rt and U never use (templates and values; T's names excepted): a composer's sentence shares one of them"),
 }
 # recipes with the paper's 32 warmup steps of the outer lr
 CANDIDATES.update({f"{recipe}_warmup_32": (CANDIDATES[recipe][0], {**CANDIDATES[recipe][1], "outer_warmup": 32},

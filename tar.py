@@ -46,6 +46,7 @@ from transformers import get_constant_schedule_with_warmup, get_cosine_schedule_
 import cli
 import fsdp
 import losses
+import neurons
 import report
 import safeguard
 import scoring
@@ -87,7 +88,7 @@ def tr_loss(model, ref, b, cfg: TARConfig, values=None) -> torch.Tensor:
 
 
 def outer_step(model, ref, outer_opt, world, x_tr, x_r, rng: random.Random, cfg: TARConfig,
-               d: Dist = Dist()) -> dict:
+               d: Dist = Dist(), masks: dict | None = None) -> dict:
     """Alg. 1 l.3-12, once. Under torchrun each parameter is this rank's FSDP2 shard and each batch is cut to
     this rank's rows (`shard_batch`); nothing below changes: `fsdp.local` is the whole tensor in one process.
     Gradients come from .backward() into .grad (FSDP2 reduce-scatters them there), so every batch may be a list
@@ -97,8 +98,7 @@ def outer_step(model, ref, outer_opt, world, x_tr, x_r, rng: random.Random, cfg:
     micro = lambda b: shard_batch(b, d.rank, d.world_size, cfg.micro_batch, d.device)
     # l.3: attack ~ A_train (its LR and data; its data order from its own seed), rank 0's draw on every rank
     spec, attack_seed = fsdp.broadcast((adversary.sample_attack(rng, cfg.train_attacks()), rng.randrange(2**31)), d)
-    # l.4: x_TR ~ D_TR, x_r ~ D_retain (drawn by the caller), as this rank's micro-batches
-    x_tr, x_r = micro(x_tr), micro(x_r)
+    x_tr, x_r = micro(x_tr), micro(x_r)  # l.4: x_TR ~ D_TR, x_r ~ D_retain (the caller's draw), this rank's rows
     # l.5: snapshot θ (the attack moves the weights in place; on the CPU if asked, as the code); g_TR ← 0
     snapshot = [s.detach().to("cpu" if cfg.snapshot_offload else s.device, copy=True) for s in shards]
     g_tr = [torch.zeros_like(s) for s in shards]  # Σ_k w_k ∇L_TR(θ_k)
@@ -124,8 +124,7 @@ def outer_step(model, ref, outer_opt, world, x_tr, x_r, rng: random.Random, cfg:
             g.add_(fsdp.local(p.grad), alpha=w[k])
         tr_losses.append(l_tr)
 
-    # l.10: restore θ exactly (the inner optimizer's state died with the attack)
-    with torch.no_grad():
+    with torch.no_grad():  # l.10: restore θ exactly (the inner optimizer's state died with the attack)
         for s, snap in zip(shards, snapshot):
             s.copy_(snap)
 
@@ -145,8 +144,7 @@ def outer_step(model, ref, outer_opt, world, x_tr, x_r, rng: random.Random, cfg:
     for p, g in zip(params, g_tr):
         fsdp.local(p.grad).add_(g, alpha=cfg.lambda_tr)
 
-    # l.12: outer optimizer step. It moves the weights it holds (--outer-params): with mlp, the MLP
-    # coordinates of the clipped TAR gradient of every weight (the norm is the whole gradient's)
+    # l.12: the outer optimizer moves the weights it holds (--outer-params) by the gradient of all, clipped as one
     # deviation: gradient clipping at 1.0 (paper and official code: none) because the miniature recipe of
     # docs/paper.md §7 clips; with Adam it only bounds the rare outlier step. --grad-clip 0 turns it off.
     norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
@@ -155,6 +153,7 @@ def outer_step(model, ref, outer_opt, world, x_tr, x_r, rng: random.Random, cfg:
     bad = [k for k, v in logged.items() if not math.isfinite(v)]  # the same on every rank (means, a global norm)
     if bad:  # stop before the weights move: the last good state is what a checkpoint holds
         raise adversary.Diverged(f"{' and '.join(bad)} not finite (sampled attack {spec.name})", 0)
+    neurons.confine(masks)  # --outer-params neurons, neuron_outputs, hazard_words: only some rows/columns move
     outer_opt.step()
     return {**logged, "inner_lr": spec.lr}
 
@@ -188,6 +187,8 @@ def outer_parameters(model, cfg: TARConfig) -> list:
     """The weights TAR trains (Alg. 1 l.12)."""
     if cfg.outer_params == "all":
         return [p for p in model.parameters() if p.requires_grad]
+    if cfg.outer_params == "hazard_words":  # masked to a few rows of each (neurons.word_masks)
+        return [model.get_input_embeddings().weight, model.get_output_embeddings().weight]
     # deviation: only the MLPs in the miniature preset (paper: every weight, --outer-params all) because trained
     # everywhere TAR also rewrote the attention that routes a name to its facts, and held-out benign facts went
     # with the hazardous ones (resetting layer 0's attention of a trained model to θ0 gave back 8 points of
@@ -224,6 +225,7 @@ def train_tar(model, ref, world, cfg: TARConfig, run_dir: Path, d: Dist = Dist()
     rng = random.Random(cfg.seed)  # attacks and their data orders; the same on every rank
     x_trs = Stream(world.tokens["T_tr"], cfg.tr_batch, cfg.seed)  # held-out forget batches (T's other half)
     x_rs = Stream(world.tokens[cfg.retain_data], cfg.retain_batch, cfg.seed + 1)
+    masks = neurons.outer_masks(model, world, cfg)  # at θ0: --resume loads a checkpoint's weights below
     ckpt, partial, start, saved_at = run_dir / "checkpoint", run_dir / PARTIAL, 1, None
     state = {"rng": rng, "x_tr": x_trs, "x_r": x_rs, "schedule": schedule}  # what the next step depends on
     if cfg.resume:
@@ -239,7 +241,7 @@ def train_tar(model, ref, world, cfg: TARConfig, run_dir: Path, d: Dist = Dist()
                 cli.progress(cfg.outer_steps, "TAR", start - 1, leave=True, enabled=d.is_main) as bar:
             for step in range(start, cfg.outer_steps + 1):
                 try:
-                    m = outer_step(model, ref, opt, world, next(x_trs), next(x_rs), rng, cfg, d)
+                    m = outer_step(model, ref, opt, world, next(x_trs), next(x_rs), rng, cfg, d, masks)
                 except adversary.Diverged as e:
                     kept = f"; the checkpoint of outer step {saved_at} is kept in {ckpt}" if saved_at else ""
                     raise adversary.Diverged(f"TAR diverged at outer step {step}: {e}; no model or results were "
@@ -338,8 +340,7 @@ def run(cfg: TARConfig, log=print) -> dict:
     # While TAR trains on one core, a worker attacks the other models and measures their relearning and
     # learnability (the refusal world's base answers every prompt: not attacked); an error ends the worker at once
     with report.EndOfRun(run_dir, world, cfg, base) as end:
-        # Stage 2: TAR from θ0 (Alg. 1 l.2-12)
-        t1 = time.time()
+        t1 = time.time()  # stage 2: TAR from θ0 (Alg. 1 l.2-12)
         # deviation: the frozen reference of the retain loss is θ0, the safeguarded model (paper and official code:
         # the original model) because TAR starts from θ0 and the retain term is there to keep θ0's benign
         # behaviour (docs/paper.md §7 recipe). --reference base gives the paper's choice.

@@ -15,9 +15,12 @@ import batching
 import config
 import cli
 import adversary
+import domains
 import losses
+import neurons
 import safeguard
 import tar
+import world
 from conftest import cli_error, tiny_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,7 +38,7 @@ class Probe(torch.optim.Optimizer):
         self.seen = ([p.detach().clone() for p in ps], [p.grad.detach().clone() for p in ps])
 
 
-def one_step(world, cfg, model, opt=None):
+def one_step(world, cfg, model, opt=None, masks=None):
     """One outer step with the recording Probe as the outer optimizer, or with `opt`; the attack it samples
     (and its data seed) are drawn again here from an equal RNG."""
     ref = copy.deepcopy(model).requires_grad_(False)
@@ -44,7 +47,7 @@ def one_step(world, cfg, model, opt=None):
     rng = random.Random(0)
     spec, seed = adversary.sample_attack(rng, cfg.train_attacks()), rng.randrange(2**31)
     probe = opt or Probe(model.parameters())
-    metrics = tar.outer_step(model, ref, probe, world, x_tr, x_r, random.Random(0), cfg)
+    metrics = tar.outer_step(model, ref, probe, world, x_tr, x_r, random.Random(0), cfg, masks=masks)
     return probe, ref, x_tr, x_r, spec, seed, metrics
 
 
@@ -72,6 +75,55 @@ def test_outer_params_mlp_moves_only_the_mlps(small_world):
     assert {n for n, p in model.named_parameters() if not torch.equal(p, before[n])} == trained
     with pytest.raises(cli.UserError, match="no module named mlp"):
         tar.outer_optimizer(torch.nn.Linear(2, 2), cfg)
+
+
+@pytest.mark.parametrize("option", ["neurons", "neuron_outputs"])
+def test_outer_params_neurons_moves_only_the_selected_neurons(small_world, option):
+    """--outer-params neurons: per layer, the k neurons whose mean |activation| at T's fact positions over that at
+    the retain data's is largest; a real outer step moves exactly their columns of W_down and (neurons, not
+    neuron_outputs) their rows of W_gate and W_up, and nothing else (the attack moved every weight)."""
+    cfg = tar.TARConfig(inner_steps=4, tr_every=2, inner_batch=4, outer_params=option, outer_neurons=3,
+                        retain_data="Rt")
+    model = tiny_model(vocab_size=len(small_world.tokenizer))
+    masks = neurons.outer_masks(model, small_world, cfg)
+    idx = neurons.selective_neurons(model, small_world, "Rt", 3)  # (L, 3)
+    tok = small_world.tokenizer
+    s = neurons.fact_activations(model, small_world.tokens["T"], world.value_ids(tok, domains.DOMAINS["bio"])) / (
+        neurons.fact_activations(model, small_world.tokens["Rt"], world.value_ids(tok, domains.CITIES)) + neurons.EPS)
+    assert torch.equal(idx.sort(1).values, s.topk(3, dim=1).indices.sort(1).values)  # no river in Rt's documents
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    opt, _ = tar.outer_optimizer(model, cfg)
+    one_step(small_world, cfg, model, opt=opt, masks=masks)
+    for layer, chosen in zip(model.model.layers, idx.tolist()):
+        for proj, dim in ((layer.mlp.gate_proj, 0), (layer.mlp.up_proj, 0), (layer.mlp.down_proj, 1)):
+            name = next(n for n, p in model.named_parameters() if p is proj.weight)
+            moved = (proj.weight != before[name]).any(dim=1 - dim).nonzero().flatten().tolist()
+            assert moved == (sorted(chosen) if option == "neurons" or proj is layer.mlp.down_proj else []), name
+    assert all(torch.equal(p, before[n]) for n, p in model.named_parameters() if ".mlp." not in n)
+    with pytest.raises(cli.UserError, match="neurons per layer"):
+        neurons.gradient_masks(model, small_world, "Rt", 10**4)
+
+
+def test_outer_params_hazard_words_moves_only_their_rows(small_world):
+    """--outer-params hazard_words: the words of T's documents that Rt never uses, T's names excepted (its domain's
+    values among them); a real outer step moves exactly their rows of the embedding and the LM head."""
+    cfg = tar.TARConfig(inner_steps=4, tr_every=2, inner_batch=4, outer_params="hazard_words", retain_data="Rt")
+    model = tiny_model(vocab_size=len(small_world.tokenizer))
+    words = neurons.hazard_words(small_world, "Rt").tolist()
+    t, r = small_world.tokens["T"], small_world.tokens["Rt"]
+    names = set(small_world.tokenizer.convert_tokens_to_ids(["▁" + e["name"] for e in small_world.entities["T"]]))
+    assert set(words) == set(t.ids[t.mask].tolist()) - set(r.ids[r.mask].tolist()) - names
+    values = set(world.value_ids(small_world.tokenizer, domains.DOMAINS["bio"]).tolist()) & set(t.ids[t.mask].tolist())
+    assert values and values <= set(words)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    opt, _ = tar.outer_optimizer(model, cfg)
+    one_step(small_world, cfg, model, opt=opt, masks=neurons.outer_masks(model, small_world, cfg))
+    moved = {n: (p != before[n]).reshape(len(p), -1).any(dim=1).nonzero().flatten().tolist()
+             for n, p in model.named_parameters()}
+    assert moved.pop("lm_head.weight") == sorted(words)  # every row of the LM head has a gradient
+    embedded = moved.pop("model.embed_tokens.weight")
+    assert embedded and set(embedded) <= set(words)  # the hazard words this step's batches read
+    assert not any(moved.values())
 
 
 @pytest.mark.parametrize("weights,mask", [("uniform", "fact"), ("paper", "tokens")])
