@@ -135,8 +135,9 @@ def suite_evidence(rt: dict, digest: str) -> dict:
             "held": sum(bool(f) and max(f) <= HELD for f in valid.values()), "judged": sum(map(bool, valid.values()))}
 
 
-def table_rows(models: dict[str, Path | None], digests: dict[str, str], measured: dict, rt: dict) -> list[dict]:
-    """One dict per row: its measurements, or {"row", "missing": True}."""
+def table_rows(models: dict[str, Path | None], digests: dict[str, str], measured: dict, rts: dict) -> list[dict]:
+    """One dict per row: its measurements (T1, A1 and the suite from rts[row], a red team's results), or
+    {"row", "missing": True}."""
     out = []
     for row, p in models.items():
         if p is None:
@@ -155,7 +156,7 @@ def table_rows(models: dict[str, Path | None], digests: dict[str, str], measured
         out.append({"row": row, "path": str(p), "rest": measured["rest"][d],
                     "reference": {"forget": peak["forget"], "G": peak["G"], "diverged": reference["diverged"]},
                     "relearn": counted[protocol.RELEARN.name], "learn": counted[protocol.LEARN.name],
-                    **suite_evidence(rt, d)})
+                    **suite_evidence(rts[row], d)})
     return out
 
 
@@ -194,7 +195,8 @@ def markdown(rows: list[dict]) -> str:
 @dataclass
 class Table1Args:
     run_dir: str = arg("", "the run directory of python tar.py --domain <d> (runs/bio)", positional=True)
-    paper: str = arg("", "the model directory of TAR under --preset paper (empty: its row says how to make it)")
+    paper: str = arg("", "the model directory of TAR under --preset paper, red-teamed in its own run directory (empty: "
+                                "its row says how to make it)")
     redteam: str = arg("", "the red team's results.json (default: <run_dir>/redteam/results.json)")
     workers: int = arg(cli.WORKERS, "processes (one torch thread each)", above=0)
 
@@ -219,7 +221,11 @@ def build(args: Table1Args) -> list[dict]:
     measured = measure(models, digests, world, out / "results.json", args.workers)
     rt_path = Path(args.redteam) if args.redteam else run_dir / "redteam" / "results.json"
     rt = read_json(rt_path, "rerun evaluate.py") if rt_path.exists() else {}
-    table = table_rows(rows, digests, measured, rt)
+    rts = {row: rt for row in rows}
+    if args.paper:  # red-teamed in its own run directory (evaluate.py runs/paper/<d>)
+        own = Path(args.paper).parent / "redteam" / "results.json"
+        rts["TAR, paper preset"] = read_json(own, "rerun evaluate.py") if own.exists() else {}
+    table = table_rows(rows, digests, measured, rts)
     atomic_write(out / "table1.md", markdown(table))
     figure = plots.plot_table1(table, out / "table1.png")
     print("\n" + markdown(table) + f"\nwrote {out / 'table1.md'}, {figure}"
