@@ -1,6 +1,7 @@
-"""The outer step confined to the MLP neurons that recall the hazardous domain's facts (`--outer-params neurons`).
+"""The outer step confined to the MLP neurons that recall the hazardous domain's facts (`--outer-params neurons`,
+`neuron_outputs`), or to the hazardous domain's own word rows (`hazard_words`).
 
-Not in the paper: Alg. 1 l.12 moves every weight. A search option of docs/search.md (round 21), for the
+Not in the paper: Alg. 1 l.12 moves every weight. Search options of docs/search.md (rounds 21-23), for the
 miniature world only. Trained on every MLP weight, TAR's state spreads to a benign family no loss reads
 (docs/fact_entropy.py: the composers' facts end where L_TR drives the hazardous ones). Here the outer step may
 only move the neurons that, in θ0, fire where a hazardous fact is recalled and not where a retained one is.
@@ -14,10 +15,12 @@ The k neurons of each layer with the largest s are trained: their rows of W_gate
 their column of W_down (what they write), or with `--outer-params neuron_outputs` the column alone (when each
 fires stays θ0's); every other coordinate of the outer gradient is zeroed before the outer step. Attacks still
 move every weight. T and the retain data are what a defence may read (protocol v2); the composers (G) and V are
-never looked at.
+never looked at. `hazard_words` instead trains the embedding and LM-head rows of the words of T the retain data
+never uses; it leans on the miniature's disjoint vocabularies (real hazardous text shares its words with general
+text), which is why these options refuse --model.
 
-Use:  masks = gradient_masks(model, world, retain="benign", k=32)   # at θ0, before TAR's first step
-      confine(masks)                                                # after the outer gradient is complete
+Use:  masks = outer_masks(model, world, cfg)   # at θ0, before TAR's first step (None: --outer-params mlp or all)
+      confine(masks)                           # after the outer gradient is complete, before the outer step
 """
 
 from __future__ import annotations
