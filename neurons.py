@@ -106,6 +106,6 @@ def outer_masks(model, world, cfg) -> dict | None:
 
 
 def confine(masks: dict | None) -> None:
-    """Zero every coordinate of the outer gradient outside the selected neurons (None: every weight stays)."""
+    """Zero every coordinate of the outer gradient outside `masks` (selected neurons or word rows; None: no-op)."""
     for p, m in (masks or {}).items():
         p.grad.mul_(m)
