@@ -20,6 +20,7 @@ never uses; it leans on the miniature's disjoint vocabularies (real hazardous te
 text), which is why these options refuse --model.
 
 Use:  masks = outer_masks(model, world, cfg)   # at θ0, before TAR's first step (None: --outer-params mlp or all)
+      tar.outer_optimizer(model, cfg, masks)   # the optimizer holds the masks' tensors
       confine(masks)                           # after the outer gradient is complete, before the outer step
 """
 

@@ -161,9 +161,9 @@ def outer_step(model, ref, outer_opt, world, x_tr, x_r, rng: random.Random, cfg:
 # --------------------------------------------------------------------------------------------------------
 # The outer optimizer and the weights it trains
 # --------------------------------------------------------------------------------------------------------
-def outer_optimizer(model, cfg: TARConfig):
+def outer_optimizer(model, cfg: TARConfig, masks: dict | None = None):
     """The outer optimizer (over `outer_parameters`) and its learning-rate schedule."""
-    params = outer_parameters(model, cfg)
+    params = outer_parameters(model, cfg, masks)
     if cfg.outer_optimizer == "schedulefree":  # the paper's; its warmup is built in and it has no schedule
         import schedulefree
         opt = schedulefree.AdamWScheduleFree(params, lr=cfg.outer_lr, eps=cfg.outer_eps, weight_decay=0.0,
@@ -183,12 +183,12 @@ def outer_optimizer(model, cfg: TARConfig):
     return opt, get_constant_schedule_with_warmup(opt, cfg.outer_warmup)
 
 
-def outer_parameters(model, cfg: TARConfig) -> list:
-    """The weights TAR trains (Alg. 1 l.12)."""
+def outer_parameters(model, cfg: TARConfig, masks: dict | None = None) -> list:
+    """The weights TAR trains (Alg. 1 l.12); the masked options: the tensors of `masks` (neurons.outer_masks)."""
+    if cfg.outer_params not in ("all", "mlp"):
+        return list(masks)
     if cfg.outer_params == "all":
         return [p for p in model.parameters() if p.requires_grad]
-    if cfg.outer_params == "hazard_words":  # masked to a few rows of each (neurons.word_masks)
-        return [model.get_input_embeddings().weight, model.get_output_embeddings().weight]
     # deviation: only the MLPs in the miniature preset (paper: every weight, --outer-params all) because trained
     # everywhere TAR also rewrote the attention that routes a name to its facts, and held-out benign facts went
     # with the hazardous ones (resetting layer 0's attention of a trained model to θ0 gave back 8 points of
@@ -221,11 +221,11 @@ def train_tar(model, ref, world, cfg: TARConfig, run_dir: Path, d: Dist = Dist()
     run before the weights move (adversary.Diverged, naming the outer step); the caller then saves nothing.
     on_step(step, model) after each step sees the weights that would be saved (search.py scores snapshots)."""
     ref.eval().requires_grad_(False)
-    opt, schedule = outer_optimizer(model, cfg)
+    masks = neurons.outer_masks(model, world, cfg)  # at θ0: --resume loads a checkpoint's weights below
+    opt, schedule = outer_optimizer(model, cfg, masks)
     rng = random.Random(cfg.seed)  # attacks and their data orders; the same on every rank
     x_trs = Stream(world.tokens["T_tr"], cfg.tr_batch, cfg.seed)  # held-out forget batches (T's other half)
     x_rs = Stream(world.tokens[cfg.retain_data], cfg.retain_batch, cfg.seed + 1)
-    masks = neurons.outer_masks(model, world, cfg)  # at θ0: --resume loads a checkpoint's weights below
     ckpt, partial, start, saved_at = run_dir / "checkpoint", run_dir / PARTIAL, 1, None
     state = {"rng": rng, "x_tr": x_trs, "x_r": x_rs, "schedule": schedule}  # what the next step depends on
     if cfg.resume:

@@ -92,7 +92,7 @@ def test_outer_params_neurons_moves_only_the_selected_neurons(small_world, optio
         neurons.fact_activations(model, small_world.tokens["Rt"], world.value_ids(tok, domains.CITIES)) + neurons.EPS)
     assert torch.equal(idx.sort(1).values, s.topk(3, dim=1).indices.sort(1).values)  # no river in Rt's documents
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    opt, _ = tar.outer_optimizer(model, cfg)
+    opt, _ = tar.outer_optimizer(model, cfg, masks)
     one_step(small_world, cfg, model, opt=opt, masks=masks)
     for layer, chosen in zip(model.model.layers, idx.tolist()):
         for proj, dim in ((layer.mlp.gate_proj, 0), (layer.mlp.up_proj, 0), (layer.mlp.down_proj, 1)):
@@ -116,8 +116,10 @@ def test_outer_params_hazard_words_moves_only_their_rows(small_world):
     values = set(world.value_ids(small_world.tokenizer, domains.DOMAINS["bio"]).tolist()) & set(t.ids[t.mask].tolist())
     assert values and values <= set(words)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    opt, _ = tar.outer_optimizer(model, cfg)
-    one_step(small_world, cfg, model, opt=opt, masks=neurons.outer_masks(model, small_world, cfg))
+    masks = neurons.outer_masks(model, small_world, cfg)
+    opt, _ = tar.outer_optimizer(model, cfg, masks)
+    assert {id(p) for g in opt.param_groups for p in g["params"]} == {id(p) for p in masks}  # embedding, LM head
+    one_step(small_world, cfg, model, opt=opt, masks=masks)
     moved = {n: (p != before[n]).reshape(len(p), -1).any(dim=1).nonzero().flatten().tolist()
              for n, p in model.named_parameters()}
     assert moved.pop("lm_head.weight") == sorted(words)  # every row of the LM head has a gradient
