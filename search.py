@@ -134,6 +134,13 @@ CANDIDATES = {
         **K96_TR_PAPER, "tr_entropy": "values_ce", "lambda_retain": 8.0, "outer_params": "hazard_words"},
         "round 17's recipe with the outer step confined to the embedding and LM-head rows of the 66 words of T that "
         "Rt and U never use (templates and values; T's names excepted): a composer's sentence shares one of them"),
+    **{f"s1lr_k96_values_ce_hazard_words_{name}": ("stage1_benign_lr_1e-3", {
+        **K96_TR_PAPER, "tr_entropy": "values_ce", "lambda_retain": 8.0, "outer_params": "hazard_words", **extra},
+        f"round 23's recipe (G_dev >= 93.5% under attack at two seeds, the attack's peak on V 58-60%) with {why}")
+       for name, extra, why in (("lambda_retain_1", {"lambda_retain": 1.0}, "the paper's λ_retain: G, out of "
+                                 "the outer step's reach, no longer needs round 17's strong pull"),
+                                ("outer_lr_3e-2", {"outer_lr": 3e-2}, "3x the outer lr: the 66 rows move further "
+                                 "in 150 steps (the attack's peak was still falling at step 150)"))},
 }
 # recipes with the paper's 32 warmup steps of the outer lr
 CANDIDATES.update({f"{recipe}_warmup_32": (CANDIDATES[recipe][0], {**CANDIDATES[recipe][1], "outer_warmup": 32},
