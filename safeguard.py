@@ -250,9 +250,12 @@ def defend(model, ref, world, cfg: SafeguardConfig, every: int = 0, callback=Non
             p.requires_grad_(id(p) in keep)
 
     def loss_fn(model, batches):
-        ctx["step"] += 1
         forget, retain = method.terms(model, ref, *batches, cfg, ctx)
         return forget + retain  # a non-finite value stops the loop: adversary.Diverged, nothing saved
+
+    def counted(steps):  # ctx["step"]: the optimizer step (circuit breakers' schedule), however it is cut
+        for ctx["step"], batch in enumerate(steps, start=1):
+            yield batch
 
     forget, retain = DEFENCE_DATA[0], cfg.retain
     spec = adversary.Attack(name=cfg.method, lr=cfg.lr, steps=cfg.steps, batch_size=cfg.batch_size, data=forget,
@@ -264,7 +267,7 @@ def defend(model, ref, world, cfg: SafeguardConfig, every: int = 0, callback=Non
         batches = (list(zip(cut(xf), cut(xr))) for xf, xr in batches)
     try:
         with cli.progress(cfg.steps, cfg.method, enabled=d.is_main) as bar:
-            return adversary.attack(model, spec, batches, loss_fn=loss_fn, progress=bar, every=every,
+            return adversary.attack(model, spec, counted(batches), loss_fn=loss_fn, progress=bar, every=every,
                                     callback=callback)
     finally:
         model.requires_grad_(True)

@@ -3,6 +3,7 @@ the forget batch and its retain term the retain batch (the official code's bug),
 smoke run of every method, and clear errors."""
 
 import copy
+import dataclasses
 import json
 import math
 
@@ -125,6 +126,18 @@ def test_every_method_trains(small_world, method):
                                safeguard.for_method(method, steps=3, batch_size=4))
     assert len(history) == 3 and all(math.isfinite(h) for h in history)
     assert any(not torch.equal(p, q) for p, q in zip(model.parameters(), before.parameters()))
+
+
+def test_methods_see_the_optimizer_step_not_the_micro_batch(small_world, monkeypatch):
+    """ctx["step"] (circuit breakers' schedule c_rr = a(1 − s/2S)) counts optimizer steps: cut into micro-batches,
+    a step's terms all see the same s."""
+    seen, method = [], safeguard.METHODS["circuit_breakers"]
+    spy = lambda *a: (seen.append(a[-1]["step"]), method.terms(*a))[1]
+    monkeypatch.setitem(safeguard.METHODS, "circuit_breakers", dataclasses.replace(method, terms=spy))
+    model = tiny_model(vocab_size=len(small_world.tokenizer), layers=4)
+    safeguard.defend(model, copy.deepcopy(model), small_world, safeguard.for_method("circuit_breakers", steps=3,
+                                                                                   batch_size=4), micro_batch=2)
+    assert seen == [1, 1, 2, 2, 3, 3]
 
 
 def test_undo_perturbs_toward_a_fresh_initialisation():
