@@ -381,7 +381,6 @@ def build_real(args: SafeguardArgs) -> None:
                                     mmlu_shots=0)  # stage 1 scores nothing: no MMLU dev split needed
         world = load_real_world(world_cfg)
         model, ref = (load_model(args.model, d, safetensors_only=True) for _ in range(2))  # ref: frozen original
-        model.config.use_cache = ref.config.use_cache = False
         cfg = for_method(method, **REAL_RANDOM_MAPPING, steps=args.safeguard_steps, seed=args.world_seed)
         defend(model, ref, world, cfg, d=d, micro_batch=args.micro_batch)
         save_model(model, world.tokenizer, Path(args.runs) / args.domain / "safeguard", {

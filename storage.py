@@ -245,6 +245,7 @@ def load_model(name: str | Path, d: Dist = Dist(), safetensors_only: bool = Fals
                             "make it again (delete the directory)") from None
         raise UserError(f"cannot load model {name} ({why}): offline, gated or not a"
                         f"{' safetensors' if safetensors_only else ''} causal LM; pass a local directory") from None
+    model.config.use_cache = False  # its forwards train or score: no KV cache (generate() sets its own)
     return fsdp.shard(model, d) if d.distributed else model.to(d.device)
 
 

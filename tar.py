@@ -368,7 +368,6 @@ def run_real(cfg: TARConfig, run_dir: Path, d: Dist, log) -> dict:
     world = load_real_world(cfg.world())
     (reference, why), model = cfg.reference_model(), storage.load_model(cfg.model, d, safetensors_only=True)
     ref = storage.load_model(reference, d, safetensors_only=True)  # frozen: θ0, its parent, or --reference
-    model.config.use_cache = ref.config.use_cache = False  # training forwards keep no KV cache
     if d.is_main:
         micro = cfg.micro_batch or max(cfg.inner_batch, cfg.tr_batch, cfg.retain_batch) // d.world_size
         log(fsdp.estimate_here(model.config, cfg.model, d, micro, cfg.seq_len, cfg.snapshot_offload, cfg.loss_chunk))

@@ -200,7 +200,9 @@ def test_a_saved_model_carries_its_model_card(fx, tmp_path):
     assert cfg.world().revision == "r1" and "cais/wmdp@r1" in cfg.datasets()
     provenance = {"what": "TAR", "key": "k", "parent": str(model), "world": asdict(cfg.world()), "config": asdict(cfg),
                   "datasets": cfg.datasets()}
-    storage.save_model(storage.load_model(model), realworld.model_tokenizer(str(model)), tmp_path / "m", provenance)
+    loaded = storage.load_model(model)
+    assert loaded.config.use_cache is False  # every load trains or scores: no KV cache in the forwards
+    storage.save_model(loaded, realworld.model_tokenizer(str(model)), tmp_path / "m", provenance)
     card = (tmp_path / "m" / "README.md").read_text()
     meta = card.split("---")[1]  # the Hugging Face card's YAML header
     assert f'base_model: "{model}"' in meta and '- "cais/wmdp"' in meta and '- "lapisrocks/camel-bio"' in meta
