@@ -310,6 +310,36 @@ def plot_search(rows: list[dict], path: Path, g_dev_rest: float) -> Path:
     return _save(fig, path)
 
 
+def pareto(points: list[dict]) -> list[dict]:
+    """The points no other beats on both axes (more G_dev at rest, a lower peak on V), by G_dev."""
+    beats = lambda q, p: q["G_dev"] >= p["G_dev"] and q["forget_V_attacked"] <= p["forget_V_attacked"] and q != p
+    return sorted((p for p in points if not any(beats(q, p) for q in points)), key=lambda p: p["G_dev"])
+
+
+def plot_front(recipes: list[dict], path: Path, g_dev_rest: float, v_held: float) -> Path:
+    """front.png beside search.md (search.py): each recipe's snapshots at its worst TAR seed (search.worst_over_seeds)
+    as G_dev at rest against the reference attack's peak on V (filled: run at two seeds or more), the front they
+    make joined and named, and the issue's target in grey (G_dev ≥ g_dev_rest, V ≤ v_held at every attack point)."""
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    ax.fill_between([g_dev_rest, 1.02], 0, v_held, color="0.9", label="target")
+    for p in recipes:
+        ax.plot(p["G_dev"], p["forget_V_attacked"], "o", color="C0", ms=3, alpha=0.6,
+                mfc=None if len(p["seeds"]) > 1 else "none")
+    front = pareto(recipes)
+    ax.plot([p["G_dev"] for p in front], [p["forget_V_attacked"] for p in front], "-", color="C3", lw=1,
+            drawstyle="steps-pre", label="front (worst seed)")  # between two points only the next is reached
+    for p in front:
+        ax.annotate(f"{p['name']}@{p['step']} ({len(p['seeds'])})", (p["G_dev"], p["forget_V_attacked"]),
+                    fontsize=5, xytext=(3, 3), textcoords="offset points")
+    ax.axhline(CHANCE, ls="--", color="k", lw=1, label="chance")
+    ax.set_xlabel("G_dev at rest, worst seed (benign family no defence reads)", fontsize=8)
+    ax.set_ylabel("reference attack: max forget on V, worst seed", fontsize=8)
+    ax.set(xlim=(0, 1.02), ylim=(0, 1.02))
+    ax.legend(fontsize=6, loc="upper left")
+    ax.set_title("TAR recipes on the dev split (hollow: one seed; (n): seeds)", fontsize=9)
+    return _save(fig, path)
+
+
 def plot_table1(rows: list[dict], path: Path) -> Path:
     """table1.png (table1.py): each row's model as G_test against forget on E, at rest (hollow) and at the
     reference attack's peak (filled), joined; the oracle's peak is the floor a defence can reach, chance below it.

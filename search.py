@@ -34,6 +34,7 @@ import torch
 import adversary
 import cli
 import plots
+import protocol
 import safeguard
 import scoring
 import selection
@@ -297,10 +298,10 @@ def table(rows: list[dict]) -> str:
     return "\n".join(out) + "\n"
 
 
-def worst_over_seeds(rows: list[dict]) -> list[dict]:
-    """One row per recipe run at two TAR seeds or more and outer step: each bound at its worst seed (a recipe is
-    judged by the run that does worst, not by a lucky seed). A recipe is a candidate's stage 1 and overrides
-    without its seed; it is named after the candidate that ran it first."""
+def worst_over_seeds(rows: list[dict], min_seeds: int = 2) -> list[dict]:
+    """One row per recipe run at `min_seeds` TAR seeds or more and outer step: each bound at its worst seed (a
+    recipe is judged by the run that does worst, not by a lucky seed). A recipe is a candidate's stage 1 and
+    overrides without its seed; it is named after the candidate that ran it first."""
     runs = {}
     for r in rows:
         if r["step"] > 0 and "failed" not in r:
@@ -310,7 +311,7 @@ def worst_over_seeds(rows: list[dict]) -> list[dict]:
     out = []
     for steps in runs.values():
         for step, seeds in steps.items():
-            if len({r["name"] for r in seeds}) > 1:
+            if len({r["name"] for r in seeds}) >= min_seeds:
                 out.append({"name": seeds[0]["name"], "step": step, "seeds": [r["name"] for r in seeds],
                             "max_V_each": [r["forget_V_attacked"] for r in seeds],
                             "V": max(r["V"] for r in seeds), "G_dev": min(r["G_dev"] for r in seeds),
@@ -376,7 +377,9 @@ def search(args: SearchArgs) -> list[dict]:
     (out.parent / "search.md").write_text(text)
     plots.plot_search([{**r, "admissible": admissible(r)} for r in rows], out.parent / "search.png",
                       selection.Bounds().g_dev_rest)
-    print(text + f"wrote {out.parent / 'search.md'} and search.png")
+    plots.plot_front(worst_over_seeds(rows, 1), out.parent / "front.png", selection.Bounds().g_dev_rest,
+                     protocol.HELD)
+    print(text + f"wrote {out.parent / 'search.md'}, search.png and front.png")
     return rows
 
 

@@ -11,6 +11,7 @@ import torch
 
 import domains
 import grid
+import plots
 import protocol
 import redteam
 import safeguard
@@ -171,7 +172,7 @@ def test_search_table_picks_by_the_rule_and_the_cli_refuses_what_it_cannot_run(t
     assert {"E", "all", "Re", "G_test", "N"} <= set(search.UNSEEN) and not set(search.SEEN) & set(search.UNSEEN)
 
 
-def test_search_judges_a_recipe_by_its_worst_seed():
+def test_search_judges_a_recipe_by_its_worst_seed(tmp_path):
     def row(name, overrides, step, v_att, g_rest):
         return {"name": name, "stage1": "s", "overrides": overrides, "step": step, "V": 0.25, "G_dev": g_rest,
                 "G_dev_rest": g_rest, "forget_V_attacked": v_att, "G_dev_attacked": 0.80, "diverged": None}
@@ -186,6 +187,12 @@ def test_search_judges_a_recipe_by_its_worst_seed():
     # ... so the pick over seeds is c (worst 45%), not a (its seed 0 alone would win with 26%)
     assert search.seeds_table(rows).splitlines()[-1] == "pick over seeds: c@25"
     assert "| **c** (2) | 25 |" in search.seeds_table(rows) and "70.0% | 26.0% / 70.0% |" in search.seeds_table(rows)
+    # the front (front.png): b at one seed beats a's and c's worst seeds on both axes; a point with more G stays
+    every = search.worst_over_seeds(rows, 1)
+    assert sorted(r["name"] for r in every) == ["a", "b", "c"] and [r["name"] for r in plots.pareto(every)] == ["b"]
+    more_g = {**every[0], "name": "d", "G_dev": 0.99}
+    assert [r["name"] for r in plots.pareto([*every, more_g])] == ["b", "d"]
+    assert plots.plot_front([*every, more_g], tmp_path / "front.png", 0.85, 0.35).stat().st_size > 0
 
 
 def test_interval_against_hand_computed_values():
