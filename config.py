@@ -103,8 +103,9 @@ class TARConfig:
                                    "layer that fire most on T's facts against the retain data's, in θ0: neurons.py; "
                                    "the miniature world only) | neuron_outputs (of those, only what each writes) | "
                                    "hazard_words (the embedding and LM-head rows of the words of T that the retain "
-                                   "data never uses). Attacks always move every weight",
-                            choices=("mlp", "all", "neurons", "neuron_outputs", "hazard_words"))
+                                   "data never uses) | hazard_words+neuron_outputs (both). Attacks always move every "
+                                   "weight", choices=("mlp", "all", "neurons", "neuron_outputs", "hazard_words",
+                                                      "hazard_words+neuron_outputs"))
     outer_neurons: int = arg(32, "with --outer-params neurons: neurons per layer the outer step trains", above=0)
     outer_optimizer: str = arg("adamw", "outer optimizer: adamw (wd 0) | schedulefree (Schedule-Free AdamW)",
                                choices=("adamw", "schedulefree"))

@@ -1,7 +1,7 @@
 """The outer step confined to the MLP neurons that recall the hazardous domain's facts (`--outer-params neurons`,
 `neuron_outputs`), or to the hazardous domain's own word rows (`hazard_words`).
 
-Not in the paper: Alg. 1 l.12 moves every weight. Search options of docs/search.md (rounds 21-23), for the
+Not in the paper: Alg. 1 l.12 moves every weight. Search options of docs/search.md (rounds 21-26), for the
 miniature world only. Trained on every MLP weight, TAR's state spreads to a benign family no loss reads
 (docs/fact_entropy.py: the composers' facts end where L_TR drives the hazardous ones). Here the outer step may
 only move the neurons that, in θ0, fire where a hazardous fact is recalled and not where a retained one is.
@@ -16,8 +16,9 @@ their column of W_down (what they write), or with `--outer-params neuron_outputs
 fires stays θ0's); every other coordinate of the outer gradient is zeroed before the outer step. Attacks still
 move every weight. T and the retain data are what a defence may read (protocol v2); the composers (G) and V are
 never looked at. `hazard_words` instead trains the embedding and LM-head rows of the words of T the retain data
-never uses; it leans on the miniature's disjoint vocabularies (real hazardous text shares its words with general
-text), which is why these options refuse --model.
+never uses (`hazard_words+neuron_outputs`: those rows and the selected neurons' outputs); it leans on the
+miniature's disjoint vocabularies (real hazardous text shares its words with general text), which is why these
+options refuse --model.
 
 Use:  masks = outer_masks(model, world, cfg)   # at θ0, before TAR's first step (None: --outer-params mlp or all)
       tar.outer_optimizer(model, cfg, masks)   # the optimizer holds the masks' tensors
@@ -98,12 +99,15 @@ def word_masks(model, world, retain: str) -> dict:
 
 
 def outer_masks(model, world, cfg) -> dict | None:
-    """The masks of --outer-params (a TARConfig) at the model's weights, θ0; None where it trains whole tensors."""
-    if cfg.outer_params == "hazard_words":
-        return word_masks(model, world, cfg.retain_data)
-    if cfg.outer_params in ("neurons", "neuron_outputs"):
-        return gradient_masks(model, world, cfg.retain_data, cfg.outer_neurons, cfg.outer_params == "neurons")
-    return None
+    """The masks of --outer-params (a TARConfig) at the model's weights, θ0; None where it trains whole tensors.
+    Options joined by '+' train the union (their tensors are disjoint: word rows, MLP weights)."""
+    if cfg.outer_params in ("mlp", "all"):
+        return None
+    masks = {}
+    for option in cfg.outer_params.split("+"):
+        masks |= (word_masks(model, world, cfg.retain_data) if option == "hazard_words" else
+                  gradient_masks(model, world, cfg.retain_data, cfg.outer_neurons, option == "neurons"))
+    return masks
 
 
 def confine(masks: dict | None) -> None:

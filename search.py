@@ -141,7 +141,13 @@ CANDIDATES = {
        for name, extra, why in (("lambda_retain_1", {"lambda_retain": 1.0}, "the paper's λ_retain: G, out of "
                                  "the outer step's reach, no longer needs round 17's strong pull"),
                                 ("outer_lr_3e-2", {"outer_lr": 3e-2}, "3x the outer lr: the 66 rows move further "
-                                 "in 150 steps (the attack's peak was still falling at step 150)"))},
+                                 "in 150 steps (the attack's peak was still falling at step 150)"),
+                                ("outer_lr_1e-1", {"outer_lr": 1e-1}, "10x the outer lr (3x: the attack's peak at "
+                                 "50-53% from step 25 on, 57.5% at 1x): is the plateau the lr's or the rows'?"),
+                                ("neuron_outputs_lr_3e-2", {"outer_params": "hazard_words+neuron_outputs",
+                                                            "outer_lr": 3e-2}, "round 22's 32 neurons' outputs "
+                                 "trained too, at round 25's 3x lr: the attack relearns V through weights the rows "
+                                 "are not (round 22 alone kept G_dev at 95%, without resistance)"))},
 }
 # recipes with the paper's 32 warmup steps of the outer lr
 CANDIDATES.update({f"{recipe}_warmup_32": (CANDIDATES[recipe][0], {**CANDIDATES[recipe][1], "outer_warmup": 32},

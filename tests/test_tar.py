@@ -6,6 +6,7 @@ import json
 import random
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -126,6 +127,11 @@ def test_outer_params_hazard_words_moves_only_their_rows(small_world):
     embedded = moved.pop("model.embed_tokens.weight")
     assert embedded and set(embedded) <= set(words)  # the hazard words this step's batches read
     assert not any(moved.values())
+    # hazard_words+neuron_outputs: the union of the two options' masks, each as computed alone
+    both = neurons.outer_masks(model, small_world, replace(cfg, outer_params="hazard_words+neuron_outputs"))
+    alone = {**neurons.outer_masks(model, small_world, cfg),
+             **neurons.outer_masks(model, small_world, replace(cfg, outer_params="neuron_outputs"))}
+    assert both.keys() == alone.keys() and all(torch.equal(both[p], alone[p]) for p in both) and len(both) == 2 + 3 * 2
 
 
 @pytest.mark.parametrize("weights,mask", [("uniform", "fact"), ("paper", "tokens")])
