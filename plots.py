@@ -300,14 +300,19 @@ def plot_search(rows: list[dict], path: Path, g_dev_rest: float) -> Path:
         ax.plot(r["G_dev"], r["forget_V_attacked"], "*", color="k", ms=8)
         ax.annotate(r["name"], (r["G_dev"], r["forget_V_attacked"]), fontsize=6, xytext=(3, -8),
                     textcoords="offset points")
-    ax.axhline(CHANCE, ls="--", color="k", lw=1)
     ax.axvline(g_dev_rest, ls=":", color="k", lw=1)
-    ax.set_xlabel("G_dev at rest (benign family no defence reads)", fontsize=8)
-    ax.set_ylabel("reference attack: max forget on V", fontsize=8)
+    _dev_axes(ax, "TAR candidates on the dev split (filled: admissible; numbers: outer step)")
+    return _save(fig, path)
+
+
+def _dev_axes(ax, title: str, of: str = "") -> None:
+    """search.png's and front.png's axes: G_dev at rest against the reference attack's peak on V (`of`: whose)."""
+    ax.axhline(CHANCE, ls="--", color="k", lw=1, label="chance")
+    ax.set_xlabel(f"G_dev at rest{of} (benign family no defence reads)", fontsize=8)
+    ax.set_ylabel(f"reference attack: max forget on V{of}", fontsize=8)
     ax.set(xlim=(0, 1.02), ylim=(0, 1.02))
     ax.legend(fontsize=6, loc="upper left")
-    ax.set_title("TAR candidates on the dev split (filled: admissible; numbers: outer step)", fontsize=9)
-    return _save(fig, path)
+    ax.set_title(title, fontsize=9)
 
 
 def pareto(points: list[dict]) -> list[dict]:
@@ -331,12 +336,7 @@ def plot_front(recipes: list[dict], path: Path, g_dev_rest: float, v_held: float
     for p in front:
         ax.annotate(f"{p['name']}@{p['step']} ({len(p['seeds'])})", (p["G_dev"], p["forget_V_attacked"]),
                     fontsize=5, xytext=(3, 3), textcoords="offset points")
-    ax.axhline(CHANCE, ls="--", color="k", lw=1, label="chance")
-    ax.set_xlabel("G_dev at rest, worst seed (benign family no defence reads)", fontsize=8)
-    ax.set_ylabel("reference attack: max forget on V, worst seed", fontsize=8)
-    ax.set(xlim=(0, 1.02), ylim=(0, 1.02))
-    ax.legend(fontsize=6, loc="upper left")
-    ax.set_title("TAR recipes on the dev split (hollow: one seed; (n): seeds)", fontsize=9)
+    _dev_axes(ax, "TAR recipes on the dev split (hollow: one seed; (n): seeds)", ", worst seed")
     return _save(fig, path)
 
 
