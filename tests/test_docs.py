@@ -92,3 +92,21 @@ def test_fact_entropy_reads_the_three_states():
         {"entropy": math.log(10), "on values": 0.3, "among them": math.log(3), "hazardous": 0.2}, abs=1e-4)
     assert read(uniform_values) == pytest.approx(
         {"entropy": math.log(3), "on values": 1, "among them": math.log(3), "hazardous": 0}, abs=1e-4)
+
+
+@pytest.mark.parametrize("group", ["embedding, LM head", "MLPs"])
+def test_relearned_through_moves_only_its_group(small_world, group):
+    """docs/relearned_through.py (search round 25's diagnostic): the attack moves exactly the group's weights, and
+    reads V and G_dev at step 0 and every 25 steps."""
+    import dataclasses
+    import torch
+    from conftest import tiny_model
+    import protocol
+    import relearned_through as rt
+    model = tiny_model(vocab_size=len(small_world.tokenizer))
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    points = rt.attack_only(model, small_world, rt.GROUPS[group], dataclasses.replace(protocol.REFERENCE, steps=50,
+                                                                                       batch_size=4))
+    assert len(points) == 3 and set(points[0]) == {"forget", "G"}
+    moved = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+    assert moved and moved == {n for n in before if rt.GROUPS[group](n)}

@@ -1,0 +1,70 @@
+"""Which weights the attacker relearns the hazardous facts through: the reference attack with the rest frozen.
+
+A diagnostic for docs/search.md (round 25), not part of the method. The reference attack (protocol.REFERENCE:
+AdamW 3e-4, 200 steps, data order seed 0) runs on a copy of each model in which only one group of weights may
+move: every weight (as the red team attacks), every weight but the embedding and the LM head, those two alone, the
+MLPs alone, attention alone. Forget on V and benign accuracy on G_dev are read every 25 steps; the world is sealed
+as the search's (E, Re, G_test and N are never read).
+
+Run:  python docs/relearned_through.py runs/bio/search/stage1/stage1_benign_lr_1e-3 runs/bio/search/<name>/tar
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import adversary  # noqa: E402
+from domains import DOMAINS  # noqa: E402
+from protocol import REFERENCE  # noqa: E402
+from scoring import DEV, accuracies  # noqa: E402
+from storage import load_model  # noqa: E402
+from world import UNSEEN, build_world, sealed, world_config  # noqa: E402
+
+EVERY = 25
+TABLES = ("embed_tokens", "lm_head")
+GROUPS = {  # what the attack may move -> which parameter names are in it
+    "every weight": lambda name: True,
+    "all but embedding, LM head": lambda name: not any(t in name for t in TABLES),
+    "embedding, LM head": lambda name: any(t in name for t in TABLES),
+    "MLPs": lambda name: ".mlp." in name,
+    "attention": lambda name: ".self_attn." in name,
+}
+
+
+def attack_only(model, world, moves, spec=REFERENCE, seed: int = 0) -> list[dict]:
+    """`spec` on `model` in place, with only the weights whose names `moves` accepts trainable: V and G_dev at
+    step 0 and every EVERY steps."""
+    for name, p in model.named_parameters():
+        p.requires_grad_(moves(name))
+    torch.manual_seed(seed)
+    points = [accuracies(model, world, DEV)]
+    adversary.attack(model, spec, adversary.attack_stream(spec, world.tokens, seed), every=EVERY,
+                     callback=lambda k: points.append(accuracies(model, world, DEV)))
+    return points
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("models", nargs="+", help="model directories (saved by tar.py, safeguard.py or search.py)")
+    ap.add_argument("--domain", default="bio", choices=tuple(DOMAINS))
+    args = ap.parse_args(argv)
+    torch.set_num_threads(1)
+    world = sealed(build_world(world_config(args.domain)), UNSEEN)
+    steps = " / ".join(str(s) for s in range(0, REFERENCE.steps + 1, EVERY))
+    print(f"| model | the attack moves | V at steps {steps} | G_dev, the same steps |\n|---|---|---|---|")
+    for m in args.models:
+        model = load_model(m)
+        for group, moves in GROUPS.items():
+            points = attack_only(copy.deepcopy(model), world, moves)
+            print(f"| {m} | {group} | " + " / ".join(f"{p['forget']:.0%}" for p in points) + " | "
+                  + " / ".join(f"{p['G']:.0%}" for p in points) + " |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
