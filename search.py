@@ -57,6 +57,7 @@ STAGE1 = {
 }
 S1LR_ALL = {"retain_data": "benign", "outer_params": "all"}  # TAR on every weight, Rt and U retained
 K96_TR_PAPER = {**S1LR_ALL, "inner_steps": 96, "tr_every": 12, "tr_weights": "paper"}  # round 12's recipe
+K192 = {"inner_steps": 192, "tr_every": 24}  # twice as long, 8 TR points (held out: no suite row is 192 steps)
 # TAR: name -> (its stage 1, TARConfig overrides, why). "defaults" is today's recipe (docs/results.md).
 CANDIDATES = {
     "defaults": ("stage1", {}, "today's defaults: where G is lost"),
@@ -147,7 +148,12 @@ CANDIDATES = {
                                 ("neuron_outputs_lr_3e-2", {"outer_params": "hazard_words+neuron_outputs",
                                                             "outer_lr": 3e-2}, "round 22's 32 neurons' outputs "
                                  "trained too, at round 25's 3x lr: the attack relearns V through weights the rows "
-                                 "are not (round 22 alone kept G_dev at 95%, without resistance)"))},
+                                 "are not (round 22 alone kept G_dev at 95%, without resistance)"),
+                                ("k192_lr_3e-2", {"outer_lr": 3e-2, **K192}, "round 25's 3x lr with train-time "
+                                 "attacks twice as long: the reference attack relearns V steadily after step 75"),
+                                ("neuron_outputs_k192_lr_3e-2", {"outer_params": "hazard_words+neuron_outputs",
+                                                                 "outer_lr": 3e-2, **K192},
+                                 "round 26's rows and neuron outputs with train-time attacks twice as long"))},
 }
 # recipes with the paper's 32 warmup steps of the outer lr
 CANDIDATES.update({f"{recipe}_warmup_32": (CANDIDATES[recipe][0], {**CANDIDATES[recipe][1], "outer_warmup": 32},
