@@ -201,6 +201,16 @@ class Table1Args:
     workers: int = arg(cli.WORKERS, "processes (one torch thread each)", above=0)
 
 
+def red_teams(rows: dict, rt_path: Path, paper: str) -> dict[str, dict]:
+    """Row -> the red team's results.json it reads ({} where none was run): the run directory's, but the paper
+    preset's own (red-teamed in its run directory, evaluate.py runs/paper/<d>)."""
+    read = lambda path: read_json(path, "rerun evaluate.py") if path.exists() else {}
+    rts = dict.fromkeys(rows, read(rt_path))
+    if paper:
+        rts["TAR, paper preset"] = read(Path(paper).parent / "redteam" / "results.json")
+    return rts
+
+
 def build(args: Table1Args) -> list[dict]:
     torch.set_num_threads(1)
     if not args.run_dir:
@@ -220,16 +230,12 @@ def build(args: Table1Args) -> list[dict]:
     digests = {row: file_digest(p) for row, p in models.items()}  # read once: the cache and the table key on them
     measured = measure(models, digests, world, out / "results.json", args.workers)
     rt_path = Path(args.redteam) if args.redteam else run_dir / "redteam" / "results.json"
-    rt = read_json(rt_path, "rerun evaluate.py") if rt_path.exists() else {}
-    rts = {row: rt for row in rows}
-    if args.paper:  # red-teamed in its own run directory (evaluate.py runs/paper/<d>)
-        own = Path(args.paper).parent / "redteam" / "results.json"
-        rts["TAR, paper preset"] = read_json(own, "rerun evaluate.py") if own.exists() else {}
+    rts = red_teams(rows, rt_path, args.paper)
     table = table_rows(rows, digests, measured, rts)
     atomic_write(out / "table1.md", markdown(table))
     figure = plots.plot_table1(table, out / "table1.png")
     print("\n" + markdown(table) + f"\nwrote {out / 'table1.md'}, {figure}"
-          + ("" if rt else f"; no red team at {rt_path}: T1, A1 and the suite are blank"))
+          + ("" if rts["base"] else f"; no red team at {rt_path}: T1, A1 and the suite are blank"))
     return table
 
 

@@ -305,3 +305,12 @@ def test_table1_reads_the_red_team_by_digest_worst_seed_and_tier(tmp_path, capsy
             "held 3 of 3 |"
             in text)
     assert "| UNDO | not made yet: python safeguard.py --method undo_repnoise |" in text
+    # each row reads its own red team: the paper preset's from its run directory, the others the run's
+    (tmp_path / "runs" / "redteam").mkdir(parents=True)
+    (tmp_path / "runs" / "redteam" / "results.json").write_text(json.dumps(rt))
+    (tmp_path / "paper" / "redteam").mkdir(parents=True)
+    (tmp_path / "paper" / "redteam" / "results.json").write_text(json.dumps(leaky))
+    rows = {"TAR": None, "TAR, paper preset": None}
+    rts = table1.red_teams(rows, tmp_path / "runs" / "redteam" / "results.json", str(tmp_path / "paper" / "tar"))
+    assert rts == {"TAR": rt, "TAR, paper preset": leaky}
+    assert table1.red_teams(rows, tmp_path / "none.json", "") == {"TAR": {}, "TAR, paper preset": {}}
