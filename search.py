@@ -139,21 +139,15 @@ CANDIDATES = {
     **{f"s1lr_k96_values_ce_hazard_words_{name}": ("stage1_benign_lr_1e-3", {
         **K96_TR_PAPER, "tr_entropy": "values_ce", "lambda_retain": 8.0, "outer_params": "hazard_words", **extra},
         f"round 23's recipe (G_dev >= 93.5% under attack at two seeds, the attack's peak on V 58-60%) with {why}")
-       for name, extra, why in (("lambda_retain_1", {"lambda_retain": 1.0}, "the paper's λ_retain: G, out of "
-                                 "the outer step's reach, no longer needs round 17's strong pull"),
-                                ("outer_lr_3e-2", {"outer_lr": 3e-2}, "3x the outer lr: the 66 rows move further "
-                                 "in 150 steps (the attack's peak was still falling at step 150)"),
-                                ("outer_lr_1e-1", {"outer_lr": 1e-1}, "10x the outer lr (3x: the attack's peak at "
-                                 "50-53% from step 25 on, 57.5% at 1x): is the plateau the lr's or the rows'?"),
-                                ("neuron_outputs_lr_3e-2", {"outer_params": "hazard_words+neuron_outputs",
-                                                            "outer_lr": 3e-2}, "round 22's 32 neurons' outputs "
-                                 "trained too, at round 25's 3x lr: the attack relearns V through weights the rows "
-                                 "are not (round 22 alone kept G_dev at 95%, without resistance)"),
-                                ("k192_lr_3e-2", {"outer_lr": 3e-2, **K192}, "round 25's 3x lr with train-time "
-                                 "attacks twice as long: the reference attack relearns V steadily after step 75"),
-                                ("neuron_outputs_k192_lr_3e-2", {"outer_params": "hazard_words+neuron_outputs",
-                                                                 "outer_lr": 3e-2, **K192},
-                                 "round 26's rows and neuron outputs with train-time attacks twice as long"))},
+       for name, extra, why in (
+           ("lambda_retain_1", {"lambda_retain": 1.0}, "the paper's λ_retain: G is out of the outer step's reach"),
+           ("outer_lr_3e-2", {"outer_lr": 3e-2}, "3x the outer lr: the 66 rows move further in 150 steps"),
+           ("outer_lr_1e-1", {"outer_lr": 1e-1}, "10x the outer lr: is round 25's plateau the lr's or the rows'?"),
+           ("neuron_outputs_lr_3e-2", {"outer_params": "hazard_words+neuron_outputs", "outer_lr": 3e-2},
+            "round 22's neurons' outputs too, at 3x the lr: the attack relearns V through weights the rows are not"),
+           ("k192_lr_3e-2", {"outer_lr": 3e-2, **K192}, "3x the lr, attacks twice as long (V relearned after 75)"),
+           ("neuron_outputs_k192_lr_3e-2", {"outer_params": "hazard_words+neuron_outputs", "outer_lr": 3e-2,
+                                            **K192}, "round 26's rows and outputs, attacks twice as long"))},
 }
 # recipes with the paper's 32 warmup steps of the outer lr
 CANDIDATES.update({f"{recipe}_warmup_32": (CANDIDATES[recipe][0], {**CANDIDATES[recipe][1], "outer_warmup": 32},
