@@ -30,6 +30,7 @@ import dataclasses
 import math
 import os
 import sys
+import textwrap
 import time
 from dataclasses import field
 
@@ -86,10 +87,15 @@ class _Parser(argparse.ArgumentParser):
         sys.exit(2)
 
 
+class _Help(argparse.HelpFormatter):
+    def _split_lines(self, text, width):  # a choice set or a path longer than a line stays whole, never cut
+        return textwrap.wrap(" ".join(text.split()), width, break_long_words=False, break_on_hyphens=False)
+
+
 def flags(cls, argv, description: str, note=lambda f: "") -> dict:
     """The flags of `cls`'s fields that the user gave in `argv` (a dict of field name -> value). `note(field)`
     adds text to a field's help (tar.py: the paper's value)."""
-    p = _Parser(description=description)
+    p = _Parser(description=description, formatter_class=_Help)
     for f in dataclasses.fields(cls):
         default, meta = default_of(f), f.metadata
         shown = f" (default: {default})" if default not in ("", [], None) else ""
