@@ -176,8 +176,8 @@ CANDIDATES.update({f"{recipe}_seed_{seed}": (CANDIDATES[recipe][0], {**CANDIDATE
                                               "round 18's recipe"),
                                              ("s1lr_all_values_ce_lambda_retain_8", 1, "round 20's recipe"),
                                              ("s1lr_k96_values_ce_hazard_words", 1, "round 23's recipe"),
-                                             ("s1lr_k96_values_ce_hazard_words_neuron_outputs_k192_lr_3e-2", 1,
-                                              "round 27's recipe"),
+                                             *(("s1lr_k96_values_ce_hazard_words_neuron_outputs_k192_lr_3e-2",
+                                                seed, "round 27's recipe") for seed in (1, 2)),
                                              *(("s1lr_all_k96_tr_paper_values_ce_lambda_retain_8", seed,
                                                 "round 17's recipe") for seed in (1, 2, 3)))})
 SEEN = ("T", "Rt", "U")  # scored at rest besides V and G_dev (those come with selection's evidence, at step 0)
