@@ -1,11 +1,11 @@
 """Choosing TAR's miniature defaults on the dev split (protocol v2, docs/search.md): every candidate is scored on V
 and G_dev, never on E, Re, G_test or N.
 
-Not in the paper, which does not say how its settings were chosen. A candidate is a stage 1 (`STAGE1`: overrides of
-`safeguard.SafeguardConfig`) and a stage 2 (`CANDIDATES`: overrides of `config.TARConfig`), trained from the cached
-base of `python tar.py --domain <d>` in a world where E, Re, G_test and N are sealed away (`world.sealed`: a read
-raises). TAR's weights are scored every --snapshot-every outer steps as well (checkpoint selection on V), each by
-selection.py's rule:
+Not in the paper, which does not say how its settings were chosen. A candidate (candidates.py) is a stage 1
+(`STAGE1`: overrides of `safeguard.SafeguardConfig`) and a stage 2 (`CANDIDATES`: overrides of `config.TARConfig`),
+trained from the cached base of `python tar.py --domain <d>` in a world where E, Re, G_test and N are sealed away
+(`world.sealed`: a read raises). TAR's weights are scored every --snapshot-every outer steps as well (checkpoint
+selection on V), each by selection.py's rule:
 
     at rest         V, G_dev, and the groups the defences train on (T, Rt, U)
     under attack    the reference attack (AdamW 3e-4, batch 16, 200 steps on A): max V, min G_dev
@@ -39,147 +39,13 @@ import safeguard
 import scoring
 import selection
 import tar
+from candidates import CANDIDATES, STAGE1
 from cli import UsageError, UserError, arg
 from config import NOT_TRAINING, TARConfig, configure
 from storage import cached, digest, file_digest, read_jsonl, save_model
 from workers import Workers, result
 from world import UNSEEN, build_world, entities_flag, sealed
 
-# Stage 1: name -> (SafeguardConfig overrides, why). Its retain term may read Rt, or Rt and U ("benign"): the only
-# benign text a defence may train on (G and N never).
-STAGE1 = {
-    "stage1": ({}, "today's random-mapping safeguard"),
-    "stage1_benign": ({"retain": "benign"}, "its retain term on Rt and U, not Rt alone"),
-    "stage1_benign_150": ({"retain": "benign", "steps": 150}, "the same, 150 steps, not 250"),
-    "stage1_benign_lr_1e-3": ({"retain": "benign", "lr": 1e-3}, "the same, lr 1e-3, not 3e-3"),
-    "stage1_benign_final": ({"retain": "benign", "all_layers": False}, "the same, mapping the final hidden state "
-                                                                      "only, not every layer's"),
-}
-S1LR_ALL = {"retain_data": "benign", "outer_params": "all"}  # TAR on every weight, Rt and U retained
-K96_TR_PAPER = {**S1LR_ALL, "inner_steps": 96, "tr_every": 12, "tr_weights": "paper"}  # round 12's recipe
-K192 = {"inner_steps": 192, "tr_every": 24}  # twice as long, 8 TR points (held out: no suite row is 192 steps)
-# TAR: name -> (its stage 1, TARConfig overrides, why). "defaults" is today's recipe (docs/results.md).
-CANDIDATES = {
-    "defaults": ("stage1", {}, "today's defaults: where G is lost"),
-    "s1b": ("stage1_benign", {"retain_data": "benign"}, "stage 1 and TAR keep Rt and U: TAR must do more of the "
-                                                        "forgetting (stage1_benign hides less of V)"),
-    "s1b_retain_rt": ("stage1_benign", {}, "stage 1 keeps Rt and U, TAR's retain set is Rt alone: which of the "
-                                            "two retain sets decides (s1b)"),
-    "retain_benign": ("stage1", {"retain_data": "benign"}, "today's stage 1, TAR's retain set Rt and U"),
-    "s1lr_retain_rt": ("stage1_benign_lr_1e-3", {}, "the stage 1 that keeps G_dev at 100%, TAR on Rt (as "
-                                                    "s1b_retain_rt, the only one that resisted)"),
-    "s1b_lambda_retain_1": ("stage1_benign", {"retain_data": "benign", "lambda_retain": 1.0},
-                            "as s1b with the paper's λ_retain = 1: U kept, the TR term 4× stronger against it"),
-    "s1lr_lambda_retain_1": ("stage1_benign_lr_1e-3", {"retain_data": "benign", "lambda_retain": 1.0},
-                             "the same from the stage 1 that keeps G_dev at 100%"),
-    "s1b_all": ("stage1_benign", {"retain_data": "benign", "outer_params": "all"},
-                "as s1b, the outer step training every weight (the paper), not the MLPs alone"),
-    "s1b_lambda_retain_2": ("stage1_benign", {"retain_data": "benign", "lambda_retain": 2.0},
-                            "between λ_retain 1 (resists, G_dev 62%) and 4 (s1b: G_dev 75-81%, no resistance)"),
-    "s1lr_all": ("stage1_benign_lr_1e-3", S1LR_ALL, "s1b_all from the stage 1 that keeps G_dev at 99-100%"),
-    "s1lr_all_lambda_retain_8": ("stage1_benign_lr_1e-3", {**S1LR_ALL, "lambda_retain": 8.0},
-                                 "s1lr_all (G_dev 82.8% at rest, 2.2 points short) with the retain term twice as "
-                                 "strong"),
-    "s1lr_all_lambda_retain_6": ("stage1_benign_lr_1e-3", {**S1LR_ALL, "lambda_retain": 6.0},
-                                 "between λ_retain 4 (s1lr_all: resists, G_dev 82.8%) and 8 (G_dev 88.2%, V "
-                                 "back to 49.8% under the attack)"),
-    "s1lr_all_outer_lr_3e-3": ("stage1_benign_lr_1e-3", {**S1LR_ALL, "outer_lr": 3e-3},
-                               "s1lr_all with smaller outer steps: less of G_dev moved per step"),
-    "s1lr_all_k96": ("stage1_benign_lr_1e-3", {**S1LR_ALL, "inner_steps": 96, "tr_every": 12},
-                     "s1lr_all with train-time attacks 1.5x as long (8 TR points, as at K = 64): at K = 64 the "
-                     "attacks at lr 1e-4 and 3e-4 leave the entropy of x_TR at its maximum from step 50, while the "
-                     "200-step reference attack still recovers V (K = 128 would train on A14's length)"),
-    "s1lr_all_k96_lambda_retain_6": ("stage1_benign_lr_1e-3", {**S1LR_ALL, "inner_steps": 96, "tr_every": 12,
-                                                             "lambda_retain": 6.0},
-                                     "s1lr_all_k96 (resists at one seed of two, G_dev 65-69%) with round 4's "
-                                     "λ_retain: the longer attacks' resistance with more of G"),
-    "s1lr_all_k96_tr_paper": ("stage1_benign_lr_1e-3", K96_TR_PAPER,
-                              "s1lr_all_k96 with the paper's TR weights exp(0.0625(k-K)): the points late in a "
-                              "train-time attack, which TAR beats last, weigh most"),
-    "s1lr_all_k96_tr_paper_lambda_retain_6": ("stage1_benign_lr_1e-3", {**K96_TR_PAPER, "lambda_retain": 6.0},
-                                              "round 12's recipe (resists at two seeds, G_dev 53-64%) with round 4's "
-                                              "λ_retain: G bought back where resistance has room"),
-    "s1lr_all_k96_tr_paper_lambda_retain_8": ("stage1_benign_lr_1e-3", {**K96_TR_PAPER, "lambda_retain": 8.0},
-                                              "round 13's recipe (λ_retain 6: both seeds resist, G_dev 72% / 56%) "
-                                              "with the retain term stronger again"),
-    "s1lr_all_k96_tr_paper_values": ("stage1_benign_lr_1e-3", {**K96_TR_PAPER, "tr_entropy": "values"},
-                                     "round 12's recipe (resists at two seeds, G_dev 53-64%) with the entropy over "
-                                     "the fact values, not the vocabulary: today's TAR answers G_dev's facts with "
-                                     "noise (entropy 4.5 nats, 25% of the mass on the composers' values; base: "
-                                     "0.04, 100%), the state it trains on the hazardous facts"),
-    "s1lr_all_k96_tr_paper_values_ce": ("stage1_benign_lr_1e-3", {**K96_TR_PAPER, "tr_entropy": "values_ce"},
-                                        "round 15's recipe with the attacked model driven to the oracle's state (p "
-                                        "uniform over the fact values), not to the renormalised entropy's maximum: "
-                                        "round 15's models moved p off the values (0% on V's, 20-26% on G_dev's)"),
-    "s1lr_all_k96_tr_paper_values_ce_lambda_retain_8": ("stage1_benign_lr_1e-3", {
-        **K96_TR_PAPER, "tr_entropy": "values_ce", "lambda_retain": 8.0},
-        "round 16's recipe (resists at both seeds from step 100, G_dev 57-63%) with round 14's λ_retain: its margin "
-        "of resistance spent on G"),
-    "s1lr_all_k96_tr_paper_values_ce_lambda_retain_16": ("stage1_benign_lr_1e-3", {
-        **K96_TR_PAPER, "tr_entropy": "values_ce", "lambda_retain": 16.0},
-        "round 17's recipe (both seeds resist from step 100, G_dev 66-68%) with the retain term twice as strong "
-        "again: how far along the front it goes"),
-    "s1lr_all_values_ce_lambda_retain_8": ("stage1_benign_lr_1e-3", {**S1LR_ALL, "tr_entropy": "values_ce",
-                                                                   "lambda_retain": 8.0},
-                                           "round 17's recipe at K = 64 with uniform TR weights: is its resistance "
-                                           "the TR target's, or the longer, late-weighted attacks'?"),
-    **{f"s1lr_k96_values_ce_neurons_{k}": ("stage1_benign_lr_1e-3", {
-        **K96_TR_PAPER, "tr_entropy": "values_ce", "lambda_retain": 8.0, "outer_params": "neurons", "outer_neurons": k},
-        f"round 17's recipe (resists at four seeds, G_dev 55-68%) with the outer step confined to the {k} neurons per "
-        "layer that fire most on T's facts against Rt's and U's in θ0 (neurons.py): the composers' facts, recalled "
-        "by other neurons, out of its reach") for k in (32, 64)},
-    "s1lr_k96_values_ce_neuron_outputs_32": ("stage1_benign_lr_1e-3", {
-        **K96_TR_PAPER, "tr_entropy": "values_ce", "lambda_retain": 8.0, "outer_params": "neuron_outputs",
-        "outer_neurons": 32}, "round 21's neurons with their reading weights frozen at θ0: there TAR made the 32 "
-        "neurons fire 15x as strongly on the composers' facts as in θ0 (and 9x on T's), none more on Rt's or U's"),
-    "s1lr_k96_values_ce_hazard_words": ("stage1_benign_lr_1e-3", {
-        **K96_TR_PAPER, "tr_entropy": "values_ce", "lambda_retain": 8.0, "outer_params": "hazard_words"},
-        "round 17's recipe with the outer step confined to the embedding and LM-head rows of the 66 words of T that "
-        "Rt and U never use (templates and values; T's names excepted): a composer's sentence shares one of them"),
-    **{f"s1lr_k96_values_ce_hazard_words_{name}": ("stage1_benign_lr_1e-3", {
-        **K96_TR_PAPER, "tr_entropy": "values_ce", "lambda_retain": 8.0, "outer_params": "hazard_words", **extra},
-        f"round 23's recipe (G_dev >= 93.5% under attack at two seeds, the attack's peak on V 58-60%) with {why}")
-       for name, extra, why in (
-           ("lambda_retain_1", {"lambda_retain": 1.0}, "the paper's λ_retain: G is out of the outer step's reach"),
-           ("outer_lr_3e-2", {"outer_lr": 3e-2}, "3x the outer lr: the 66 rows move further in 150 steps"),
-           ("outer_lr_1e-1", {"outer_lr": 1e-1}, "10x the outer lr: is round 25's plateau the lr's or the rows'?"),
-           ("neuron_outputs_lr_3e-2", {"outer_params": "hazard_words+neuron_outputs", "outer_lr": 3e-2},
-            "round 22's neurons' outputs too, at 3x the lr: the attack relearns V through weights the rows are not"),
-           ("k192_lr_3e-2", {"outer_lr": 3e-2, **K192}, "3x the lr, attacks twice as long (V relearned after 75)"),
-           ("neuron_outputs_k192_lr_3e-2", {"outer_params": "hazard_words+neuron_outputs", "outer_lr": 3e-2,
-                                            **K192}, "round 26's rows and outputs, attacks twice as long"))},
-}
-# recipes with the paper's 32 warmup steps of the outer lr
-CANDIDATES.update({f"{recipe}_warmup_32": (CANDIDATES[recipe][0], {**CANDIDATES[recipe][1], "outer_warmup": 32},
-                                           f"{recipe} warmed up: on base C G_dev falls from 97% to 60-68% in the "
-                                           "first 25 outer steps of rounds 5-8's candidates (bar the one pulled "
-                                           "hardest towards θ0), while Adam's first steps move every weight by "
-                                           "about the full lr")
-                   for recipe in ("s1lr_all", "s1lr_all_k96")})
-# recipes run again at other TAR seeds: (recipe, TAR seed, what the recipe was)
-CANDIDATES.update({f"{recipe}_seed_{seed}": (CANDIDATES[recipe][0], {**CANDIDATES[recipe][1], "seed": seed},
-                                             f"{why} at TAR seed {seed}: does it hold at another seed?")
-                   for recipe, seed, why in (("s1lr_all_lambda_retain_8", 1, "the round-3 pick's recipe"),
-                                             ("s1lr_all_lambda_retain_6", 1, "the round-4 pick's recipe"),
-                                             ("s1lr_all_lambda_retain_6", 2, "the round-4 pick's recipe"),
-                                             ("s1lr_all", 1, "round 2's resisting recipe"),
-                                             ("s1lr_all", 2, "round 2's resisting recipe"),
-                                             ("s1lr_all_k96", 1, "round 6's longer train-time attacks"),
-                                             ("defaults", 1, "today's defaults"),
-                                             ("s1lr_all_k96_lambda_retain_6", 1, "round 11's recipe"),
-                                             ("s1lr_all_k96_tr_paper", 1, "round 12's recipe"),
-                                             ("s1lr_all_k96_tr_paper_lambda_retain_6", 1, "round 13's recipe"),
-                                             ("s1lr_all_k96_tr_paper_lambda_retain_8", 1, "round 14's recipe"),
-                                             ("s1lr_all_k96_tr_paper_values", 1, "round 15's recipe"),
-                                             ("s1lr_all_k96_tr_paper_values_ce", 1, "round 16's recipe"),
-                                             ("s1lr_all_k96_tr_paper_values_ce_lambda_retain_16", 1,
-                                              "round 18's recipe"),
-                                             ("s1lr_all_values_ce_lambda_retain_8", 1, "round 20's recipe"),
-                                             ("s1lr_k96_values_ce_hazard_words", 1, "round 23's recipe"),
-                                             *(("s1lr_k96_values_ce_hazard_words_neuron_outputs_k192_lr_3e-2",
-                                                seed, "round 27's recipe") for seed in (1, 2)),
-                                             *(("s1lr_all_k96_tr_paper_values_ce_lambda_retain_8", seed,
-                                                "round 17's recipe") for seed in (1, 2, 3)))})
 SEEN = ("T", "Rt", "U")  # scored at rest besides V and G_dev (those come with selection's evidence, at step 0)
 
 
