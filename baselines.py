@@ -123,10 +123,10 @@ def fresh_init(model, seed: int):
     return type(model)(model.config)
 
 
-def perturb(student, init, alpha: float) -> None:
-    """UNDO's noise: θ_student ← (1 − α)·θ_student + α·θ_init, in place."""
+def perturb(student, alpha: float, seed: int) -> None:
+    """UNDO's noise: θ_student ← (1 − α)·θ_student + α·θ_init, in place, θ_init = fresh_init(student, seed)."""
     with torch.no_grad():
-        for p, q in zip(student.parameters(), init.parameters(), strict=True):
+        for p, q in zip(student.parameters(), fresh_init(student, seed).parameters(), strict=True):
             p.mul_(1 - alpha).add_(q, alpha=alpha)
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import adversary
 import scoring
 import selection
-from baselines import fresh_init, perturb, start_dir
+from baselines import perturb, start_dir
 from cli import UsageError, UserError
 from safeguard import METHODS, SafeguardConfig, defend
 from storage import atomic_write, load_model
@@ -41,7 +41,7 @@ def grid_point(job) -> list[dict]:
     cfg = SafeguardConfig(method=method, **{**METHODS[method].picked, **overrides, "steps": max(steps)})
     base, model = load_model(start), load_model(start)
     if METHODS[method].teacher:
-        perturb(model, fresh_init(model, cfg.seed), cfg.coef)
+        perturb(model, cfg.coef, cfg.seed)
     rows = []
 
     def record(step):

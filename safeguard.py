@@ -47,7 +47,7 @@ import cli
 import fsdp
 import losses
 import scoring
-from baselines import BASELINES, UNDO, Method, ce, forward, fresh_init, perturb, start_dir
+from baselines import BASELINES, UNDO, Method, ce, forward, perturb, start_dir
 from batching import Stream, check_split, shard_batch
 from cli import UsageError, UserError, arg
 from fsdp import Dist
@@ -292,7 +292,7 @@ def safeguard_model(base, base_key: str, world, cfg: SafeguardConfig, run_dir: P
     ref = safeguard_model(base, base_key, world, teacher_cfg, run_dir, log, parent) if teacher else base  # frozen
     model, t0 = load_model(parent), time.time()  # a fresh copy of the base (UNDO: of its teacher)
     if teacher:
-        perturb(model, fresh_init(model, cfg.seed), cfg.coef)  # UNDO's noise
+        perturb(model, cfg.coef, cfg.seed)  # UNDO's noise
     defend(model, ref, world, cfg)
     acc = scoring.accuracies(model, world, scoring.every_group(world))
     log(f"{cfg.method}: {time.time() - t0:.0f}s, accuracy " + " ".join(f"{g} {a:.1%}" for g, a in acc.items()))

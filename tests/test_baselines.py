@@ -141,12 +141,12 @@ def test_methods_see_the_optimizer_step_not_the_micro_batch(small_world, monkeyp
 
 
 def test_undo_perturbs_toward_a_fresh_initialisation():
-    student, init = tiny_model(seed=0), tiny_model(seed=1)
-    teacher = copy.deepcopy(student)
-    baselines.perturb(student, init, 0.25)  # θ ← 0.75 θ_teacher + 0.25 θ_init
+    student = tiny_model(seed=0)
+    teacher, init = copy.deepcopy(student), baselines.fresh_init(student, 3)
+    baselines.perturb(student, 0.25, 3)  # θ ← 0.75 θ_teacher + 0.25 θ_init
     for p, t, q in zip(student.parameters(), teacher.parameters(), init.parameters()):
         torch.testing.assert_close(p, 0.75 * t + 0.25 * q)
-    baselines.perturb(student, init, 1.0)
+    baselines.perturb(student, 1.0, 3)
     assert all(torch.equal(p, q) for p, q in zip(student.parameters(), init.parameters()))
 
 
@@ -162,7 +162,7 @@ def test_undo_distils_its_trained_teacher_into_a_perturbed_copy(small_world, tmp
     teacher = storage.load_model(tmp_path / "baselines" / "rmu")  # trained first, where --method rmu puts it
     assert json.loads((tmp_path / "baselines" / "undo_rmu" / "provenance.json").read_text())["parent"].endswith("rmu")
     start = copy.deepcopy(teacher)  # the student before distillation, as safeguard_model made it
-    baselines.perturb(start, baselines.fresh_init(teacher, cfg.seed), cfg.coef)
+    baselines.perturb(start, cfg.coef, cfg.seed)
     torch.manual_seed(cfg.seed)  # θ_init is no replay of the base's own initialisation (drawn from the same seed)
     replay = type(teacher)(teacher.config)
     assert not torch.equal(next(baselines.fresh_init(teacher, cfg.seed).parameters()), next(replay.parameters()))
