@@ -116,7 +116,15 @@ CANDIDATES = {
             "outputs (G_dev ≥ 95% there: room to trade)"),
            ("neuron_outputs_k224_lr_3e-2", {"outer_params": "hazard_words+neuron_outputs", "outer_lr": 3e-2,
                                             "inner_steps": 224, "tr_every": 28}, "round 27's pick against attacks "
-            "of 224 steps (192 took 12-15 points off 96's peak; 224 is no suite row's length)"))},
+            "of 224 steps (192 took 12-15 points off 96's peak; 224 is no suite row's length)"),
+           ("neuron_outputs_k192_lr_3e-2_tr_uniform", {"outer_params": "hazard_words+neuron_outputs", "outer_lr": 3e-2,
+                                                       **K192, "tr_weights": "uniform"}, "round 27's pick with every "
+            "TR point weighed alike: the reference attack climbs V from its first steps, the paper's weights read "
+            "the last 50"),
+           ("neuron_outputs_k192_lr_3e-2_inner_3e-4_1e-3", {
+               "outer_params": "hazard_words+neuron_outputs", "outer_lr": 3e-2, **K192, "inner_lrs": [3e-4, 1e-3]},
+            "round 27's pick without the train-time attacks at lr 1e-4, which relearn V slowest: every outer step "
+            "against an attack as strong as the reference (rows at 1e-4 become held out along the lr)"))},
 }
 # recipes with the paper's 32 warmup steps of the outer lr
 CANDIDATES.update({f"{recipe}_warmup_32": (CANDIDATES[recipe][0], {**CANDIDATES[recipe][1], "outer_warmup": 32},
