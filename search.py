@@ -176,11 +176,11 @@ def worst_over_seeds(rows: list[dict], min_seeds: int = 2) -> list[dict]:
     """One row per recipe run at `min_seeds` TAR seeds or more and outer step: each bound at its worst seed (a
     recipe is judged by the run that does worst, not by a lucky seed). A recipe is a candidate's stage 1 and
     overrides without its seed; it is named after the candidate that ran it first."""
-    runs = {}
+    runs, default = {}, json.loads(json.dumps(asdict(TARConfig())))  # as rows store them (a tuple: a list)
     for r in rows:
         if r["step"] > 0 and "failed" not in r:
             settings = json.dumps([r["stage1"], {k: v for k, v in r["overrides"].items()
-                                                 if k != "seed" and v != getattr(TARConfig, k)}], sort_keys=True)
+                                                 if k != "seed" and v != default[k]}], sort_keys=True)
             runs.setdefault(settings, {}).setdefault(r["step"], []).append(r)
     out = []
     for steps in runs.values():
