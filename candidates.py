@@ -124,7 +124,12 @@ CANDIDATES = {
            ("neuron_outputs_k192_lr_3e-2_inner_3e-4_1e-3", {
                "outer_params": "hazard_words+neuron_outputs", "outer_lr": 3e-2, **K192, "inner_lrs": [3e-4, 1e-3]},
             "round 27's pick without the train-time attacks at lr 1e-4, which relearn V slowest: every outer step "
-            "against an attack as strong as the reference (rows at 1e-4 become held out along the lr)"))},
+            "against an attack as strong as the reference (rows at 1e-4 become held out along the lr)"),
+           *((f"neuron_outputs_k192_lr_3e-2_inner_{tag}", {
+               "outer_params": "hazard_words+neuron_outputs", "outer_lr": 3e-2, **K192, "inner_lrs": list(lrs)},
+              f"round 27's pick against train-time attacks at lrs {tag.replace('_', ', ')}: without those at 1e-4, "
+              "round 31's peak rose by 10 points, so do the weak attacks teach TAR most?")
+             for tag, lrs in (("1e-4_3e-4", (1e-4, 3e-4)), ("5e-5_1e-4_3e-4", (5e-5, 1e-4, 3e-4)))))},
 }
 # recipes with the paper's 32 warmup steps of the outer lr
 CANDIDATES.update({f"{recipe}_warmup_32": (CANDIDATES[recipe][0], {**CANDIDATES[recipe][1], "outer_warmup": 32},
