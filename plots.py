@@ -323,19 +323,22 @@ def pareto(points: list[dict]) -> list[dict]:
 
 def plot_front(recipes: list[dict], path: Path, g_dev_rest: float, v_held: float) -> Path:
     """front.png beside search.md (search.py): each recipe's snapshots at its worst TAR seed (search.worst_over_seeds)
-    as G_dev at rest against the reference attack's peak on V (filled: run at two seeds or more), the front they
-    make joined and named, and the issue's target in grey (G_dev ≥ g_dev_rest, V ≤ v_held at every attack point)."""
+    as G_dev at rest against the reference attack's peak on V (filled: run at two seeds or more), the front of the
+    filled ones joined and named (one lucky seed makes no front), and the issue's target in grey (G_dev ≥ g_dev_rest,
+    V ≤ v_held at every attack point)."""
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     ax.fill_between([g_dev_rest, 1.02], 0, v_held, color="0.9", label="target")
     for p in recipes:
         ax.plot(p["G_dev"], p["forget_V_attacked"], "o", color="C0", ms=3, alpha=0.6,
                 mfc=None if len(p["seeds"]) > 1 else "none")
-    front = pareto(recipes)
+    front = pareto([p for p in recipes if len(p["seeds"]) > 1])
     ax.plot([p["G_dev"] for p in front], [p["forget_V_attacked"] for p in front], "-", color="C3", lw=1,
-            drawstyle="steps-pre", label="front (worst seed)")  # between two points only the next is reached
-    for p in front:
-        ax.annotate(f"{p['name']}@{p['step']} ({len(p['seeds'])})", (p["G_dev"], p["forget_V_attacked"]),
-                    fontsize=5, xytext=(3, 3), textcoords="offset points")
+            drawstyle="steps-pre", label="front (two seeds or more, worst seed)")  # between two points: the next
+    for name in dict.fromkeys(p["name"] for p in front):  # a recipe named once, at its lowest peak on the front
+        ps = [p for p in front if p["name"] == name]
+        low = min(ps, key=lambda p: p["forget_V_attacked"])
+        ax.annotate(f"{name}@{'/'.join(str(s) for s in sorted(p['step'] for p in ps))} ({len(low['seeds'])})",
+                    (low["G_dev"], low["forget_V_attacked"]), fontsize=5, xytext=(4, 2), textcoords="offset points")
     _dev_axes(ax, "TAR recipes on the dev split (hollow: one seed; (n): seeds)", ", worst seed")
     return _save(fig, path)
 
