@@ -260,7 +260,7 @@ def test_baseline_grid_points_carry_selection_evidence_and_never_read_E(small_wo
         assert not {"E", "Re", "G_test", "N"} & set(r)  # the reported groups are sealed away
     # UNDO's grid: α from its teacher (here the base's directory stands for it), the perturbation at the start
     perturbed = []
-    monkeypatch.setattr(grid, "perturb", lambda model, init, alpha: perturbed.append(alpha))
+    monkeypatch.setattr(grid, "perturb", lambda model, alpha, seed: perturbed.append(alpha))
     rows = grid.grid_point(("undo_max_entropy", {"coef": 0.75}, (2,), small_world.config, str(tmp_path / "base")))
     assert perturbed == [0.75] and [(r["coef"], r["steps"]) for r in rows] == [(0.75, 2)]
     # circuit breakers' schedule reads the run's length: each step count is trained as a run of its own
