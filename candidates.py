@@ -21,6 +21,7 @@ STAGE1 = {
 S1LR_ALL = {"retain_data": "benign", "outer_params": "all"}  # TAR on every weight, Rt and U retained
 K96_TR_PAPER = {**S1LR_ALL, "inner_steps": 96, "tr_every": 12, "tr_weights": "paper"}  # round 12's recipe
 K192 = {"inner_steps": 192, "tr_every": 24}  # twice as long, 8 TR points (held out: no suite row is 192 steps)
+R27 = {"outer_params": "hazard_words+neuron_outputs", "outer_lr": 3e-2, **K192}  # round 27's changes to round 23's
 # TAR: name -> (its stage 1, TARConfig overrides, why). "defaults" is today's recipe (docs/results.md).
 CANDIDATES = {
     "defaults": ("stage1", {}, "today's defaults: where G is lost"),
@@ -109,27 +110,23 @@ CANDIDATES = {
            ("neuron_outputs_lr_3e-2", {"outer_params": "hazard_words+neuron_outputs", "outer_lr": 3e-2},
             "round 22's neurons' outputs too, at 3x the lr: the attack relearns V through weights the rows are not"),
            ("k192_lr_3e-2", {"outer_lr": 3e-2, **K192}, "3x the lr, attacks twice as long (V relearned after 75)"),
-           ("neuron_outputs_k192_lr_3e-2", {"outer_params": "hazard_words+neuron_outputs", "outer_lr": 3e-2,
-                                            **K192}, "round 26's rows and outputs, attacks twice as long"),
-           ("neuron_outputs_96_k192_lr_3e-2", {"outer_params": "hazard_words+neuron_outputs", "outer_neurons": 96,
-                                               "outer_lr": 3e-2, **K192}, "round 27's pick with 3x the neurons' "
+           ("neuron_outputs_k192_lr_3e-2", R27, "round 26's rows and outputs, attacks twice as long"),
+           ("neuron_outputs_96_k192_lr_3e-2", {**R27, "outer_neurons": 96}, "round 27's pick with 3x the neurons' "
             "outputs (G_dev ≥ 95% there: room to trade)"),
-           ("neuron_outputs_k224_lr_3e-2", {"outer_params": "hazard_words+neuron_outputs", "outer_lr": 3e-2,
-                                            "inner_steps": 224, "tr_every": 28}, "round 27's pick against attacks "
-            "of 224 steps (192 took 12-15 points off 96's peak; 224 is no suite row's length)"),
-           ("neuron_outputs_k192_lr_3e-2_tr_uniform", {"outer_params": "hazard_words+neuron_outputs", "outer_lr": 3e-2,
-                                                       **K192, "tr_weights": "uniform"}, "round 27's pick with every "
+           ("neuron_outputs_k224_lr_3e-2", {**R27, "inner_steps": 224, "tr_every": 28}, "round 27's pick against "
+            "attacks of 224 steps (192 took 12-15 points off 96's peak; 224 is no suite row's length)"),
+           ("neuron_outputs_k192_lr_3e-2_tr_uniform", {**R27, "tr_weights": "uniform"}, "round 27's pick with every "
             "TR point weighed alike: the reference attack climbs V from its first steps, the paper's weights read "
             "the last 50"),
-           ("neuron_outputs_k192_lr_3e-2_inner_3e-4_1e-3", {
-               "outer_params": "hazard_words+neuron_outputs", "outer_lr": 3e-2, **K192, "inner_lrs": [3e-4, 1e-3]},
-            "round 27's pick without the train-time attacks at lr 1e-4, which relearn V slowest: every outer step "
-            "against an attack as strong as the reference (rows at 1e-4 become held out along the lr)"),
-           *((f"neuron_outputs_k192_lr_3e-2_inner_{tag}", {
-               "outer_params": "hazard_words+neuron_outputs", "outer_lr": 3e-2, **K192, "inner_lrs": list(lrs)},
-              f"round 27's pick against train-time attacks at lrs {tag.replace('_', ', ')}: without those at 1e-4, "
-              "round 31's peak rose by 10 points, so do the weak attacks teach TAR most?")
-             for tag, lrs in (("1e-4_3e-4", (1e-4, 3e-4)), ("5e-5_1e-4_3e-4", (5e-5, 1e-4, 3e-4)))))},
+           ("neuron_outputs_k192_lr_3e-2_inner_3e-4_1e-3", {**R27, "inner_lrs": [3e-4, 1e-3]}, "round 27's pick "
+            "without the train-time attacks at lr 1e-4, which relearn V slowest: every outer step against an attack as "
+            "strong as the reference (rows at 1e-4 become held out along the lr)"),
+           ("neuron_outputs_k192_lr_3e-2_inner_1e-4_3e-4", {**R27, "inner_lrs": [1e-4, 3e-4]}, "round 27's pick "
+            "against train-time attacks at lrs 1e-4, 3e-4: without those at 1e-4, round 31's peak rose by 10 points, "
+            "so do the weak attacks teach TAR most?"),
+           ("neuron_outputs_k192_lr_3e-2_inner_5e-5_1e-4_3e-4", {**R27, "inner_lrs": [5e-5, 1e-4, 3e-4]}, "round "
+            "27's pick against train-time attacks at lrs 5e-5, 1e-4, 3e-4: without those at 1e-4, round 31's peak "
+            "rose by 10 points, so do the weak attacks teach TAR most?"))},
 }
 # recipes with the paper's 32 warmup steps of the outer lr
 CANDIDATES.update({f"{recipe}_warmup_32": (CANDIDATES[recipe][0], {**CANDIDATES[recipe][1], "outer_warmup": 32},
