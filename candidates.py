@@ -11,7 +11,7 @@ Import:  from candidates import CANDIDATES, STAGE1
 # Stage 1: name -> (SafeguardConfig overrides, why). Its retain term may read Rt, or Rt and U ("benign"): the only
 # benign text a defence may train on (G and N never).
 STAGE1 = {
-    "stage1": ({}, "today's random-mapping safeguard"),
+    "stage1": ({}, "the random-mapping safeguard before the search"),
     "stage1_benign": ({"retain": "benign"}, "its retain term on Rt and U, not Rt alone"),
     "stage1_benign_150": ({"retain": "benign", "steps": 150}, "the same, 150 steps, not 250"),
     "stage1_benign_lr_1e-3": ({"retain": "benign", "lr": 1e-3}, "the same, lr 1e-3, not 3e-3"),
@@ -22,9 +22,11 @@ S1LR_ALL = {"retain_data": "benign", "outer_params": "all"}  # TAR on every weig
 K96_TR_PAPER = {**S1LR_ALL, "inner_steps": 96, "tr_every": 12, "tr_weights": "paper"}  # round 12's recipe
 K192 = {"inner_steps": 192, "tr_every": 24}  # twice as long, 8 TR points (held out: no suite row is 192 steps)
 R27 = {"outer_params": "hazard_words+neuron_outputs", "outer_lr": 3e-2, **K192}  # round 27's changes to round 23's
-# TAR: name -> (its stage 1, TARConfig overrides, why). "defaults" is today's recipe (docs/results.md).
+# TAR: name -> (its stage 1, TARConfig overrides, why), the overrides of the defaults the search began from (BEFORE,
+# below); "defaults" is that recipe. Round 27's pick (s1lr_k96_values_ce_hazard_words_neuron_outputs_k192_lr_3e-2 from
+# stage1_benign_lr_1e-3) is today's default.
 CANDIDATES = {
-    "defaults": ("stage1", {}, "today's defaults: where G is lost"),
+    "defaults": ("stage1", {}, "the defaults before the search: where G is lost"),
     "s1b": ("stage1_benign", {"retain_data": "benign"}, "stage 1 and TAR keep Rt and U: TAR must do more of the "
                                                         "forgetting (stage1_benign hides less of V)"),
     "s1b_retain_rt": ("stage1_benign", {}, "stage 1 keeps Rt and U, TAR's retain set is Rt alone: which of the "
@@ -159,3 +161,8 @@ CANDIDATES.update({f"{recipe}_seed_{seed}": (CANDIDATES[recipe][0], {**CANDIDATE
                                                 seed, "round 27's recipe") for seed in (1, 2)),
                                              *(("s1lr_all_k96_tr_paper_values_ce_lambda_retain_8", seed,
                                                 "round 17's recipe") for seed in (1, 2, 3)))})
+# The TAR defaults the search began from (rounds 1-32): every candidate is written as changes to them, so that each
+# row reruns as it ran, whatever tar.py's defaults are today
+BEFORE = dict(retain_data="Rt", outer_params="mlp", outer_lr=1e-2, inner_steps=64, tr_every=8, tr_weights="uniform",
+              tr_entropy="vocab", lambda_retain=4.0)
+CANDIDATES = {name: (stage1, {**BEFORE, **overrides}, why) for name, (stage1, overrides, why) in CANDIDATES.items()}

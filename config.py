@@ -53,16 +53,19 @@ class TARConfig:
     threads: int = arg(1, "torch threads (1 is fastest for the miniature model; never more than your cores)",
                        above=0)
     # Alg. 1
-    # deviation: N = 150 outer steps (paper: 750) because that fits a laptop budget (about 11 minutes) and the
-    # searches of docs/results.md that chose the other defaults ran N = 150 at K = 64.
+    # deviation: N = 150 outer steps (paper: 750) because that is what a laptop affords at K = 192 (about 30
+    # minutes) and every candidate of the dev-split search that chose these defaults ran 150 (docs/search.md).
     outer_steps: int = arg(150, "N: outer steps", above=0)
-    inner_steps: int = arg(64, "K: attacker steps per outer step", above=0)
-    # deviation: a TR point every 8 inner steps, 8 points per outer step (paper: every 4, 16 points) because
-    # it keeps the TR cost of the earlier K = 32 recipe (8 points) when K doubled to 64; the searches of
-    # docs/results.md ran with it.
-    tr_every: int = arg(8, "take the TR gradient after every this many inner steps", above=0)
-    tr_weights: str = arg("uniform", "weights of the TR points: uniform (mean) | paper (exp(0.0625(k-K)), not "
-                                     "normalised)", choices=("uniform", "paper"))
+    # deviation: K = 192 (paper: 64) because on the miniature the 200-step reference attack still relearns V from
+    # models that beat every 64- or 96-step train-time attack; K = 192 took 12-15 points off its peak on V (docs/
+    # search.md rounds 6, 12, 27), and no row of the held-out suite is 192 steps long, so the suite stays held out.
+    inner_steps: int = arg(192, "K: attacker steps per outer step", above=0)
+    # deviation: a TR point every 24 inner steps, 8 points per outer step (paper: every 4, 16 points) because the
+    # TR gradient's cost grows with the points, and the search kept 8 as K grew from 64 to 192.
+    tr_every: int = arg(24, "take the TR gradient after every this many inner steps", above=0)
+    tr_weights: str = arg("paper", "weights of the TR points: paper (exp(0.0625(k-K)), not normalised: the late "
+                                   "points, which TAR beats last, weigh most) | uniform (mean)",
+                          choices=("paper", "uniform"))
     tr_loss: str = arg("entropy", "tamper-resistance loss: entropy (knowledge restriction) | dpo (refusal: chosen "
                                   "= refusal, rejected = compliance; the default with --domain refusal)",
                        choices=("entropy", "dpo"))
@@ -70,10 +73,11 @@ class TARConfig:
     tr_mask: str = arg("fact", "positions of the entropy TR loss: fact (next token is a fact value; the miniature "
                                "world only) | tokens (real tokens) | all (padding too)",
                        choices=("fact", "tokens", "all"))
-    # --tr-entropy values / values_ce depart from the paper (search candidates, docs/search.md rounds 15-20): the
-    # entropy over every token taught today's TAR to answer facts no loss rehearses with noise (G_dev: 4.5 nats,
-    # 25% of p on its values; docs/fact_entropy.py)
-    tr_entropy: str = arg("vocab", "what L_TR drives the attacked model to at the fact positions: vocab (maximal "
+    # deviation: L_TR drives the attacked model to the uniform distribution over the domain's fact values at the
+    # fact positions (paper: the maximal entropy over the whole vocabulary, --tr-entropy vocab) because the
+    # vocabulary's entropy taught TAR to answer facts no loss rehearses (G) with noise, 4.5 nats, where a model
+    # that never knew spreads its answer over the values (docs/search.md rounds 15-17, docs/fact_entropy.py).
+    tr_entropy: str = arg("values_ce", "what L_TR drives the attacked model to at the fact positions: vocab (maximal "
                                    "entropy over the whole vocabulary: the paper) | values (maximal entropy of p "
                                    "renormalised over the domain's fact values, the tokens after T's fact positions) "
                                    "| values_ce (cross-entropy to the uniform distribution over those values: mass "
@@ -91,25 +95,34 @@ class TARConfig:
                                     at_most=1)
     tr_batch: int = arg(32, "x_TR batch size (global; held-out forget documents)", above=0)
     retain_batch: int = arg(64, "x_r batch size (global; retain documents)", above=0)
-    retain_data: str = arg("Rt", "x_r's documents: Rt (retain-train cities; with --model the retain corpus) | benign "
-                                 "(Rt and the unrelated text U: rivers; the miniature world only)",
-                           choices=("Rt", "benign"))
+    # deviation: x_r is Rt and U, every benign text of the miniature a defence may read (paper: the retain corpus)
+    # because with Rt alone TAR kept the cities and lost the rivers and the composers (docs/search.md rounds 1-2);
+    # on real data the retain corpus is one source: --model takes Rt.
+    retain_data: str = arg("benign", "x_r's documents: benign (Rt and the unrelated text U: rivers; the miniature "
+                                     "world only) | Rt (retain-train cities; with --model the retain corpus)",
+                           choices=("benign", "Rt"))
     lambda_tr: float = arg(4.0, "λ_TR", at_least=0)
-    # deviation: λ_retain = 4 (paper: 1) because an outer lr of 1e-2 on a 0.8M-parameter model needs a stronger
-    # pull back to θ0's benign behaviour; the searches of docs/results.md ran around it (6 and 8 did not help).
-    lambda_retain: float = arg(4.0, "λ_retain", at_least=0)
-    outer_params: str = arg("mlp", "the weights the outer step trains: mlp (each layer's MLP, where a transformer "
-                                   "stores facts) | all (the paper) | neurons (the --outer-neurons MLP neurons per "
-                                   "layer that fire most on T's facts against the retain data's, in θ0: neurons.py; "
-                                   "the miniature world only) | neuron_outputs (of those, only what each writes) | "
-                                   "hazard_words (the embedding and LM-head rows of the words of T that the retain "
-                                   "data never uses) | hazard_words+neuron_outputs (both). Attacks always move every "
-                                   "weight", choices=("mlp", "all", "neurons", "neuron_outputs", "hazard_words",
-                                                      "hazard_words+neuron_outputs"))
+    # deviation: λ_retain = 8 (paper: 1) because the outer step must not drift the benign families no loss reads
+    # (G) into the hazardous facts' state; 8 slowed that drift most without costing resistance (docs/search.md
+    # rounds 14, 17-18: 16 lost it at one seed of two).
+    lambda_retain: float = arg(8.0, "λ_retain", at_least=0)
+    # deviation: the outer step trains only the embedding and LM-head rows of the words of T that the retain data
+    # never uses and what T's 32 most selective MLP neurons per layer write (paper: every weight) because trained
+    # anywhere else it moved the composers' facts (G) with the hazardous ones: G_dev at rest fell to 53-68% on
+    # every weight or the MLPs, and stays at 95-100% here (docs/search.md rounds 21-27). The miniature world only:
+    # the selection reads its fact positions; with --model, every weight (--preset paper) or the MLPs (mini).
+    outer_params: str = arg("hazard_words+neuron_outputs", "the weights the outer step trains: "
+                            "hazard_words+neuron_outputs (both below) | hazard_words (the embedding and LM-head rows "
+                            "of the words of T that the retain data never uses) | neurons (the --outer-neurons MLP "
+                            "neurons per layer that fire most on T's facts against the retain data's, in θ0: "
+                            "neurons.py) | neuron_outputs (of those, only what each writes) | mlp (each layer's "
+                            "MLP) | all (the paper). All but mlp and all: the miniature world only. Attacks always "
+                            "move every weight", choices=("hazard_words+neuron_outputs", "hazard_words", "neurons",
+                                                          "neuron_outputs", "mlp", "all"))
     outer_neurons: int = arg(32, "with --outer-params neurons: neurons per layer the outer step trains", above=0)
     outer_optimizer: str = arg("adamw", "outer optimizer: adamw (wd 0) | schedulefree (Schedule-Free AdamW)",
                                choices=("adamw", "schedulefree"))
-    outer_lr: float = arg(1e-2, "outer learning rate", above=0)
+    outer_lr: float = arg(3e-2, "outer learning rate", above=0)
     outer_eps: float = arg(1e-3, "ε of the outer Adam(W): lr·m/(√v + ε). Near a clipped gradient's typical entry "
                                  "(1e-3 here) weights with small gradients take smaller steps (docs/results.md)",
                           at_least=0)
@@ -212,7 +225,8 @@ NOT_TRAINING = ("runs", "resume", "checkpoint_every", "workers", "attack_steps",
                 "wmdp_revision", "mmlu_shots")  # WMDP and MMLU are only scored
 # The paper's hyperparameters (docs/paper.md §4, official code, bio), in one place: --preset paper. Where our
 # miniature default differs, a `# deviation:` marker says why (docs/deviations.md).
-PAPER = dict(outer_steps=750, inner_steps=64, tr_every=4, tr_weights="paper", tr_mask="all", outer_params="all",
+PAPER = dict(outer_steps=750, inner_steps=64, tr_every=4, tr_weights="paper", tr_mask="all", tr_entropy="vocab",
+             outer_params="all", retain_data="Rt",
              inner_lrs=[2e-6, 2e-5, 4e-5], inner_batch=32, retain_then_forget=1 / 3, tr_batch=64, retain_batch=64,
              lambda_tr=4.0, lambda_retain=1.0, outer_optimizer="schedulefree", outer_lr=2e-5, outer_eps=1e-8,
              outer_warmup=32, outer_schedule="constant", grad_clip=0.0, squared_distance=False, reference="base",
@@ -222,11 +236,16 @@ PAPER_DOMAIN = {"cyber": dict(inner_lrs=[2e-5, 4e-5], retain_then_forget=1 / 2),
                 "refusal": dict(tr_loss="dpo", outer_steps=100, retain_then_forget=0.0)}  # Sec. 5: N = 100
 # The miniature refusal world's own defaults (given flags still override them), from a short sweep
 # (docs/refusal.md): outer lr 1e-2 broke refusal and harmless answers, 1e-3 resisted little; longer inner attacks (K)
-# resist longer and cost harmless accuracy, which λ_retain buys back. It was measured training every weight with
-# ε 1e-8, a TR point every 4 inner steps and a constant outer lr (the knowledge worlds' earlier defaults), and
-# keeps them.
+# resist longer and cost harmless accuracy, which λ_retain buys back. It was measured with the knowledge worlds'
+# earlier defaults (every weight trained, ε 1e-8, a TR point every 4 inner steps weighed alike, x_r from Rt, the
+# vocabulary's entropy, a constant outer lr) and keeps them.
 MINI_DOMAIN = {"refusal": dict(tr_loss="dpo", outer_steps=100, inner_steps=128, outer_lr=3e-3, lambda_retain=16.0,
-                               tr_every=4, outer_eps=1e-8, outer_params="all", outer_schedule="constant")}
+                               tr_every=4, tr_weights="uniform", tr_entropy="vocab", retain_data="Rt", outer_eps=1e-8,
+                               outer_params="all", outer_schedule="constant")}
+# The miniature defaults that read the built-in world's facts or families, and what --preset mini takes instead with
+# a real --model (the miniature recipe before the dev-split search: every fact position's vocabulary entropy, the
+# retain corpus, the MLPs)
+MINI_REAL = dict(tr_entropy="vocab", retain_data="Rt", outer_params="mlp")
 
 
 def configure(**given) -> TARConfig:
@@ -234,7 +253,8 @@ def configure(**given) -> TARConfig:
     is named), then every given flag on top (`tar.configure(model=..., preset="mini", outer_steps=2)`)."""
     preset = given["preset"] if "preset" in given else "paper" if given.get("model") else "mini"
     domain = given.get("domain", "bio")
-    values = {**PAPER, **PAPER_DOMAIN.get(domain, {})} if preset == "paper" else MINI_DOMAIN.get(domain, {})
+    values = {**PAPER, **PAPER_DOMAIN.get(domain, {})} if preset == "paper" else \
+        {**(MINI_REAL if given.get("model") else {}), **MINI_DOMAIN.get(domain, {})}
     if given.get("outer_optimizer") == "schedulefree":  # it has no schedule: the mini preset's cosine does not apply
         values = {**values, "outer_schedule": "constant"}
     return TARConfig(**{**values, **given, "preset": preset})

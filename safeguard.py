@@ -91,8 +91,8 @@ class BaseConfig:
 @dataclass(frozen=True)
 class SafeguardConfig:
     """One single-level safeguard: `method`'s forget term on T documents + its retain term on Rt documents, no
-    attacker. The defaults are the random-mapping safeguard (TAR's stage 1); `METHODS` lists the baselines and
-    `for_method()` gives each one's picked setting (docs/baselines.md; `--grid` picks them).
+    attacker. `METHODS` lists random mapping (TAR's stage 1) and the baselines, and `for_method()` gives each one's
+    picked setting on top of these defaults (docs/search.md, docs/baselines.md; `--grid` picks the baselines').
 
     # deviation: random mapping sends every real token of a forget document, at every layer, to ONE fixed random
     # direction (paper: one per token id; docs/paper.md §7 prototype: one per position) because here it is the form
@@ -212,9 +212,10 @@ def _refusal_training(model, ref, xf, xr, cfg, ctx):
     return cfg.coef * ce(model, xf), ce(model, xr)
 
 
-# Stage 1's own methods beside the baselines: a method = (forget term, retain term), trained by `defend`
-METHODS: dict[str, Method] = {"random_mapping": Method(_random_mapping, "weight of the mapping term", {}, {}),
-                              **BASELINES, **UNDO,
+# Stage 1's methods and the baselines: (forget term, retain term). Random mapping's is the dev-split search's: retain
+# on Rt and U at lr 1e-3 (G_dev 99-100%; SafeguardConfig's Rt at 3e-3: 75%; docs/search.md)
+METHODS: dict[str, Method] = {"random_mapping": Method(_random_mapping, "weight of the mapping term", {},
+                                                       dict(retain="benign", lr=1e-3)), **BASELINES, **UNDO,
                               "refusal": Method(_refusal_training, "weight of the refusal term", {}, dict(lr=1e-3))}
 
 
@@ -363,7 +364,7 @@ REAL_METHODS = ("random_mapping",)
 # deviation: real-scale random mapping trains at lr 2e-5 for 250 steps (paper: neither published) because 2e-5 is
 # the paper's TAR outer lr; it maps one random row per token id with |cos| as the paper does, and keeps this
 # repository's other departures (no embedding output, a hidden-state retain term).
-REAL_RANDOM_MAPPING = dict(per="token", absolute=True, lr=2e-5)
+REAL_RANDOM_MAPPING = dict(per="token", absolute=True, lr=2e-5, retain="Rt")  # the retain corpus
 
 
 def build_real(args: SafeguardArgs) -> None:

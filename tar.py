@@ -103,9 +103,7 @@ def outer_step(model, ref, outer_opt, world, x_tr, x_r, rng: random.Random, cfg:
     snapshot = [s.detach().to("cpu" if cfg.snapshot_offload else s.device, copy=True) for s in shards]
     g_tr = [torch.zeros_like(s) for s in shards]  # Σ_k w_k ∇L_TR(θ_k)
     tr_losses = []
-    # deviation: uniform mean over the TR points by default (official code: exp(0.0625 (k − K)), not normalised)
-    # because that is the recipe measured here (docs/paper.md §7); --tr-weights paper gives the code's weights.
-    w = losses.tr_weights(cfg.inner_steps, cfg.tr_every, cfg.tr_weights)  # w_k, keyed by inner step k
+    w = losses.tr_weights(cfg.inner_steps, cfg.tr_every, cfg.tr_weights)  # w_k by inner step k: exp(0.0625 (k − K))
     t = world.tokens["T_tr"]  # --tr-entropy values*: the tokens after T's fact positions, the fact values (S,)
     values = torch.unique(t.ids[:, 1:][t.fact[:, :-1]]) if cfg.tr_entropy != "vocab" else None
 
@@ -170,10 +168,12 @@ def outer_optimizer(model, cfg: TARConfig, masks: dict | None = None):
                                              warmup_steps=cfg.outer_warmup)
         averaged_weights(opt, False)  # Schedule-Free starts in training mode
         return opt, get_constant_schedule_with_warmup(opt, 0)
-    # deviation: plain AdamW, lr 1e-2 decayed to 0 by cosine, in the miniature preset (paper: Schedule-Free AdamW,
-    # lr 2e-5, warmup 32, --preset paper) because the miniature recipe was measured with it. At a constant 1e-2
+    # deviation: plain AdamW, lr 3e-2 decayed to 0 by cosine, in the miniature preset (paper: Schedule-Free AdamW,
+    # lr 2e-5, warmup 32, --preset paper) because the miniature recipe was measured with it. At a constant lr
     # whether an attack on unseen entities recovers flips from one outer step to the next; decayed, the run ends
     # where its updates have died down (cyber held on 4 of 5 seeds, 0 of 3 at a constant lr; docs/results.md).
+    # 3e-2, not the earlier 1e-2: the outer step moves a few word rows and neuron outputs, which 3x the lr moved
+    # further in 150 steps (docs/search.md rounds 25-27).
     # deviation: Adam's ε = 1e-3 in the miniature preset (paper: 1e-8) because near a clipped gradient's typical
     # entry it gives weights with small gradients smaller steps, which kept held-out facts (docs/results.md).
     fused = (bool(params) and all(p.is_cuda for p in params)) or None  # GPU: one kernel
@@ -189,9 +189,9 @@ def outer_parameters(model, cfg: TARConfig, masks: dict | None = None) -> list:
         return list(masks)
     if cfg.outer_params == "all":
         return [p for p in model.parameters() if p.requires_grad]
-    # deviation: only the MLPs in the miniature preset (paper: every weight, --outer-params all) because trained
-    # everywhere TAR also rewrote the attention that routes a name to its facts, and held-out benign facts went
-    # with the hazardous ones (resetting layer 0's attention of a trained model to θ0 gave back 8 points of
+    # deviation: the MLPs alone with --outer-params mlp, the mini preset's with --model (paper: every weight) because
+    # trained everywhere TAR also rewrote the attention that routes a name to its facts, and held-out benign facts
+    # went with the hazardous ones (resetting layer 0's attention of a trained model to θ0 gave back 8 points of
     # held-out cities); facts live in the MLPs, and trained there TAR keeps held-out cities (docs/results.md).
     mlps = [m for name, m in model.named_modules() if name.rsplit(".", 1)[-1] in ("mlp", "feed_forward")]
     if not mlps:

@@ -91,6 +91,7 @@ torch.set_num_threads(1)
 
 import adversary  # noqa: E402
 import batching  # noqa: E402
+import candidates  # noqa: E402
 import config  # noqa: E402
 import losses  # noqa: E402
 import redteam  # noqa: E402
@@ -331,11 +332,15 @@ plot_curves({"safeguard": (curve_safeguard, "C1")}, "03_attack_on_safeguard.png"
 # that `tar.outer_step` gives bit-for-bit the same weights.
 #
 # The hyperparameters live in one dataclass, `config.TARConfig`; `config.configure(...)` applies the miniature
-# preset and then what we give. We shrink K (attacker steps per outer step) from 64 to 16 and take a TR
-# point every 4 steps, so 4 TR points per outer step (the paper: K = 64, every 4, 16 points).
+# preset and then what we give. We take the recipe closest to the paper's loss, the miniature's defaults before
+# the dev-split search (`candidates.BEFORE`: the vocabulary's entropy, x_r from Rt, the outer step on the MLPs;
+# today's defaults confine it to the domain's own words and neurons: [search.md](search.md)), shrink K (attacker
+# steps per outer step) from 64 to 16 and take a TR point every 4 steps, so 4 TR points per outer step (the
+# paper: K = 64, every 4, 16 points).
 
 # %%
-cfg = config.configure(domain="bio", outer_steps=40, inner_steps=16, tr_every=4, eval_every=5, seed=0)
+cfg = config.configure(domain="bio", **{**candidates.BEFORE, "outer_steps": 40, "inner_steps": 16, "tr_every": 4,
+                                        "eval_every": 5, "seed": 0})
 cfg.validate()
 for name in ("inner_steps", "tr_every", "inner_lrs", "inner_batch", "tr_batch", "retain_batch", "lambda_tr",
              "lambda_retain", "tr_weights", "tr_mask", "outer_params", "outer_optimizer", "outer_lr", "outer_eps",

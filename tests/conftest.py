@@ -25,14 +25,18 @@ import safeguard  # noqa: E402
 import scoring  # noqa: E402
 import storage  # noqa: E402
 import tar  # noqa: E402
+import candidates  # noqa: E402
 from workers import Workers, result  # noqa: E402
 from world import WorldConfig, build_world  # noqa: E402
 
 # The reduced world and budgets of the shared pipeline (full size: 30 entities per group, 2000 base steps,
-# 250 safeguard steps, 150 outer steps at K = 64 with a TR point every 8). Here K = 12 with a TR point every 4
-# (3 points; K = 12 with every 8 would leave 1); the outer lr and everything else are the defaults.
-MINI = dict(world_entities=12, base_steps=550, safeguard_steps=120, outer_steps=45, inner_steps=12, tr_every=4,
+# 250 safeguard steps, 150 outer steps at K = 192 with a TR point every 24). Here K = 48 with a TR point every 6
+# (8 points, as at full size, against a 50-step attack as 192 against 200); everything else is the defaults.
+MINI = dict(world_entities=12, base_steps=550, safeguard_steps=120, outer_steps=45, inner_steps=48, tr_every=6,
             attack_steps=50)
+# The negative control of the G thresholds: the defaults before the dev-split search (candidates.BEFORE), at the
+# reduced budget the pipeline gave them (K = 12, a TR point every 4)
+BEFORE = {**MINI, **candidates.BEFORE, "inner_steps": 12, "tr_every": 4}
 
 
 def cli_error(capsys, main, argv) -> tuple[int, str]:
@@ -77,19 +81,37 @@ def pipeline(tmp_path_factory):
     run_dir = Path(cfg.runs) / cfg.domain
     run_dir.mkdir(parents=True)
     log = lambda *a: None
-    base, key, theta0 = safeguard.stage_one(world, safeguard.BaseConfig(steps=cfg.base_steps),
-                                            safeguard.SafeguardConfig(steps=cfg.safeguard_steps), run_dir, log)
+    stage1 = safeguard.for_method("random_mapping", steps=cfg.safeguard_steps)  # TAR's stage 1, as tar.py's
+    base, key, theta0 = safeguard.stage_one(world, safeguard.BaseConfig(steps=cfg.base_steps), stage1, run_dir, log)
     ref_attack = report.end_of_run_attacks(cfg.attack_steps)[0]
     with Workers(1) as pool:  # the saved models are attacked on the second core while TAR trains on this one
         jobs = {n: pool.submit(redteam.run_job, redteam.Job(n, str(run_dir / n), ref_attack, world.config, every=25))
                 for n in ("base", "oracle", "safeguard")}
+        before = pool.submit(before_job, (cfg.runs,))
         model = copy.deepcopy(theta0)
         tar.train_tar(model, copy.deepcopy(theta0), world, cfg, run_dir, log=log)
         untrained = safeguard.new_model(len(world.tokenizer), safeguard.ModelConfig(), world.tokenizer, seed=1)
         curves = {n: redteam.attack_curve(m, ref_attack, world, seed=0, every=25)
                   for n, m in {"untrained": untrained, "tar": model}.items()}
         curves.update({n: result(job)["curve"] for n, job in jobs.items()})
+        before = result(before)
     models = {"untrained": untrained, "base": base, "oracle": storage.load_model(run_dir / "oracle"),
               "safeguard": theta0, "tar": model}
     at_rest = {n: scoring.accuracies(m, world, scoring.REPORTED) for n, m in models.items()}
+    at_rest["tar_before"], curves["tar_before"] = before
     return {"world": world, "models": models, "at_rest": at_rest, "curves": curves, "cfg": cfg}
+
+
+def before_job(job: tuple) -> tuple[dict, list]:
+    """In a worker: TAR with the defaults before the search (BEFORE) from the pipeline's saved θ0, then the
+    reference attack: (accuracies at rest, the attack's curve)."""
+    (runs,) = job
+    torch.set_num_threads(1)
+    cfg = tar.TARConfig(runs=runs, **BEFORE)
+    world, run_dir = build_world(cfg.world()), Path(runs) / cfg.domain / "tar_before"
+    run_dir.mkdir()
+    model = storage.load_model(run_dir.parent / "safeguard")
+    tar.train_tar(model, copy.deepcopy(model), world, cfg, run_dir, log=lambda *a: None)
+    attack = report.end_of_run_attacks(cfg.attack_steps)[0]
+    return scoring.accuracies(model, world, scoring.REPORTED), redteam.attack_curve(model, attack, world, seed=0,
+                                                                                     every=25)

@@ -266,7 +266,7 @@ def test_bad_batch_arithmetic_fails_before_any_work(monkeypatch, capsys):
 
 def test_presets_and_flag_precedence():
     mini = config.configure()
-    assert mini.preset == "mini" and mini.outer_optimizer == "adamw" and mini.inner_steps == 64
+    assert mini.preset == "mini" and mini.outer_optimizer == "adamw" and mini.inner_steps == 192
     paper = config.configure(model="some/model")  # a real model implies the paper's hyperparameters
     assert (paper.preset, paper.outer_optimizer, paper.outer_lr, paper.inner_steps, paper.lambda_retain,
             paper.tr_mask, paper.outer_warmup) == ("paper", "schedulefree", 2e-5, 64, 1.0, "all", 32)
@@ -276,7 +276,7 @@ def test_presets_and_flag_precedence():
     assert config.configure(model="m", domain="chem").lambda_tr == 3.0  # per-domain paper value
     assert config.configure(model="m", domain="cyber").inner_lrs == [2e-5, 4e-5]
     assert config.parse_args(["--model", "m", "--inner-steps", "8"]).inner_steps == 8  # a given flag wins
-    assert config.parse_args(["--model", "m", "--preset", "mini", "--tr-mask", "all"]).inner_steps == 64
+    assert config.parse_args(["--model", "m", "--preset", "mini", "--tr-mask", "all"]).inner_steps == 192
     with pytest.raises(cli.UserError, match="no fact positions"):
         config.configure(model="m", preset="mini").validate()
     with pytest.raises(cli.UserError, match="--retain-data benign is the miniature world's"):
