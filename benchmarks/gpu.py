@@ -56,7 +56,7 @@ import suite  # noqa: E402
 import storage  # noqa: E402
 import tar  # noqa: E402
 from batching import Tokens  # noqa: E402
-from config import PAPER, configure  # noqa: E402
+from config import MINI_REAL, PAPER, configure  # noqa: E402
 from cli import UsageError, arg  # noqa: E402
 from tokenizer import make_tokenizer  # noqa: E402
 from world import World, WorldConfig  # noqa: E402
@@ -288,8 +288,8 @@ def checkpoint_round_trip(d, args, root: Path) -> dict:
     shape = dict(TINY["tiny-llama"], vocab_size=len(tok))
     config = AutoConfig.for_model(**shape)
     world = synthetic_world(len(tok), 32, 16, tok, items=8)
-    cfg = configure(preset="mini", tr_mask="tokens", inner_steps=4, tr_every=2, inner_batch=4, tr_batch=4,
-                        retain_batch=4, outer_steps=3, checkpoint_every=2, eval_every=0, runs=str(root))
+    cfg = configure(preset="mini", **MINI_REAL, tr_mask="tokens", inner_steps=4, tr_every=2, inner_batch=4,
+                    tr_batch=4, retain_batch=4, outer_steps=3, checkpoint_every=2, eval_every=0, runs=str(root))
     run_dir = root / "ckpt"
     run_dir.mkdir(parents=True, exist_ok=True)
     model, ref = model_of(config, d)

@@ -37,6 +37,7 @@ from torch.optim.optimizer import register_optimizer_step_post_hook
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import adversary  # noqa: E402
 import cli  # noqa: E402
+import config  # noqa: E402
 import fsdp  # noqa: E402
 import losses  # noqa: E402
 import safeguard  # noqa: E402
@@ -96,7 +97,7 @@ class BenchArgs:
     width: int = arg(128, "model width", above=0)
     layers: int = arg(4, "decoder layers", above=0)
     inner_steps: int = arg(tar.TARConfig.inner_steps, "K (tar.py --inner-steps)", above=0)
-    outer_params: str = arg(tar.TARConfig.outer_params, "tar.py --outer-params", choices=("mlp", "all"))
+    outer_params: str = arg("mlp", "tar.py --outer-params", choices=("mlp", "all"))
     repeats: int = arg(5, "timed repeats (interleaved)", above=0)
     threads: int = arg(1, "torch threads", above=0)
 
@@ -114,7 +115,7 @@ def bench(args: BenchArgs) -> None:
     if d.distributed:
         fsdp.shard(model, d)
         fsdp.shard(ref, d)
-    cfg = tar.TARConfig(inner_steps=args.inner_steps, outer_params=args.outer_params)
+    cfg = tar.TARConfig(**{**config.MINI_REAL, "inner_steps": args.inner_steps, "outer_params": args.outer_params})
     cfg.validate()  # the same checks as tar.py's flags
     outer_opt, _ = tar.outer_optimizer(model, cfg)  # Adam state for the weights the outer step trains
     x_tr = next(Stream(world.tokens["T_tr"], cfg.tr_batch, 0))

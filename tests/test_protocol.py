@@ -177,10 +177,10 @@ def test_search_judges_a_recipe_by_its_worst_seed(tmp_path):
         return {"name": name, "stage1": "s", "overrides": overrides, "step": step, "V": 0.25, "G_dev": g_rest,
                 "G_dev_rest": g_rest, "forget_V_attacked": v_att, "G_dev_attacked": 0.80, "diverged": None}
     rows = [row("a", {"outer_params": "all"}, 25, 0.26, 0.90),  # a lucky seed 0 ...
-            row("a_seed_1", {"outer_params": "all", "seed": 1, "lambda_retain": 4.0}, 25, 0.70, 0.95),  # a default
+            row("a_seed_1", {"outer_params": "all", "seed": 1, "lambda_retain": 8.0}, 25, 0.70, 0.95),  # a default
             row("b", {"outer_params": "all", "lambda_retain": 6.0}, 25, 0.20, 0.90),  # one seed: not judged here
-            row("c", {"lambda_retain": 8.0}, 25, 0.40, 0.90),
-            row("c_seed_1", {"lambda_retain": 8.0, "seed": 1, "inner_lrs": [1e-4, 3e-4, 1e-3]}, 25, 0.45, 0.86)]  # a
+            row("c", {"lambda_retain": 2.0}, 25, 0.40, 0.90),
+            row("c_seed_1", {"lambda_retain": 2.0, "seed": 1, "inner_lrs": [1e-4, 3e-4, 1e-3]}, 25, 0.45, 0.86)]  # a
     # default given as a list (a field with no class attribute, a tuple in TARConfig)
     worst = {r["name"]: r for r in search.worst_over_seeds(rows)}
     assert set(worst) == {"a", "c"} and worst["a"]["seeds"] == ["a", "a_seed_1"]

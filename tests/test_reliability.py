@@ -62,8 +62,8 @@ def test_a_diverged_run_writes_nothing_and_a_failed_rerun_keeps_the_last_run(fin
     monkeypatch.setattr(tar, "tr_loss", real)
     shutil.copytree(run / "checkpoint", tmp_path / "kept")
     shutil.copy(run / "metrics.partial.jsonl", tmp_path / "kept")
-    # a legal but unwise outer lr starts, and stops where it diverges
-    code, line = cli_error(capsys, tar.main, argv + ["--outer-lr", "1e3"])
+    # a legal but unwise outer lr on every weight starts, and stops where it diverges
+    code, line = cli_error(capsys, tar.main, argv + ["--outer-lr", "1e3", "--outer-params", "all"])
     assert code == 1 and "TAR diverged at outer step" in line and snapshot(run) == before
     # the checkpoint of the NaN run (same settings) resumes; a torn last metrics line (a kill mid-write) is dropped
     # and a damaged cached base is rebuilt, not trusted

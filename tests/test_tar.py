@@ -62,10 +62,11 @@ def test_restore_is_exact(small_world):
 
 
 def test_outer_params_mlp_moves_only_the_mlps(small_world):
-    """--outer-params mlp (the miniature default): the outer optimizer holds exactly the MLP weights, and a real
-    outer step moves those and leaves every other weight bit-for-bit as it was (the attack moved all of them)."""
-    cfg = tar.TARConfig(inner_steps=4, tr_every=2, inner_batch=4)
-    assert cfg.outer_params == "mlp" and config.configure(model="m").outer_params == "all"  # the paper trains all
+    """--outer-params mlp (the mini preset's with --model): the outer optimizer holds exactly the MLP weights, and a
+    real outer step moves those and leaves every other weight bit-for-bit as it was (the attack moved all of them)."""
+    cfg = tar.TARConfig(**config.MINI_REAL, inner_steps=4, tr_every=2, inner_batch=4)
+    assert config.configure(model="m", preset="mini").outer_params == "mlp"
+    assert config.configure(model="m").outer_params == "all"  # the paper trains all
     model = tiny_model(vocab_size=len(small_world.tokenizer))
     opt, _ = tar.outer_optimizer(model, cfg)
     name = {id(p): n for n, p in model.named_parameters()}
@@ -138,8 +139,8 @@ def test_outer_params_hazard_words_moves_only_their_rows(small_world):
 def test_outer_gradient_is_the_first_order_tar_gradient(small_world, weights, mask):
     """g = λ_retain ∇L_retain(θ) + λ_TR Σ_k w_k ∇L_TR(θ_k), with θ_k the weights after k attacker steps,
     recomputed here by a hand-written inner loop (plain AdamW, no attack())."""
-    cfg = tar.TARConfig(inner_steps=6, tr_every=3, inner_batch=4, tr_weights=weights, tr_mask=mask,
-                        lambda_tr=2.5, lambda_retain=0.7, grad_clip=0.0)
+    cfg = tar.TARConfig(inner_steps=6, tr_every=3, inner_batch=4, tr_weights=weights, tr_mask=mask, tr_entropy="vocab",
+                        retain_data="Rt", lambda_tr=2.5, lambda_retain=0.7, grad_clip=0.0)  # the paper's L_TR
     model = tiny_model(vocab_size=len(small_world.tokenizer))
     start = copy.deepcopy(model)
     probe, ref, x_tr, x_r, spec, seed, metrics = one_step(small_world, cfg, model)
