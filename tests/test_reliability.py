@@ -237,8 +237,8 @@ def test_ctrl_c_is_one_line(finished, tmp_path, script):
     else:
         args = [str(finished / "chem"), "--models", "base", "safeguard", "--suite", "quick", "--workers", "2",
                 "--out", str(tmp_path / "rt")]
-    # a terminal's shell starts a command with Ctrl-C's default disposition, whatever this pytest process holds (in
-    # a full session something leaves SIGINT ignored here, and an ignored signal is inherited: not yet found)
+    # a terminal's shell starts a command with Ctrl-C's default disposition; this pytest may hold SIGINT ignored
+    # (POSIX: a job a non-interactive shell starts with `&`, as CI runners do), and an ignored signal is inherited
     proc = subprocess.Popen([sys.executable, str(ROOT / script), *args], cwd=ROOT, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, start_new_session=True,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
