@@ -97,7 +97,7 @@ class BenchArgs:
     width: int = arg(128, "model width", above=0)
     layers: int = arg(4, "decoder layers", above=0)
     inner_steps: int = arg(tar.TARConfig.inner_steps, "K (tar.py --inner-steps)", above=0)
-    outer_params: str = arg("mlp", "tar.py --outer-params", choices=("mlp", "all"))
+    outer_params: str = arg(config.MINI_REAL["outer_params"], "tar.py --outer-params", choices=("mlp", "all"))
     repeats: int = arg(5, "timed repeats (interleaved)", above=0)
     threads: int = arg(1, "torch threads", above=0)
 
