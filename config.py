@@ -54,7 +54,7 @@ class TARConfig:
                        above=0)
     # Alg. 1
     # deviation: N = 150 outer steps (paper: 750) because that is what a laptop affords at K = 192 (38 minutes
-    # on 2 cores) and every candidate of the dev-split search that chose these defaults ran 150 (docs/search.md).
+    # on one core) and every candidate of the dev-split search that chose these defaults ran 150 (docs/search.md).
     outer_steps: int = arg(150, "N: outer steps", above=0)
     # deviation: K = 192 (paper: 64) because on the miniature the 200-step reference attack still relearns V from
     # models that beat every 64- or 96-step train-time attack; K = 192 took 12-15 points off its peak on V (docs/
