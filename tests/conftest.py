@@ -3,6 +3,7 @@ ONE session-scoped pipeline on a reduced world that every accuracy test reads.""
 
 import copy
 import os
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -12,7 +13,8 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_DATASETS_CACHE", tempfile.mkdtemp(prefix="hf-datasets-"))  # never the user's cache
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # subprocesses (torchrun workers) too
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
@@ -61,6 +63,26 @@ def tiny_model(vocab_size=40, width=16, layers=2, seed=0):
                       num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=128,
                       tie_word_embeddings=False, pad_token_id=0, bos_token_id=1, eos_token_id=2)
     return LlamaForCausalLM(cfg)
+
+
+# `python tar.py` on a tiny world with tiny budgets (seconds): the smoke test's run, and seeds.py's
+SMOKE = ["--domain", "chem", "--world-entities", "4", "--base-steps", "30", "--safeguard-steps", "5",
+         "--outer-steps", "3", "--inner-steps", "4", "--tr-every", "2", "--attack-steps", "10",
+         "--eval-every", "2", "--relearn-cap", "10"]
+
+
+def smoke_run(runs: Path, *extra: str) -> tuple[Path, subprocess.CompletedProcess]:
+    """`python tar.py` with SMOKE's flags and `extra` under `runs`: (its run directory, the finished process)."""
+    proc = subprocess.run([sys.executable, str(ROOT / "tar.py"), *SMOKE, "--runs", str(runs), *extra],
+                          capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return Path(runs) / "chem", proc
+
+
+@pytest.fixture(scope="session")
+def smoke(tmp_path_factory):
+    """One smoke run, shared: test_tar checks its files, test_seeds studies its seeds."""
+    return smoke_run(tmp_path_factory.mktemp("smoke"))
 
 
 @pytest.fixture(scope="session")

@@ -16,7 +16,9 @@ import fsdp
 import plots
 import safeguard
 import search
+import seeds
 import selection
+import table1
 import tar
 from benchmarks import gpu, tar_step
 from conftest import cli_error
@@ -26,6 +28,7 @@ SCRIPTS = {"tar.py": (tar.main, tar.TARConfig), "safeguard.py": (safeguard.main,
            "evaluate.py": (evaluate.main, evaluate.RedTeamArgs), "data.py": (data.main, data.WorldArgs),
            "plots.py": (plots.main, plots.PlotArgs), "fsdp.py": (fsdp.main, fsdp.EstimateArgs),
            "selection.py": (selection.main, selection.SelectionArgs), "search.py": (search.main, search.SearchArgs),
+           "seeds.py": (seeds.main, seeds.SeedsArgs), "table1.py": (table1.main, table1.Table1Args),
            "benchmarks/gpu.py": (gpu.main, gpu.GpuArgs), "benchmarks/tar_step.py": (tar_step.main, tar_step.BenchArgs)}
 
 

@@ -4,10 +4,7 @@ import copy
 import itertools
 import json
 import random
-import subprocess
-import sys
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
 import torch
@@ -23,8 +20,6 @@ import safeguard
 import tar
 import world
 from conftest import cli_error, tiny_model
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 class Probe(torch.optim.Optimizer):
@@ -233,14 +228,9 @@ def test_unwritable_output_directory(tmp_path, capsys):
     assert code == 1 and line.startswith(f"error: cannot write to {blocker}")
 
 
-def test_smoke_run_writes_every_file(tmp_path):
-    """`python tar.py` end to end on a tiny world with tiny budgets: exit code, files, results schema."""
-    cmd = [sys.executable, str(ROOT / "tar.py"), "--domain", "chem", "--runs", str(tmp_path), "--world-entities", "4",
-           "--base-steps", "30", "--safeguard-steps", "5", "--outer-steps", "3", "--inner-steps", "4",
-           "--tr-every", "2", "--attack-steps", "10", "--eval-every", "2", "--relearn-cap", "10"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    run = tmp_path / "chem"
+def test_smoke_run_writes_every_file(smoke):
+    """`python tar.py` end to end on a tiny world with tiny budgets (conftest.SMOKE): files, results schema."""
+    run, proc = smoke
     for name in ("base", "oracle", "safeguard", "tar"):
         assert (run / name / "config.json").exists() and (run / name / "model.safetensors").exists()
         assert (run / name / "tokenizer.json").exists()
