@@ -150,12 +150,12 @@ def run_job(job: Job, d: Dist = Dist()) -> dict:
 # --------------------------------------------------------------------------------------------------------
 def find_models(run_dir: Path) -> dict[str, Path]:
     """Every directory under `run_dir` holding a config.json is a model, named by its relative path
-    (base, safeguard, tar, baselines/rmu, ...); resume state (checkpoint/), outputs and search.py's candidates
-    (chosen on V: scoring them all on E would invite a choice on E) are skipped."""
+    (base, safeguard, tar, baselines/rmu, ...); resume state (checkpoint/), outputs, search.py's candidates
+    (chosen on V: scoring them all on E would invite a choice on E) and seeds.py's TAR replicates are skipped."""
     found = {}
     for cfg in sorted(Path(run_dir).rglob("config.json")):
         rel = cfg.parent.relative_to(run_dir)
-        skipped = ("checkpoint", "redteam", "search")
+        skipped = ("checkpoint", "redteam", "search", "seeds")
         if not any(part in skipped or part.endswith((".tmp", ".old")) for part in rel.parts):
             found[str(rel) if str(rel) != "." else cfg.parent.name] = cfg.parent
     return found
