@@ -148,29 +148,31 @@ class Method:
 
 
 LRS = (1e-4, 3e-4, 1e-3)
-# `picked` = the grid's pick on bio by protocol v2's rule (runs/bio/baselines/grid.json, 2026-12-02, base C: 42
-# settings x {150, 300} steps, 36 min on 2 cores; docs/baselines.md), with its dev evidence in the comment: V at
-# rest / its peak under the reference attack, G_dev at rest. Every method had admissible settings.
+# `picked` = the grid's pick on bio by protocol v2's rule (runs/bio/baselines/grid.json, 2026-12-04, on base B: the
+# base an AMD EPYC pretrains, bitwise, each CPU family drawing its own; 42 settings x {150, 300} steps, 48 min on 2
+# cores; docs/baselines.md), with its dev evidence in the comment: V at rest / its peak under the reference attack,
+# G_dev at rest / lowest under it. Every method had admissible settings.
 BASELINES: dict[str, Method] = {
     "max_entropy": Method(_max_entropy, "weight of the entropy term", dict(lr=LRS, coef=(1.0, 4.0)),
-                          dict(lr=1e-3, steps=150, coef=1.0)),  # V 72.2% / 97.7%, G_dev 89.2%
+                          dict(lr=1e-3, steps=300, coef=4.0)),  # V 61.5% / 94.0%, G_dev 91.5% / 91.5%
     "min_posterior": Method(_min_posterior, "weight of the forget term", dict(lr=LRS, coef=(1.0, 4.0)),
-                            dict(lr=1e-3, steps=150, coef=4.0)),  # V 44.8% / 91.7%, G_dev 89.8%
+                            dict(lr=1e-3, steps=300, coef=4.0)),  # V 43.5% / 89.7%, G_dev 97.5% / 95.5%
     "llmu": Method(_llmu, "weight of the gradient-ascent + mismatch term", dict(lr=LRS, coef=(0.5, 1.0)),
-                   dict(lr=3e-4, steps=300, coef=1.0)),  # V 23.2% / 93.2%, G_dev 90.5%
+                   dict(lr=3e-4, steps=300, coef=1.0)),  # V 20.5% / 88.2%, G_dev 89.0% / 87.0%
     "rmu": Method(_rmu, "steering coefficient c (alpha: retain weight α)",
-                  dict(lr=LRS, coef=(5.0, 20.0), alpha=(10.0, 100.0)), dict(lr=1e-3, steps=150, coef=20.0, alpha=10.0),
-                  _mlps_of_first_two_layers),  # V 52.7% / 99.3%, G_dev 96.0%
+                  dict(lr=LRS, coef=(5.0, 20.0), alpha=(10.0, 100.0)), dict(lr=1e-3, steps=300, coef=5.0, alpha=10.0),
+                  _mlps_of_first_two_layers),  # V 63.8% / 97.3%, G_dev 97.8% / 97.8%
     "repnoise": Method(_repnoise, "β, the weight of the noise (MMD) term", dict(lr=LRS, coef=(1e-3, 1e-1)),
-                       dict(lr=1e-3, steps=300, coef=0.1)),  # V 27.8% / 67.8%, G_dev 85.5%
-    "circuit_breakers": Method(_circuit_breakers, "a, the scale of the rerouting schedule", dict(lr=LRS, coef=(1.0, 10.0)),
-                               dict(lr=1e-3, steps=150, coef=1.0), by_length=True),  # V 44.7% / 98.8%, G_dev 98.0%
+                       dict(lr=3e-4, steps=300, coef=0.1)),  # V 25.8% / 87.0%, G_dev 85.8% / 85.8%
+    "circuit_breakers": Method(_circuit_breakers, "a, the scale of the rerouting schedule",
+                               dict(lr=LRS, coef=(1.0, 10.0)), dict(lr=1e-3, steps=150, coef=1.0),
+                               by_length=True),  # V 35.3% / 96.7%, G_dev 97.8% / 97.8%
 }
 # UNDO, scaled to the miniature (Lee et al. distil for a share of pretraining's compute, α their main knob): 500
 # distillation steps, a quarter of the base's 2000, at lr 1e-3 (the base's peak is 2e-3), batch 32, on Rt and U
 # (the retain text a defence may read; never G), α = 0.5; its grid is α at 250 and 500 steps, from the teacher
-# trained first (python safeguard.py --method <teacher>). On bio from RepNoise (the rule's first) no α kept G_dev
-# within the bounds (docs/baselines.md): α stays the recipe's.
+# trained first (python safeguard.py --method <teacher>). On bio from RepNoise (the rule's first, on bases C
+# and B) no α kept G_dev within the bounds (docs/baselines.md): α stays the recipe's.
 UNDO: dict[str, Method] = {
     f"undo_{name}": Method(_undo, "α, the share of random initialisation in the student", dict(coef=(0.25, 0.5, 0.75)),
                            dict(lr=1e-3, steps=500, coef=0.5, retain="benign"), teacher=name, grid_steps=(250, 500))
