@@ -25,7 +25,6 @@ settings. Reported on E, Re, G_test and N: nothing here chooses a setting.
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 import statistics
@@ -41,7 +40,6 @@ import protocol
 import redteam
 import report
 import scoring
-import storage
 import tar
 from cli import UsageError, UserError, arg
 from config import TARConfig
@@ -91,7 +89,7 @@ def cell_of(runs: dict, at_rest: dict, model: str, reference: str, k: int) -> di
 
 
 def train_seed(job: tuple[str, dict]) -> float:
-    """In a worker: Alg. 1 at the config's seed from RUN_DIR's θ0 (tar.run's calls), saved under
+    """In a worker: Alg. 1 at the config's seed from RUN_DIR's θ0 (tar.stage_two, as tar.py), saved under
     RUN_DIR/seeds/seed_<s>/ as tar.py saves its model; returns TAR's seconds."""
     run_dir, saved = Path(job[0]), job[1]
     cfg = TARConfig(**saved)
@@ -99,16 +97,11 @@ def train_seed(job: tuple[str, dict]) -> float:
     torch.manual_seed(cfg.seed)
     world, out = build_world(cfg.world()), run_dir / "seeds" / f"seed_{cfg.seed}"
     out.mkdir(parents=True, exist_ok=True)
-    theta0 = load_model(run_dir / "safeguard")
-    ref = copy.deepcopy(theta0 if cfg.reference == "safeguard" else load_model(run_dir / "base"))
-    t0 = time.time()
-    tar.train_tar(theta0, ref, world, cfg, out, log=lambda *a: None)
-    base_key = read_json(run_dir / "base" / "provenance.json")["key"]
-    storage.save_model(theta0, world.tokenizer, out / "tar",
-                       {"key": storage.digest("tar", base_key, asdict(cfg)), "what": "TAR", "world": asdict(
-                           world.config), "parent": str(run_dir / "safeguard"), "config": asdict(cfg)})
+    seconds = tar.stage_two(load_model(run_dir / "safeguard"), load_model(run_dir / "base"),
+                            read_json(run_dir / "base" / "provenance.json")["key"], world, cfg, run_dir, out,
+                            log=lambda *a: None)
     tar.publish_metrics(out, fsdp.Dist())
-    return round(time.time() - t0, 1)
+    return seconds
 
 
 def tar_models(run_dir: Path, cfg: TARConfig, seeds: list[int], workers: int) -> dict[int, dict]:

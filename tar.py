@@ -314,6 +314,17 @@ def publish_metrics(run_dir: Path, d: Dist) -> None:  # the finished run's log, 
 # --------------------------------------------------------------------------------------------------------
 # A whole run: stage 1 (cached), TAR, the end-of-run report
 # --------------------------------------------------------------------------------------------------------
+def stage_two(theta0, base, base_key: str, world, cfg: TARConfig, run_dir: Path, out: Path, log=print) -> float:
+    """Alg. 1 l.2-12: TAR from θ0 (in place), logged under `out`, saved as out/tar; its seconds (tar.py, seeds.py)."""
+    t0 = time.time()
+    # deviation: the retain loss's frozen reference is θ0 (paper, official code: the original model) because TAR
+    # starts from θ0 and the retain term keeps θ0's benign behaviour (docs/paper.md §7); --reference base: the paper's.
+    train_tar(theta0, copy.deepcopy(theta0 if cfg.reference == "safeguard" else base), world, cfg, out, log=log)
+    storage.save_model(theta0, world.tokenizer, out / "tar", {"key": storage.digest("tar", base_key, asdict(cfg)),
+        "what": "TAR", "world": asdict(world.config), "parent": str(run_dir / "safeguard"), "config": asdict(cfg)})
+    return round(time.time() - t0, 1)
+
+
 def run(cfg: TARConfig, log=print) -> dict:
     cfg.validate()
     torch.set_num_threads(cfg.threads)
@@ -340,17 +351,7 @@ def run(cfg: TARConfig, log=print) -> dict:
     # While TAR trains on one core, a worker attacks the other models and measures their relearning and
     # learnability (the refusal world's base answers every prompt: not attacked); an error ends the worker at once
     with report.EndOfRun(run_dir, world, cfg, base) as end:
-        t1 = time.time()  # stage 2: TAR from θ0 (Alg. 1 l.2-12)
-        # deviation: the frozen reference of the retain loss is θ0, the safeguarded model (paper and official code:
-        # the original model) because TAR starts from θ0 and the retain term is there to keep θ0's benign
-        # behaviour (docs/paper.md §7 recipe). --reference base gives the paper's choice.
-        ref = copy.deepcopy(theta0 if cfg.reference == "safeguard" else base)
-        train_tar(theta0, ref, world, cfg, run_dir, log=log)
-        storage.save_model(theta0, world.tokenizer, run_dir / "tar",
-                           {"key": storage.digest("tar", base_key, asdict(cfg)), "what": "TAR",
-                            "world": asdict(world.config), "parent": str(run_dir / "safeguard"),
-                            "config": asdict(cfg)})
-        timings["tar"] = round(time.time() - t1, 1)
+        timings["tar"] = stage_two(theta0, base, base_key, world, cfg, run_dir, run_dir, log)
 
         # End-of-run attacks: TAR's in this process, base and safeguard's finish in the worker meanwhile
         t2 = time.time()
