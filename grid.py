@@ -6,7 +6,8 @@ base by the one defence loop (safeguard.defend) in a world with E, Re, G_test an
 tables report), and scored as selection.py scores every candidate: at rest on every group left, and under the
 reference attack on V and G_dev. The pick is
 selection.pick's: the lowest forget on V under the attack among the points that keep G_dev within its bounds.
-UNDO's grid (α at 250 and 500 steps) starts from its teacher, which must be trained first.
+UNDO's grid (α at 250 and 500 steps) starts from its teacher, which must be trained first. Each finished
+setting is appended to baselines/grid_points.jsonl at once; a rerun after a crash trains only what is missing.
 
 Run:  python safeguard.py --domain bio --method all --grid      # runs/bio/baselines/grid.json
       python safeguard.py --domain bio --method undo_rmu --grid # after python safeguard.py --method rmu
@@ -14,19 +15,22 @@ Run:  python safeguard.py --domain bio --method all --grid      # runs/bio/basel
 
 from __future__ import annotations
 
+import concurrent.futures as cf
 import itertools
 import json
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import adversary
+import cli
 import scoring
 import selection
 from baselines import perturb, start_dir
 from cli import UsageError, UserError
 from safeguard import METHODS, SafeguardConfig, defend
-from storage import atomic_write, load_model
-from workers import Workers
+from storage import atomic_write, digest, file_digest, load_model, read_json, resumed_jsonl
+from workers import Workers, result
 from world import UNSEEN, build_world, sealed
 
 
@@ -67,20 +71,41 @@ def check(methods: list[str], run_dir: Path) -> None:
                             f"{run_dir.name} --method {teacher})")
 
 
+def job_key(job) -> str:
+    """A grid point's cache key: the config it trains (grid_point's, but for its length), its step counts, its
+    world and the weights it starts from (a retrained base or teacher makes every point again)."""
+    method, overrides, steps, world_cfg, start = job
+    cfg = asdict(SafeguardConfig(method=method, **{**METHODS[method].picked, **overrides}))
+    return digest({**cfg, "steps": None}, list(steps), world_cfg, file_digest(start))
+
+
 def run_grid(methods: list[str], world, run_dir: Path, workers: int, log=print) -> dict:
     path = run_dir / "baselines" / "grid.json"
-    saved = json.loads(path.read_text()) if path.exists() else {}
-    jobs = []
+    points = path.with_name("grid_points.jsonl")  # a line per finished setting: a crash or Ctrl-C loses none
+    saved = read_json(path) if path.exists() else {}
+    jobs = {}
     for m in methods:
         method, start = METHODS[m], start_dir(METHODS[m].teacher, run_dir)
         for values in itertools.product(*method.grid.values()):
-            jobs.append((m, dict(zip(method.grid, values)), method.grid_steps, world.config, str(start)))
-    log(f"grid: {len(jobs)} settings x their step counts over {', '.join(methods)} on {workers} worker(s)")
+            job = (m, dict(zip(method.grid, values)), method.grid_steps, world.config, str(start))
+            jobs[job_key(job)] = job
+    path.parent.mkdir(parents=True, exist_ok=True)
+    done = {r["key"]: r["rows"] for r in resumed_jsonl(points, ("key", "rows"))}
+    todo = [k for k in jobs if k not in done]
+    log(f"grid: {len(jobs)} settings x their step counts over {', '.join(methods)}, {len(jobs) - len(todo)} "
+        f"already in {points.name}; {len(todo)} to train on {min(workers, len(todo))} worker(s)")
     t0, bounds = time.time(), selection.Bounds()
-    with Workers(min(workers, len(jobs))) as pool:
-        results = list(pool.map(grid_point, jobs))
+    if todo:
+        with Workers(min(workers, len(todo))) as pool, cli.progress(len(todo), "grid", unit="setting") as bar:
+            futures = {pool.submit(grid_point, jobs[k]): k for k in todo}
+            for future in cf.as_completed(futures):
+                k = futures[future]
+                done[k] = result(future)
+                with open(points, "a") as f:
+                    f.write(json.dumps({"key": k, "method": jobs[k][0], "rows": done[k]}) + "\n")
+                bar.update(1)
     for m in methods:
-        rows = [r for (jm, *_), rs in zip(jobs, results) if jm == m for r in rs]
+        rows = [r for k, (jm, *_) in jobs.items() if jm == m for r in done[k]]
         scored = {str(i): r for i, r in enumerate(rows) if r.get("steps")}
         chosen = selection.pick(scored, bounds)
         pick = scored[chosen] if chosen is not None else None
@@ -88,7 +113,6 @@ def run_grid(methods: list[str], world, run_dir: Path, workers: int, log=print) 
                             f"G_dev >= {bounds.g_dev_rest:.0%} at rest and >= {bounds.g_dev_attacked:.0%} under it",
                     "grid": rows, "pick": pick, "default": METHODS[m].picked}
         log(f"grid {m}: pick {pick}" if pick else f"grid {m}: no setting keeps G_dev within the bounds")
-    path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, json.dumps(saved, indent=1))
     log(f"grid: {time.time() - t0:.0f}s; wrote {path}")
     return saved

@@ -42,7 +42,7 @@ import tar
 from candidates import CANDIDATES, STAGE1
 from cli import UsageError, UserError, arg
 from config import NOT_TRAINING, TARConfig, configure
-from storage import cached, digest, file_digest, read_jsonl, save_model
+from storage import cached, digest, file_digest, resumed_jsonl, save_model
 from workers import Workers, result
 from world import UNSEEN, build_world, entities_flag, sealed
 
@@ -229,7 +229,7 @@ def search(args: SearchArgs) -> list[dict]:
                         f"--domain {args.domain} with the same flags first")
     out = run_dir / "search" / "search.jsonl"
     out.parent.mkdir(parents=True, exist_ok=True)
-    rows = read_jsonl(out, ("name", "key", "step"), torn_tail=True) if out.exists() else []
+    rows = resumed_jsonl(out, ("name", "key", "step"))
     rows = current(rows, {n: key(args, n) for n in known}, file_digest(run_dir / "base"))
     done = {r["name"] for r in rows}
     todo = [n for n in names if n not in done]

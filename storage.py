@@ -8,6 +8,7 @@ under torchrun (FSDP2 shards are gathered to rank 0 for saving, and a loaded mod
 hold what `--resume` needs to continue exactly: model, optimizer, and every rank's RNG and data positions.
 
     read_json / read_jsonl    a JSON / JSONL file, or one error line naming the file, the line and the fix
+    resumed_jsonl(path)       the rows of a log that finished jobs append to, its torn last line dropped for good
     digest(*parts)            sha256 of a JSON rendering, 16 hex digits: the key of every cache
     file_digest(path)         sha256 of a model's weight files: the red team's key of a model, a search row's base
     save_model / load_model   a model directory (with provenance.json and a model card), single process or FSDP2
@@ -115,6 +116,17 @@ def read_jsonl(path: Path, fields: tuple[str, ...] = (), fix: str = "fix or dele
         if missing:
             raise UserError(f"{path} line {n} lacks {', '.join(missing)} (each row needs {', '.join(fields)}); {fix}")
         rows.append(row)
+    return rows
+
+
+def resumed_jsonl(path: Path, fields: tuple[str, ...] = ()) -> list[dict]:
+    """The rows of a log that each finished job appends to, before a rerun appends more: [] where there is none;
+    a last line cut off mid-write (the run was killed) is dropped from the file too, or the first line appended
+    after it would make the file unreadable."""
+    if not Path(path).exists():
+        return []
+    rows = read_jsonl(path, fields, torn_tail=True)
+    write_jsonl(path, rows)
     return rows
 
 

@@ -2,6 +2,7 @@
 stream without E, selection on a world with E sealed away, the interval and the below-chance mark, relearning
 steps, destructive runs."""
 
+import concurrent.futures as cf
 import hashlib
 import json
 from dataclasses import fields, replace
@@ -269,6 +270,47 @@ def test_baseline_grid_points_carry_selection_evidence_and_never_read_E(small_wo
     grid.grid_point(("circuit_breakers", {}, (2, 4), small_world.config, str(tmp_path / "base")))
     grid.grid_point(("max_entropy", {}, (2, 4), small_world.config, str(tmp_path / "base")))
     assert lengths == [2, 4, 4]
+
+
+def test_the_baseline_grid_keeps_each_finished_setting_and_a_rerun_trains_only_what_is_missing(
+        small_world, tmp_path, monkeypatch):
+    class InProcess:  # the pool's interface, run here: the fake grid point below needs no worker
+        def __init__(self, n):
+            pass
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            pass
+
+        def submit(self, fn, job):
+            future = cf.Future()
+            future.set_result(fn(job))
+            return future
+    trained = []
+
+    def point(job):
+        method, overrides, steps, *_ = job
+        trained.append(overrides)
+        return [{**overrides, "steps": n, "forget_V_attacked": overrides["lr"] * 100 + n / 1e4, "G_dev_rest": 0.99,
+                 "G_dev_attacked": 0.9 if overrides["coef"] == 4.0 else 0.5, "diverged": None} for n in steps]
+    monkeypatch.setattr(grid, "Workers", InProcess)
+    monkeypatch.setattr(grid, "grid_point", point)
+    (tmp_path / "base").mkdir()
+    (tmp_path / "base" / "model.safetensors").write_bytes(b"base weights")
+    first = grid.run_grid(["max_entropy"], small_world, tmp_path, 2, log=lambda *_: None)
+    assert len(trained) == 6 and first["max_entropy"]["pick"]["lr"] == 1e-4  # lowest V among coef 4 (admissible)
+    points = tmp_path / "baselines" / "grid_points.jsonl"
+    lines = points.read_text().splitlines()
+    points.write_text("\n".join(lines[:4]) + "\n" + lines[4][:20])  # killed during the fifth line
+    trained.clear()
+    again = grid.run_grid(["max_entropy"], small_world, tmp_path, 2, log=lambda *_: None)
+    assert len(trained) == 2 and again == first  # the four kept settings are not trained again
+    (tmp_path / "base" / "model.safetensors").write_bytes(b"a retrained base")
+    trained.clear()
+    grid.run_grid(["max_entropy"], small_world, tmp_path, 2, log=lambda *_: None)
+    assert len(trained) == 6  # a new base: every setting is stale
 
 
 def test_table1_reads_the_red_team_by_digest_worst_seed_and_tier(tmp_path, capsys):

@@ -105,6 +105,7 @@ def test_search_scores_snapshots_in_a_sealed_world_and_resumes(finished, tmp_pat
     out.write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"name": "tiny", "ste')  # a torn last line
     monkeypatch.setattr(search, "run_job", lambda job: pytest.fail(f"{job[0]} ran again"))
     assert len(search.search(args)) == 3 and "| tiny | stage1 | 3 |" in (out.parent / "search.md").read_text()
+    assert len(out.read_text().splitlines()) == 3  # the torn line is gone: the next run appends after whole lines
     assert (out.parent / "search.png").stat().st_size > 0
     monkeypatch.setattr(search, "Workers", lambda n: pytest.fail("a changed setting is run again") or None)
     with pytest.raises(pytest.fail.Exception, match="run again"):
