@@ -143,7 +143,7 @@ def study(run_dir: Path, seeds: list[int], orders: list[int], workers: int) -> d
     models = tar_models(run_dir, cfg, seeds, workers)
     paths = {**{f"tar_seed_{s}": Path(m["path"]) for s, m in models.items()},
              "base": run_dir / "base", "oracle": run_dir / "oracle"}
-    level = protocol.midpoint(scoring.accuracies(load_model(paths["base"]), world, {"forget": "E"})["forget"])
+    level = report.relearn_level(load_model(paths["base"]), world)
     reference = report.end_of_run_attacks(cfg.attack_steps)[0]
     jobs = {}  # one job per (model, attack, seed): the relearning seeds of orders k and k + 1 overlap
     for k in orders:
