@@ -29,7 +29,7 @@ import selection
 from baselines import perturb, start_dir
 from cli import UsageError, UserError
 from safeguard import METHODS, SafeguardConfig, defend
-from storage import atomic_write, digest, file_digest, load_model, read_json, resumed_jsonl
+from storage import append_jsonl, atomic_write, digest, file_digest, load_model, read_json, resumed_jsonl
 from workers import Workers, result
 from world import UNSEEN, build_world, sealed
 
@@ -101,8 +101,7 @@ def run_grid(methods: list[str], world, run_dir: Path, workers: int, log=print) 
             for future in cf.as_completed(futures):
                 k = futures[future]
                 done[k] = result(future)
-                with open(points, "a") as f:
-                    f.write(json.dumps({"key": k, "method": jobs[k][0], "rows": done[k]}) + "\n")
+                append_jsonl(points, [{"key": k, "method": jobs[k][0], "rows": done[k]}])
                 bar.update(1)
     for m in methods:
         rows = [r for k, (jm, *_) in jobs.items() if jm == m for r in done[k]]

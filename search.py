@@ -42,7 +42,7 @@ import tar
 from candidates import CANDIDATES, STAGE1
 from cli import UsageError, UserError, arg
 from config import NOT_TRAINING, TARConfig, configure
-from storage import cached, digest, file_digest, resumed_jsonl, save_model
+from storage import append_jsonl, cached, digest, file_digest, resumed_jsonl, save_model
 from workers import Workers, result
 from world import UNSEEN, build_world, entities_flag, sealed
 
@@ -242,8 +242,7 @@ def search(args: SearchArgs) -> list[dict]:
             for phase in phases:
                 for future in cf.as_completed([pool.submit(run_job, (n, args)) for n in phase]):
                     new = result(future)
-                    with open(out, "a") as f:  # a finished run is kept whatever happens to the others
-                        f.writelines(json.dumps(r) + "\n" for r in new)
+                    append_jsonl(out, new)
                     rows += new
                     bar.update(1)
     rows = sorted(rows, key=lambda r: (known.index(r["name"]), r["step"]))

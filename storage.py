@@ -8,7 +8,7 @@ under torchrun (FSDP2 shards are gathered to rank 0 for saving, and a loaded mod
 hold what `--resume` needs to continue exactly: model, optimizer, and every rank's RNG and data positions.
 
     read_json / read_jsonl    a JSON / JSONL file, or one error line naming the file, the line and the fix
-    resumed_jsonl(path)       the rows of a log that finished jobs append to, its torn last line dropped for good
+    append_jsonl(path, rows)  a line per finished job; resumed_jsonl(path): a rerun's rows, a torn last line dropped
     digest(*parts)            sha256 of a JSON rendering, 16 hex digits: the key of every cache
     file_digest(path)         sha256 of a model's weight files: the red team's key of a model, a search row's base
     save_model / load_model   a model directory (with provenance.json and a model card), single process or FSDP2
@@ -117,6 +117,12 @@ def read_jsonl(path: Path, fields: tuple[str, ...] = (), fix: str = "fix or dele
             raise UserError(f"{path} line {n} lacks {', '.join(missing)} (each row needs {', '.join(fields)}); {fix}")
         rows.append(row)
     return rows
+
+
+def append_jsonl(path: Path, rows: list[dict]) -> None:
+    """Rows appended to a log as its job finishes: whatever happens to the jobs still running, they are kept."""
+    with open(path, "a") as f:
+        f.writelines(json.dumps(r) + "\n" for r in rows)
 
 
 def resumed_jsonl(path: Path, fields: tuple[str, ...] = ()) -> list[dict]:
