@@ -109,7 +109,7 @@ def pipeline(tmp_path_factory):
     with Workers(1) as pool:  # the saved models are attacked on the second core while TAR trains on this one
         jobs = {n: pool.submit(redteam.run_job, redteam.Job(n, str(run_dir / n), ref_attack, world.config, every=25))
                 for n in ("base", "oracle", "safeguard")}
-        before = pool.submit(before_job, (cfg.runs,))
+        before = pool.submit(before_job, (cfg.runs, ref_attack))
         model = copy.deepcopy(theta0)
         tar.train_tar(model, copy.deepcopy(theta0), world, cfg, run_dir, log=log)
         untrained = safeguard.new_model(len(world.tokenizer), safeguard.ModelConfig(), world.tokenizer, seed=1)
@@ -126,14 +126,13 @@ def pipeline(tmp_path_factory):
 
 def before_job(job: tuple) -> tuple[dict, list]:
     """In a worker: TAR with the defaults before the search (BEFORE) from the pipeline's saved θ0, then the
-    reference attack: (accuracies at rest, the attack's curve)."""
-    (runs,) = job
+    pipeline's reference attack: (accuracies at rest, the attack's curve)."""
+    runs, attack = job
     torch.set_num_threads(1)
     cfg = tar.TARConfig(runs=runs, **BEFORE)
     world, run_dir = build_world(cfg.world()), Path(runs) / cfg.domain / "tar_before"
     run_dir.mkdir()
     model = storage.load_model(run_dir.parent / "safeguard")
     tar.train_tar(model, copy.deepcopy(model), world, cfg, run_dir, log=lambda *a: None)
-    attack = report.end_of_run_attacks(cfg.attack_steps)[0]
     return scoring.accuracies(model, world, scoring.REPORTED), redteam.attack_curve(model, attack, world, seed=0,
                                                                                      every=25)
