@@ -18,9 +18,10 @@ its world and stage 1 fixed (--world-seed: the base, the oracle and θ0):
 
 Run:  python seeds.py runs/bio                                # TAR seeds 0 1 2 x orders 0 1 2: ~55 min on 2 cores
       python seeds.py runs/bio --tar-seeds 0 --attack-seeds 1 2   # the run's own TAR at two more data orders
-Writes RUN_DIR/seeds/: seed_<s>/ (tar/, metrics.jsonl), results.json (every cell: at rest, the curves, the steps,
-the misses; every run's curve) and grid.md (a row per cell). A rerun retrains no TAR already saved with the same
-settings. Reported on E, Re, G_test and N: nothing here chooses a setting.
+Writes RUN_DIR/seeds/: seed_<s>/ (tar/, metrics.jsonl), runs.jsonl (a line per finished run, keyed by the run
+and the model's weights), results.json (every cell: at rest, the curves, the steps, the misses; every run's curve)
+and grid.md (a row per cell). A rerun retrains no TAR already saved with the same settings and measures no run
+already in runs.jsonl. Reported on E, Re, G_test and N: nothing here chooses a setting.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ import scoring
 import tar
 from cli import UsageError, UserError, arg
 from config import TARConfig
-from storage import atomic_write, load_model, read_json
+from storage import append_jsonl, atomic_write, digest, file_digest, load_model, read_json, resumed_jsonl
 from workers import Workers
 from world import build_world
 
@@ -148,18 +149,26 @@ def study(run_dir: Path, seeds: list[int], orders: list[int], workers: int) -> d
     jobs = {}  # one job per (model, attack, seed): the relearning seeds of orders k and k + 1 overlap
     for k in orders:
         jobs.update(report.measurement_jobs(paths, world, [reference], k, level, cfg.relearn_cap))
-    t0, runs = time.time(), {}
-    with Workers(min(workers, len(jobs))) as pool, cli.progress(len(jobs), "measuring", unit="run") as bar:
-        for key, r in zip(jobs, pool.map(redteam.run_job, jobs.values())):
-            runs[key] = r
-            bar.update(1)
+    out = run_dir / "seeds"
+    out.mkdir(exist_ok=True)
+    log = out / "runs.jsonl"  # a line per finished run: a rerun (after a crash, or with more seeds) measures the rest
+    digests = {m: file_digest(p) for m, p in paths.items()}
+    keys = {k: digest({**asdict(j), "model": None, "path": None}, digests[j.model]) for k, j in jobs.items()}
+    kept = {r["key"]: r["run"] for r in resumed_jsonl(log, ("key", "run"))}
+    runs = {k: kept[keys[k]] for k in jobs if keys[k] in kept}
+    todo = [k for k in jobs if k not in runs]
+    t0 = time.time()
+    if todo:
+        with Workers(min(workers, len(todo))) as pool, cli.progress(len(todo), "measuring", unit="run") as bar:
+            for key, r in zip(todo, pool.map(redteam.run_job, [jobs[k] for k in todo])):
+                runs[key] = r
+                append_jsonl(log, [{"key": keys[key], "run": r}])
+                bar.update(1)
     rest = {s: report.at_rest(load_model(paths[f"tar_seed_{s}"]), world, scoring.reported(world)) for s in seeds}
     cells = [{"seed": s} | cell_of(runs, rest[s], f"tar_seed_{s}", reference.name, k) for s in seeds for k in orders]
     results = {"run_dir": str(run_dir), "config": asdict(cfg), "level": level, "targets": asdict(Targets()),
                "tar": models, "measure_seconds": round(time.time() - t0, 1), "cells": cells,
                "runs": {"|".join(map(str, k)): r for k, r in runs.items()}}
-    out = run_dir / "seeds"
-    out.mkdir(exist_ok=True)
     atomic_write(out / "results.json", json.dumps(results, indent=1))
     atomic_write(out / "grid.md", markdown(cells, cfg.relearn_cap))
     print("\n" + markdown(cells, cfg.relearn_cap) + f"\nwrote {out / 'results.json'}, {out / 'grid.md'}")

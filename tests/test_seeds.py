@@ -12,7 +12,7 @@ import seeds
 from conftest import cli_error, smoke_run
 
 
-def test_the_study_trains_and_measures_as_tar_py(smoke, tmp_path):
+def test_the_study_trains_and_measures_as_tar_py(smoke, tmp_path, monkeypatch):
     run = smoke[0]
     r = seeds.study(run, [0, 1], [0, 1], workers=1)
     assert r["tar"][0] == {"path": str(run / "tar"), "seconds": None}  # the run's own, reused
@@ -38,12 +38,15 @@ def test_the_study_trains_and_measures_as_tar_py(smoke, tmp_path):
     assert [(c["seed"], c["order"]) for c in r["cells"]] == [(0, 0), (0, 1), (1, 0), (1, 1)]
     assert (run / "seeds" / "grid.md").read_text().count("\n| ") == 4
 
-    # a rerun trains nothing again
+    # a rerun trains nothing again ...
     stamp = (run / "seeds" / "seed_1" / "tar" / "model.safetensors").stat().st_mtime_ns
     cfg = config.TARConfig(**r["config"])
     assert seeds.tar_models(run, cfg, [0, 1], workers=1) == {s: {"path": r["tar"][s]["path"], "seconds": None}
                                                              for s in (0, 1)}
     assert (run / "seeds" / "seed_1" / "tar" / "model.safetensors").stat().st_mtime_ns == stamp
+    # ... and measures nothing again: every run is in runs.jsonl
+    monkeypatch.setattr(seeds, "Workers", lambda n: pytest.fail("a run was measured again"))
+    assert seeds.study(run, [0, 1], [0, 1], workers=1)["cells"] == r["cells"]
 
 
 def cell(forget=0.25, retain=0.99, g=0.97, peak=0.30, g_low=0.95, relearn=(190, 190, 200), learn=(330, 340, 350)):
