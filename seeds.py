@@ -16,7 +16,7 @@ its world and stage 1 fixed (--world-seed: the base, the oracle and θ0):
                      every point, Re ≥ 90% at rest, relearning E no faster than the oracle at order k (medians of
                      its 3 seeds), learning N within 1.5x the base's steps at order k
 
-Run:  python seeds.py runs/bio                                # TAR seeds 0 1 2 x orders 0 1 2: ~55 min on 2 cores
+Run:  python seeds.py runs/bio                                # TAR seeds 0 1 2 x orders 0 1 2: ~56 min on 2 cores
       python seeds.py runs/bio --tar-seeds 0 --attack-seeds 1 2   # the run's own TAR at two more data orders
 Writes RUN_DIR/seeds/: seed_<s>/ (tar/, metrics.jsonl), runs.jsonl (a line per finished run, keyed by the run
 and the model's weights), results.json (every cell: at rest, the curves, the steps, the misses; every run's curve)
