@@ -24,6 +24,7 @@ from pathlib import Path
 
 import adversary
 import cli
+import protocol
 import scoring
 import selection
 from baselines import perturb, start_dir
@@ -71,12 +72,14 @@ def check(methods: list[str], run_dir: Path) -> None:
                             f"{run_dir.name} --method {teacher})")
 
 
-def job_key(job) -> str:
-    """A grid point's cache key: the config it trains (grid_point's, but for its length), its step counts, its
-    world and the weights it starts from (a retrained base or teacher makes every point again)."""
+def job_key(job, weights: str) -> str:
+    """A grid point's cache key: the config it trains (grid_point's, but for its length), its step counts, how it
+    is scored (the reference attack), its world and `weights`, the digest of the model it starts from (a retrained
+    base or teacher makes every point again)."""
     method, overrides, steps, world_cfg, start = job
     cfg = asdict(SafeguardConfig(method=method, **{**METHODS[method].picked, **overrides}))
-    return digest({**cfg, "steps": None}, list(steps), world_cfg, file_digest(start))
+    return digest({**cfg, "steps": None}, list(steps), METHODS[method].by_length, protocol.REFERENCE.to_dict(),
+                  world_cfg, weights)
 
 
 def run_grid(methods: list[str], world, run_dir: Path, workers: int, log=print) -> dict:
@@ -86,9 +89,10 @@ def run_grid(methods: list[str], world, run_dir: Path, workers: int, log=print) 
     jobs = {}
     for m in methods:
         method, start = METHODS[m], start_dir(METHODS[m].teacher, run_dir)
+        weights = file_digest(start)
         for values in itertools.product(*method.grid.values()):
             job = (m, dict(zip(method.grid, values)), method.grid_steps, world.config, str(start))
-            jobs[job_key(job)] = job
+            jobs[job_key(job, weights)] = job
     path.parent.mkdir(parents=True, exist_ok=True)
     done = {r["key"]: r["rows"] for r in resumed_jsonl(points, ("key", "rows"))}
     todo = [k for k in jobs if k not in done]

@@ -120,9 +120,10 @@ def read_jsonl(path: Path, fields: tuple[str, ...] = (), fix: str = "fix or dele
 
 
 def append_jsonl(path: Path, rows: list[dict]) -> None:
-    """Rows appended to a log as its job finishes: whatever happens to the jobs still running, they are kept."""
+    """Rows appended to a log as its job finishes: whatever happens to the jobs still running, they are kept (in one
+    write: a kill leaves a job's lines whole or a torn last one, which `resumed_jsonl` drops)."""
     with open(path, "a") as f:
-        f.writelines(json.dumps(r) + "\n" for r in rows)
+        f.write("".join(json.dumps(r) + "\n" for r in rows))
 
 
 def resumed_jsonl(path: Path, fields: tuple[str, ...] = ()) -> list[dict]:
@@ -132,7 +133,8 @@ def resumed_jsonl(path: Path, fields: tuple[str, ...] = ()) -> list[dict]:
     if not Path(path).exists():
         return []
     rows = read_jsonl(path, fields, torn_tail=True)
-    write_jsonl(path, rows)
+    if not Path(path).read_text().endswith("\n"):  # a whole line always ends in one: the last was cut (or the
+        write_jsonl(path, rows)  # file is empty); otherwise left as it is, in case another process appends to it
     return rows
 
 
