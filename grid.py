@@ -15,7 +15,6 @@ Run:  python safeguard.py --domain bio --method all --grid      # runs/bio/basel
 
 from __future__ import annotations
 
-import concurrent.futures as cf
 import itertools
 import json
 import time
@@ -23,15 +22,14 @@ from dataclasses import asdict
 from pathlib import Path
 
 import adversary
-import cli
 import protocol
 import scoring
 import selection
 from baselines import perturb, start_dir
 from cli import UsageError, UserError
 from safeguard import METHODS, SafeguardConfig, defend
-from storage import append_jsonl, atomic_write, digest, file_digest, load_model, read_json, resumed_jsonl
-from workers import Workers, result
+from storage import atomic_write, digest, file_digest, load_model, read_json
+from workers import logged_map
 from world import UNSEEN, build_world, sealed
 
 
@@ -94,19 +92,10 @@ def run_grid(methods: list[str], world, run_dir: Path, workers: int, log=print) 
             job = (m, dict(zip(method.grid, values)), method.grid_steps, world.config, str(start))
             jobs[job_key(job, weights)] = job
     path.parent.mkdir(parents=True, exist_ok=True)
-    done = {r["key"]: r["rows"] for r in resumed_jsonl(points, ("key", "rows"))}
-    todo = [k for k in jobs if k not in done]
-    log(f"grid: {len(jobs)} settings x their step counts over {', '.join(methods)}, {len(jobs) - len(todo)} "
-        f"already in {points.name}; {len(todo)} to train on {min(workers, len(todo))} worker(s)")
+    log(f"grid: {len(jobs)} settings x their step counts over {', '.join(methods)} on {workers} worker(s), each "
+        f"kept in {points.name} as it ends (a rerun trains only those not there)")
     t0, bounds = time.time(), selection.Bounds()
-    if todo:
-        with Workers(min(workers, len(todo))) as pool, cli.progress(len(todo), "grid", unit="setting") as bar:
-            futures = {pool.submit(grid_point, jobs[k]): k for k in todo}
-            for future in cf.as_completed(futures):
-                k = futures[future]
-                done[k] = result(future)
-                append_jsonl(points, [{"key": k, "method": jobs[k][0], "rows": done[k]}])
-                bar.update(1)
+    done = logged_map(grid_point, jobs, points, workers, "grid")
     for m in methods:
         rows = [r for k, (jm, *_) in jobs.items() if jm == m for r in done[k]]
         scored = {str(i): r for i, r in enumerate(rows) if r.get("steps")}

@@ -26,7 +26,6 @@ already in runs.jsonl. Reported on E, Re, G_test and N: nothing here chooses a s
 
 from __future__ import annotations
 
-import concurrent.futures as cf
 import json
 import math
 import statistics
@@ -45,8 +44,8 @@ import scoring
 import tar
 from cli import UsageError, UserError, arg
 from config import TARConfig
-from storage import append_jsonl, atomic_write, digest, file_digest, load_model, read_json, resumed_jsonl
-from workers import Workers, result
+from storage import atomic_write, digest, file_digest, load_model, read_json
+from workers import Workers, logged_map
 from world import build_world
 
 
@@ -131,8 +130,8 @@ def tar_models(run_dir: Path, cfg: TARConfig, seeds: list[int], workers: int) ->
 
 
 def study(run_dir: Path, seeds: list[int], orders: list[int], workers: int) -> dict:
-    """Trains what is missing, measures the runs not yet in runs.jsonl (results.json's "measured" of them, in
-    "measure_seconds"), writes RUN_DIR/seeds/results.json and grid.md."""
+    """Trains what is missing, measures the runs not yet in runs.jsonl (in results.json's "measure_seconds"),
+    writes RUN_DIR/seeds/results.json and grid.md."""
     prov = run_dir / "tar" / "provenance.json"
     if not prov.exists():
         raise UserError(f"{run_dir / 'tar'} holds no TAR model: run python tar.py --domain <d> --runs "
@@ -156,23 +155,13 @@ def study(run_dir: Path, seeds: list[int], orders: list[int], workers: int) -> d
     log = out / "runs.jsonl"  # a line per finished run: a rerun (after a crash, or with more seeds) measures the rest
     digests = {m: file_digest(p) for m, p in paths.items()}
     keys = {k: digest({**asdict(j), "path": None}, digests[j.model]) for k, j in jobs.items()}
-    kept = {r["key"]: r["run"] for r in resumed_jsonl(log, ("key", "run"))}
-    runs = {k: kept[keys[k]] for k in jobs if keys[k] in kept}
-    todo = [k for k in jobs if k not in runs]
     t0 = time.time()
-    if todo:
-        with Workers(min(workers, len(todo))) as pool, cli.progress(len(todo), "measuring", unit="run") as bar:
-            futures = {pool.submit(redteam.run_job, jobs[k]): k for k in todo}
-            for future in cf.as_completed(futures):
-                key = futures[future]
-                runs[key] = result(future)
-                append_jsonl(log, [{"key": keys[key], "run": runs[key]}])
-                bar.update(1)
-    runs = {k: runs[k] for k in jobs}  # in the jobs' order, however many were measured before
+    measured = logged_map(redteam.run_job, {keys[k]: j for k, j in jobs.items()}, log, workers, "measuring")
+    runs = {k: measured[keys[k]] for k in jobs}
     rest = {s: report.at_rest(load_model(paths[f"tar_seed_{s}"]), world, scoring.reported(world)) for s in seeds}
     cells = [{"seed": s} | cell_of(runs, rest[s], f"tar_seed_{s}", reference.name, k) for s in seeds for k in orders]
     results = {"run_dir": str(run_dir), "config": asdict(cfg), "level": level, "targets": asdict(Targets()),
-               "tar": models, "measured": len(todo), "measure_seconds": round(time.time() - t0, 1), "cells": cells,
+               "tar": models, "measure_seconds": round(time.time() - t0, 1), "cells": cells,
                "runs": {"|".join(map(str, k)): r for k, r in runs.items()}}
     atomic_write(out / "results.json", json.dumps(results, indent=1))
     atomic_write(out / "grid.md", markdown(cells, cfg.relearn_cap))

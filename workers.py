@@ -12,6 +12,7 @@ Not in the paper; what keeps parallel runs safe on a laptop and on a cluster nod
 
 Use:  with Workers(2) as pool:
           results = list(pool.map(fn, jobs))           # in order;  or  future = pool.submit(fn, job)
+      results = logged_map(fn, {key: job}, log, 2)     # each result kept in `log` as it ends; a rerun runs the rest
 """
 
 from __future__ import annotations
@@ -24,11 +25,14 @@ import os
 import signal
 import threading
 from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 import torch
 
+import cli
 from cli import UserError
+from storage import append_jsonl, resumed_jsonl
 
 
 def _init(parent: int) -> None:
@@ -87,3 +91,19 @@ def result(future: cf.Future):
         return future.result()
     except BrokenProcessPool:
         raise UserError("a worker process died (out of memory? try fewer --workers)") from None
+
+
+def logged_map(fn: Callable, jobs: dict[str, object], log: Path, workers: int, desc: str = "jobs") -> dict:
+    """{key: fn(job)} for every job, each result appended to the JSONL `log` ({"key", "result"}) as it ends, so a
+    crash or Ctrl-C loses no finished job; jobs whose key is already in `log` are not run again."""
+    done = {r["key"]: r["result"] for r in resumed_jsonl(log, ("key", "result"))}
+    todo = [k for k in jobs if k not in done]
+    if todo:
+        with Workers(min(workers, len(todo))) as pool, cli.progress(len(todo), desc, unit="run") as bar:
+            futures = {pool.submit(fn, jobs[k]): k for k in todo}
+            for future in cf.as_completed(futures):
+                k = futures[future]
+                done[k] = result(future)
+                append_jsonl(log, [{"key": k, "result": done[k]}])
+                bar.update(1)
+    return {k: done[k] for k in jobs}

@@ -21,6 +21,7 @@ import search
 import selection
 import suite
 import sweep
+import workers
 import world
 from cli import UserError
 from config import TARConfig
@@ -295,7 +296,7 @@ def test_the_baseline_grid_keeps_each_finished_setting_and_a_rerun_trains_only_w
         trained.append(overrides)
         return [{**overrides, "steps": n, "forget_V_attacked": overrides["lr"] * 100 + n / 1e4, "G_dev_rest": 0.99,
                  "G_dev_attacked": 0.9 if overrides["coef"] == 4.0 else 0.5, "diverged": None} for n in steps]
-    monkeypatch.setattr(grid, "Workers", InProcess)
+    monkeypatch.setattr(workers, "Workers", InProcess)
     monkeypatch.setattr(grid, "grid_point", point)
     (tmp_path / "base").mkdir()
     (tmp_path / "base" / "model.safetensors").write_bytes(b"base weights")

@@ -9,6 +9,7 @@ from safetensors.torch import load_file
 
 import config
 import seeds
+import workers
 from conftest import cli_error, smoke_run
 
 
@@ -45,7 +46,7 @@ def test_the_study_trains_and_measures_as_tar_py(smoke, tmp_path, monkeypatch):
                                                              for s in (0, 1)}
     assert (run / "seeds" / "seed_1" / "tar" / "model.safetensors").stat().st_mtime_ns == stamp
     # ... and measures nothing again: every run is in runs.jsonl
-    monkeypatch.setattr(seeds, "Workers", lambda n: pytest.fail("a run was measured again"))
+    monkeypatch.setattr(workers, "Workers", lambda n: pytest.fail("a run was measured again"))
     assert seeds.study(run, [0, 1], [0, 1], workers=1)["cells"] == r["cells"]
 
 
