@@ -79,11 +79,11 @@ def tar_config(args: SearchArgs, overrides: dict) -> TARConfig:
 
 
 def key(args: SearchArgs, name: str) -> str:
-    """Every setting a row depends on (world, base, stage 1, and TAR's training settings with the snapshots): a row
-    whose key differs was made otherwise and is run again."""
+    """Every setting a row depends on (world, base, stage 1, the reference attack that scores it, and TAR's training
+    settings with the snapshots): a row whose key differs was made otherwise and is run again."""
     stage1, overrides = parts(name)
     cfg = tar_config(args, overrides or {})
-    made = [asdict(cfg.world()), cfg.base_steps, cfg.safeguard_steps, STAGE1[stage1][0]]
+    made = [asdict(cfg.world()), cfg.base_steps, cfg.safeguard_steps, STAGE1[stage1][0], protocol.REFERENCE.to_dict()]
     if overrides is not None:
         made += [{k: v for k, v in asdict(cfg).items() if k not in NOT_TRAINING}, args.snapshot_every]
     return digest("search", *made)

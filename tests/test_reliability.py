@@ -85,7 +85,8 @@ def test_a_diverged_run_writes_nothing_and_a_failed_rerun_keeps_the_last_run(fin
 
 def test_search_scores_snapshots_in_a_sealed_world_and_resumes(finished, tmp_path, monkeypatch):
     """search.py on the tiny run's cached base: stage 1, TAR with its snapshots (scored on V and G_dev, with E,
-    Re, G_test and N sealed away), the rows kept; a rerun trains nothing, a changed setting runs again."""
+    Re, G_test and N sealed away), the rows kept; a rerun trains nothing; a changed setting, or another reference
+    attack, runs again."""
     runs = tmp_path / "runs"
     shutil.copytree(finished, runs)
     monkeypatch.setattr(protocol, "REFERENCE", dataclasses.replace(protocol.REFERENCE, steps=4))
@@ -110,6 +111,9 @@ def test_search_scores_snapshots_in_a_sealed_world_and_resumes(finished, tmp_pat
     monkeypatch.setattr(search, "Workers", lambda n: pytest.fail("a changed setting is run again") or None)
     with pytest.raises(pytest.fail.Exception, match="run again"):
         search.search(dataclasses.replace(args, snapshot_every=1))
+    monkeypatch.setattr(protocol, "REFERENCE", dataclasses.replace(protocol.REFERENCE, steps=5))
+    with pytest.raises(pytest.fail.Exception, match="run again"):  # the rows were scored by another attack
+        search.search(args)
 
 
 @pytest.mark.parametrize("damage", ["garbage state", "truncated rank file", "no state.pt"])
