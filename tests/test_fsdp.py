@@ -8,6 +8,7 @@ several things)."""
 import json
 import math
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -62,6 +63,14 @@ def single(root, fx, model, name, domain="bio", **kw) -> Path:
     return root / name / domain
 
 
+def why(out: str) -> str:
+    """A failed launch's output for the assertion message: the lines that say why (a Python error, gloo's abort
+    message, torchrun's summary of the failed rank), which a long tail can push out, then the tail itself."""
+    said = [line for line in out.splitlines() if re.search(r"Error|Traceback|terminate called|what\(\)|enforce fail|"
+                                                              r"Signal \d+|exitcode", line)]
+    return "\n".join(said[:40]) + "\n...\n" + out[-2000:]
+
+
 def torchrun(args: list[str], script: str = "tar.py", **popen):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(ROOT / script), *args]
     return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **popen)
@@ -83,12 +92,12 @@ def test_sigterm_and_resume_under_fsdp_equal_an_uninterrupted_run(setup):
         time.sleep(0.02)
     proc.send_signal(signal.SIGTERM)  # torchrun passes it on to both ranks
     out = proc.communicate(timeout=120)[0]
-    assert proc.returncode != 0 and "stopped by SIGTERM after outer step" in out, out[-3000:]
+    assert proc.returncode != 0 and "stopped by SIGTERM after outer step" in out, why(out)
     stopped = torch.load(ckpt / "rank0.pt", weights_only=True)["step"]
     assert 2 <= stopped < 12
     proc = torchrun(args + ["--resume"])
     out = proc.communicate(timeout=300)[0]
-    assert proc.returncode == 0 and "resumed after outer step" in out, out[-3000:]
+    assert proc.returncode == 0 and "resumed after outer step" in out, why(out)
     lines = (root / "sig" / "bio" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["step"] for line in lines] == list(range(1, 13))  # redone steps are not doubled
     ref = single(root, fx, models["llama"], "sig_ref", outer_steps=12)
@@ -115,7 +124,7 @@ def test_kill_and_resume_in_one_process_is_exact(setup):
     (root / "kill").rename(root / "moved")  # a run directory moved (or spelled differently) still resumes
     args = [sys.executable, str(ROOT / "tar.py"), *flags(model=models["llama"], data_dir=fx, runs=root / "moved", **kw)]
     done = subprocess.run(args + ["--resume"], cwd=ROOT, capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.returncode == 0, why(done.stderr)
     ref = single(root, fx, models["llama"], "kill_ref", outer_steps=24, outer_optimizer="schedulefree", outer_warmup=4)
     assert max_diff(ref, root / "moved" / "bio") == 0.0, kill_at  # exactly the uninterrupted run
     # a changed training setting is refused rather than silently mixed into the resumed run
@@ -142,7 +151,7 @@ def test_the_three_commands_under_fsdp_equal_one_process(setup, arch, domain):
     safeguard.main(flags(runs=root / "sg_single", **kw))
     proc = torchrun(flags(runs=root / "sg_fsdp", **kw), script="safeguard.py")
     out = proc.communicate(timeout=300)[0]
-    assert proc.returncode == 0, out[-3000:]
+    assert proc.returncode == 0, why(out)
     single_run, sharded_run = root / "sg_single" / domain, root / "sg_fsdp" / domain
     assert max_diff(single_run, sharded_run, "safeguard") <= 1e-5
     theta0 = sharded_run / "safeguard"
@@ -163,7 +172,7 @@ def test_the_three_commands_under_fsdp_equal_one_process(setup, arch, domain):
     proc = torchrun(flags(model=theta0, data_dir=fx, runs=root / "tar_fsdp", domain=domain, reference="base",
                           outer_steps=2, loss_chunk=8, **SMALL))
     out = proc.communicate(timeout=300)[0]
-    assert proc.returncode == 0, out[-3000:]
+    assert proc.returncode == 0, why(out)
     run = root / "tar_fsdp" / domain
     assert max_diff(ref, run) <= 1e-5
     first = [json.loads((r / "metrics.jsonl").read_text().splitlines()[0]) for r in (ref, run)]
@@ -186,7 +195,7 @@ def test_the_three_commands_under_fsdp_equal_one_process(setup, arch, domain):
     evaluate.main([*args, "--out", str(root / "rt_single"), "--workers", "1"])
     proc = torchrun([*args, "--out", str(root / "rt_fsdp"), "--loss-chunk", "3"], script="evaluate.py")
     out = proc.communicate(timeout=300)[0]
-    assert proc.returncode == 0, out[-3000:]
+    assert proc.returncode == 0, why(out)
     single_rt, sharded_rt = (json.loads((root / r / "results.json").read_text())["runs"]
                              for r in ("rt_single", "rt_fsdp"))
     assert single_rt.keys() == sharded_rt.keys() and len(sharded_rt) == 3
@@ -216,7 +225,7 @@ def test_lora_attacks_and_chunked_losses_under_fsdp_equal_one_process(setup):
         args += ["chunked3", str(path), str(root / f"grads_{arch}_fsdp.safetensors")]
     proc = torchrun(args, script="tests/ranks.py")
     out = proc.communicate(timeout=300)[0]
-    assert proc.returncode == 0, out[-3000:]
+    assert proc.returncode == 0, why(out)
     for arch, path in models.items():
         single, sharded = (load_file(root / f"lora_{arch}_{how}.safetensors") for how in ("single", "fsdp"))
         start = load_file(path / "model.safetensors")
