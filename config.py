@@ -95,6 +95,10 @@ class TARConfig:
                                     at_most=1)
     tr_batch: int = arg(32, "x_TR batch size (global; held-out forget documents)", above=0)
     retain_batch: int = arg(64, "x_r batch size (global; retain documents)", above=0)
+    tr_split: str = arg("fixed", "the entities of T the train-time attacker and x_TR come from: fixed (T_inner and "
+                                 "T_tr, its two halves, as the paper's splits) | entities (a random half of T's "
+                                 "entities for the attacker and the other half for x_TR, drawn anew at each outer "
+                                 "step; the miniature's knowledge worlds only)", choices=("fixed", "entities"))
     # deviation: x_r is Rt and U, every benign text of the miniature a defence may read (paper: the retain corpus)
     # because with Rt alone TAR kept the cities and lost the rivers and the composers (docs/search.md rounds 1-2);
     # on real data the retain corpus is one source: --model takes Rt.
@@ -169,6 +173,8 @@ class TARConfig:
             raise UsageError("--reference takes a model directory or hub id only with --model (here: safeguard, base)")
         if self.outer_warmup >= self.outer_steps:
             raise UsageError("--outer-warmup must be shorter than --outer-steps")
+        if self.tr_split == "entities" and (self.model or self.domain == "refusal"):
+            raise UsageError("--tr-split entities draws T's halves by entity: the miniature's bio, chem or cyber only")
         if self.tr_every > self.inner_steps:
             raise UsageError("--tr-every must not exceed --inner-steps (no TR point would be taken)")
         if self.outer_optimizer == "schedulefree" and self.outer_schedule != "constant":
@@ -192,8 +198,10 @@ class TARConfig:
 
     def changed_since(self, saved: dict) -> list[str]:
         """The training settings of a checkpoint's config (asdict) that differ from these: --resume refuses them."""
-        now = asdict(self)  # a setting the checkpoint does not record (an older version's) counts as changed
-        return [k for k in {**saved, **now} if k not in NOT_TRAINING and (k not in saved or now.get(k) != saved[k])]
+        # a setting the checkpoint does not record (added since) counts as changed unless it holds its default: a new
+        # setting's default is what the older version did
+        now, default = asdict(self), asdict(TARConfig())
+        return [k for k in {**saved, **now} if k not in NOT_TRAINING and now.get(k) != saved.get(k, default.get(k))]
 
     def world(self) -> WorldConfig | RealWorldConfig:
         if self.model:
