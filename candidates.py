@@ -17,6 +17,8 @@ STAGE1 = {
     "stage1_benign_lr_1e-3": ({"retain": "benign", "lr": 1e-3}, "the same, lr 1e-3, not 3e-3"),
     "stage1_benign_final": ({"retain": "benign", "all_layers": False}, "the same, mapping the final hidden state "
                                                                       "only, not every layer's"),
+    "stage1_benign_lr_1e-3_500": ({"retain": "benign", "lr": 1e-3, "steps": 500}, "lr 1e-3 for twice as long: V "
+                                  "hidden further before TAR"),
 }
 S1LR_ALL = {"retain_data": "benign", "outer_params": "all"}  # TAR on every weight, Rt and U retained
 K96_TR_PAPER = {**S1LR_ALL, "inner_steps": 96, "tr_every": 12, "tr_weights": "paper"}  # round 12's recipe
@@ -130,6 +132,20 @@ CANDIDATES = {
             "27's pick against train-time attacks at lrs 5e-5, 1e-4, 3e-4: without those at 1e-4, round 31's peak "
             "rose by 10 points, so do the weak attacks teach TAR most?"))},
 }
+R27_FULL = {**K96_TR_PAPER, "tr_entropy": "values_ce", "lambda_retain": 8.0, **R27}  # round 27's pick, every override
+CANDIDATES.update({  # round 33 (base B): what the search had not tried with round 27's pick
+    "r27_schedulefree": ("stage1_benign_lr_1e-3", {**R27_FULL, "outer_optimizer": "schedulefree",
+                                                   "outer_schedule": "constant", "outer_warmup": 32},
+                         "round 27's pick with the paper's outer optimizer, Schedule-Free AdamW warmed up for 32 steps "
+                         "(its lr the pick's): the averaged weights it returns may hold what one cosine-decayed "
+                         "iterate does not"),
+    "r27_stage1_500": ("stage1_benign_lr_1e-3_500", R27_FULL,
+                       "round 27's pick from a stage 1 trained twice as long: TAR starts with less of V to hide"),
+})
+# round 34 (base B): the reference attack on T's documents lifts V by 1-3 points, on A's by 14
+CANDIDATES.update({f"r27_entity_halves{f'_seed_{seed}' if seed else ''}": ("stage1_benign_lr_1e-3", {
+    **R27_FULL, "tr_split": "entities", "seed": seed}, "round 27's pick with the attacker's and x_TR's entities drawn "
+    "anew at each outer step: a defence that must hold for any pair of entity sets, not one") for seed in (0, 1)})
 # recipes with the paper's 32 warmup steps of the outer lr
 CANDIDATES.update({f"{recipe}_warmup_32": (CANDIDATES[recipe][0], {**CANDIDATES[recipe][1], "outer_warmup": 32},
                                            f"{recipe} warmed up: on base C G_dev falls from 97% to 60-68% in the "

@@ -30,7 +30,6 @@ loss stops the run: nothing is saved."""
 from __future__ import annotations
 
 import copy
-import functools
 import json
 import math
 import os
@@ -53,11 +52,10 @@ import scoring
 import storage
 import adversary
 from batching import Stream, shard_batch
-from cli import UserError
 from config import TARConfig, parse_args
 from fsdp import Dist
 from realworld import load_real_world
-from world import build_world
+from world import build_world, entity_halves
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -77,7 +75,7 @@ def tr_loss(model, ref, b, cfg: TARConfig, values=None) -> torch.Tensor:
         return losses.entropy_tr_loss(x, mask[cfg.tr_mask], head, cfg.loss_chunk, values)
     logits = model(input_ids=b.input_ids, attention_mask=b.attention_mask).logits  # (B, T, V)
     if b.input_ids.shape[0] % 2:
-        raise UserError("DPO pairs were split: give an even --micro-batch and a --tr-batch whose rows (2 per "
+        raise cli.UserError("DPO pairs were split: give an even --micro-batch and a --tr-batch whose rows (2 per "
                         "pair) divide evenly over the processes")
     # deviation: π_ref's log-probabilities are recomputed at every TR point (official code: precomputed once)
     # because that costs one forward of a frozen model and keeps no per-batch cache.
@@ -109,7 +107,7 @@ def outer_step(model, ref, outer_opt, world, x_tr, x_r, rng: random.Random, cfg:
 
     # l.6-8: K steps of the sampled attack with a fresh inner optimizer; the loop pauses at θ_k every tr_every
     batches = map(micro, adversary.attack_stream(spec, world.tokens, attack_seed))
-    attacker_loss = functools.partial(adversary.lm_batch_loss, chunk=cfg.loss_chunk)
+    attacker_loss = lambda m, b: adversary.lm_batch_loss(m, b, chunk=cfg.loss_chunk)
     for k in adversary.attack_steps(model, spec, batches, loss_fn=attacker_loss, every=cfg.tr_every):
         # l.9: g_TR ← g_TR + w_k ∇_θ L_TR(θ_k; x_TR), the first-order gradient at the attacked weights
         model.zero_grad(set_to_none=True)  # drop the attacker's last gradient
@@ -195,7 +193,7 @@ def outer_parameters(model, cfg: TARConfig, masks: dict | None = None) -> list:
     # held-out cities); facts live in the MLPs, and trained there TAR keeps held-out cities (docs/results.md).
     mlps = [m for name, m in model.named_modules() if name.rsplit(".", 1)[-1] in ("mlp", "feed_forward")]
     if not mlps:
-        raise UserError(f"--outer-params mlp: {type(model).__name__} has no module named mlp or feed_forward; "
+        raise cli.UserError(f"--outer-params mlp: {type(model).__name__} has no module named mlp or feed_forward; "
                         "use --outer-params all")
     return [p for m in mlps for p in m.parameters() if p.requires_grad]
 
@@ -240,8 +238,10 @@ def train_tar(model, ref, world, cfg: TARConfig, run_dir: Path, d: Dist = Dist()
         with open(partial, "a" if cfg.resume else "w") if d.is_main else open(os.devnull, "w") as f, \
                 cli.progress(cfg.outer_steps, "TAR", start - 1, leave=True, enabled=d.is_main) as bar:
             for step in range(start, cfg.outer_steps + 1):
-                try:
-                    m = outer_step(model, ref, opt, world, next(x_trs), next(x_rs), rng, cfg, d, masks)
+                try:  # l.3-4's data: T's fixed halves, or (--tr-split entities) a fresh pair of entity halves
+                    w, x_tr = (world, next(x_trs)) if cfg.tr_split == "fixed" else entity_halves(world, rng,
+                                                                                                   cfg.tr_batch)
+                    m = outer_step(model, ref, opt, w, x_tr, next(x_rs), rng, cfg, d, masks)
                 except adversary.Diverged as e:
                     kept = f"; the checkpoint of outer step {saved_at} is kept in {ckpt}" if saved_at else ""
                     raise adversary.Diverged(f"TAR diverged at outer step {step}: {e}; no model or results were "
@@ -280,9 +280,9 @@ def resumable(ckpt: Path, cfg: TARConfig, d: Dist) -> dict:
     """The checkpoint's state (step, config, RNGs, data positions), checked to continue this run (at the start)."""
     saved = storage.load_rank_state(ckpt, d)
     if missing := {"step", "config", "rng", "torch_rng", "x_tr", "x_r", "schedule"} - set(saved):
-        raise UserError(f"--resume: the checkpoint in {ckpt} lacks {', '.join(sorted(missing))}; delete it")
+        raise cli.UserError(f"--resume: the checkpoint in {ckpt} lacks {', '.join(sorted(missing))}; delete it")
     if changed := cfg.changed_since(saved["config"]):
-        raise UserError(f"--resume: the checkpoint was made with other settings ({', '.join(changed)})")
+        raise cli.UserError(f"--resume: the checkpoint was made with other settings ({', '.join(changed)})")
     return saved
 
 
@@ -300,7 +300,7 @@ def resume(ckpt: Path, model, opt, state: dict, cfg: TARConfig, run_dir: Path, d
         rows = storage.read_jsonl(log, ("step",), "delete it to start over", torn_tail=True) if log else []
         kept = [r for r in rows if r["step"] <= saved["step"]]
         if [r["step"] for r in kept] != list(range(1, saved["step"] + 1)):
-            raise UserError(f"--resume: {log} does not hold steps 1..{saved['step']} of the checkpoint's run; "
+            raise cli.UserError(f"--resume: {log} does not hold steps 1..{saved['step']} of the checkpoint's run; "
                             "delete the checkpoint to start over")
         storage.write_jsonl(run_dir / PARTIAL, kept)
     return saved["step"]
@@ -336,7 +336,7 @@ def run(cfg: TARConfig, log=print) -> dict:
     if cfg.model:
         return run_real(cfg, run_dir, d, log if d.is_main else (lambda *_: None))
     if d.distributed:
-        raise UserError("the miniature world runs in one process; under torchrun pass --model")
+        raise cli.UserError("the miniature world runs in one process; under torchrun pass --model")
     timings, t0 = {}, time.time()
     world = build_world(cfg.world())
 

@@ -185,6 +185,33 @@ def test_retain_data_chooses_the_retain_documents(small_world, retain_data, tmp_
     assert_retain_documents(small_world, seen, retain_data)
 
 
+@pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler")  # the stand-in never steps the optimizer
+@pytest.mark.parametrize("split", ["fixed", "entities"])
+def test_tr_split_draws_the_attacker_and_x_tr_from_disjoint_entities(small_world, split, tmp_path, monkeypatch):
+    """--tr-split: the train-time attacker's documents (T_inner) and x_TR come from disjoint halves of T's entities,
+    T's own two halves (fixed) or a random pair drawn anew at each outer step (entities); E stays sealed."""
+    seen = []  # (entities of T_inner, entities of x_TR) at each outer step
+    names = {small_world.tokenizer.convert_tokens_to_ids("▁" + e["name"]): e["name"] for e in small_world.entities["T"]}
+    who = lambda ids: {names[i] for i in ids.flatten().tolist() if i in names}
+    monkeypatch.setattr(tar, "outer_step", lambda model, ref, opt, w, x_tr, *a, **k: seen.append(
+        (who(w.tokens["T_inner"].ids), who(x_tr.input_ids), w)) or {})
+    cfg = tar.TARConfig(outer_steps=5, inner_steps=4, tr_batch=8, eval_every=0, tr_split=split)
+    model = tiny_model(len(small_world.tokenizer))
+    tar.train_tar(model, copy.deepcopy(model), world.sealed(small_world), cfg, tmp_path, log=lambda *_: None)
+    halves = {(frozenset(a), frozenset(b)) for a, b, _ in seen}
+    for inner, tr, w in seen:
+        assert len(inner) == 3 and tr and not inner & tr  # 3 of T's 6 entities attack, x_TR reads only the others
+        with pytest.raises(cli.UserError, match="sealed"):
+            w.tokens["E"]
+    if split == "fixed":
+        assert {a for a, _ in halves} == {frozenset(e["name"] for e in small_world.entities["T_inner"])}
+        assert all(b <= {e["name"] for e in small_world.entities["T_tr"]} for _, b in halves)
+    else:
+        assert len({a for a, _ in halves}) > 1  # a new pair of halves (5 steps: 20 possible halves of 6)
+    with pytest.raises(cli.UsageError, match="tr-split entities"):
+        config.configure(domain="refusal", tr_split="entities").validate()
+
+
 @pytest.mark.parametrize("retain", ["Rt", "benign"])
 def test_safeguard_retain_chooses_the_retain_documents(small_world, retain, monkeypatch):
     """Stage 1's retain term (SafeguardConfig.retain) reads Rt, or Rt and the rivers U."""
