@@ -281,3 +281,12 @@ def test_smoke_run_writes_every_file(smoke):
         assert {m: len(v) for m, v in r[key]["steps"].items()} == {m: 3 for m in r["models"]}
         assert all(s is None or 0 <= s <= 10 for v in r[key]["steps"].values() for s in v)
     assert "| tar |" in proc.stdout and "relearn E: steps" in proc.stdout
+
+
+def test_a_setting_a_saved_config_lacks_counts_as_changed_only_off_its_default():
+    """--resume and seeds.py compare a saved config with today's: a setting added since (absent from the saved one)
+    changed nothing while it holds its default, which is what the older version did."""
+    saved = {k: v for k, v in config.asdict(config.TARConfig()).items() if k != "tr_split"}
+    assert config.TARConfig().changed_since(saved) == []
+    assert config.TARConfig(tr_split="entities").changed_since(saved) == ["tr_split"]
+    assert config.TARConfig(lambda_retain=1.0).changed_since({**saved, "tr_split": "fixed"}) == ["lambda_retain"]
