@@ -110,3 +110,24 @@ def test_relearned_through_moves_only_its_group(small_world, group):
     assert len(points) == 3 and set(points[0]) == {"forget", "G"}
     moved = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
     assert moved and moved == {n for n in before if rt.GROUPS[group](n)}
+
+
+def test_entity_transfer_halves_A_by_entity_and_grafts_one_part():
+    """docs/entity_transfer.py (search round 33's diagnostic): A's halves are half of its entities each, together
+    all of A; a graft holds the trained model's tensors of one part and θ0's elsewhere."""
+    import torch
+    from conftest import tiny_model
+    import entity_transfer as et
+    from world import WorldConfig, build_world
+    w = build_world(WorldConfig(domain="bio", n_group=6, n_retain_train=6, n_retain_heldout=4, n_unrelated=4,
+                                n_general=4, n_new=4, docs_per_entity=4))
+    halves = [et.attack_on(w, d) for d in ("A[:half]", "A[half:]")]
+    assert [s.data for _, s in halves] == ["A[:half]", "A[half:]"]
+    rows = [wd.tokens[s.data].ids for wd, s in halves]
+    assert [len(r) for r in rows] == [12, 12] and torch.equal(torch.cat(rows), w.tokens["A"].ids)
+    assert et.attack_on(w, "T_inner")[1].data == "T_inner"
+    theta0, trained = tiny_model(vocab_size=len(w.tokenizer)), tiny_model(vocab_size=len(w.tokenizer), seed=1)
+    graft, before = et.with_part(theta0, trained, et.PARTS["word rows"]), dict(theta0.named_parameters())
+    moved = {n for n, p in graft.named_parameters() if not torch.equal(p, before[n])}
+    assert moved == {n for n in before if "embed_tokens" in n or "lm_head" in n}
+    assert all(torch.equal(p, dict(trained.named_parameters())[n]) for n, p in graft.named_parameters() if n in moved)
