@@ -198,10 +198,9 @@ class TARConfig:
 
     def changed_since(self, saved: dict) -> list[str]:
         """The training settings of a checkpoint's config (asdict) that differ from these: --resume refuses them."""
-        # a setting the checkpoint does not record (added since) counts as changed unless it holds its default: a new
-        # setting's default is what the older version did
-        now, default = asdict(self), asdict(TARConfig())
-        return [k for k in {**saved, **now} if k not in NOT_TRAINING and now.get(k) != saved.get(k, default.get(k))]
+        now, unknown = asdict(self), object()  # a setting it does not record: ADDED's value for it, or changed
+        return [k for k in {**saved, **now}
+                if k not in NOT_TRAINING and now.get(k) != saved.get(k, ADDED.get(k, unknown))]
 
     def world(self) -> WorldConfig | RealWorldConfig:
         if self.model:
@@ -229,6 +228,8 @@ class TARConfig:
 
 # The settings that leave the trained weights as they are: a resumed run may change them (a moved run directory,
 # more workers, a longer end-of-run attack or another order of its data)
+# Settings added after runs were first saved -> the value that trained every run saved before them (changed_since)
+ADDED = {"tr_split": "fixed"}
 NOT_TRAINING = ("runs", "resume", "checkpoint_every", "workers", "attack_steps", "attack_seed", "relearn_cap",
                 "wmdp_revision", "mmlu_shots")  # WMDP and MMLU are only scored
 # The paper's hyperparameters (docs/paper.md §4, official code, bio), in one place: --preset paper. Where our

@@ -102,7 +102,7 @@ def outer_step(model, ref, outer_opt, world, x_tr, x_r, rng: random.Random, cfg:
     g_tr = [torch.zeros_like(s) for s in shards]  # Σ_k w_k ∇L_TR(θ_k)
     tr_losses = []
     w = losses.tr_weights(cfg.inner_steps, cfg.tr_every, cfg.tr_weights)  # w_k by inner step k: exp(0.0625 (k − K))
-    t = world.tokens["T_tr"]  # --tr-entropy values*: the tokens after T's fact positions, the fact values (S,)
+    t = world.tokens["T" if cfg.tr_split == "entities" else "T_tr"]  # --tr-entropy values*: the values x_TR may hold
     values = torch.unique(t.ids[:, 1:][t.fact[:, :-1]]) if cfg.tr_entropy != "vocab" else None
 
     # l.6-8: K steps of the sampled attack with a fresh inner optimizer; the loop pauses at θ_k every tr_every

@@ -51,7 +51,7 @@ import torch
 from transformers import PreTrainedTokenizerFast
 
 import chats
-from batching import Stream, Tokens, concat_tokens
+from batching import Batch, Stream, Tokens, concat_tokens
 from cli import UserError, arg
 from domains import CITIES, COMPOSERS, DOMAINS, MOONS, RIVERS, TRAIN_TEMPLATES, Domain
 from storage import digest
@@ -284,14 +284,17 @@ def sealed(world: World, hidden: tuple[str, ...] = HOLDS_E) -> World:
 # --------------------------------------------------------------------------------------------------------
 # TAR's two halves of T drawn anew at each outer step (tar.py --tr-split entities)
 # --------------------------------------------------------------------------------------------------------
-def entity_halves(world: World, rng: random.Random, tr_batch: int):
-    """(`world` whose T_inner is a random half of T's entities, a batch of x_TR from the documents of the other
-    half): the train-time attacker and the TR loss on a fresh pair of disjoint entity sets, not always the same
-    two. T's rows are its entities' documents in order, `docs_per_entity` each (build_world)."""
+def entity_halves(world: World, rng: random.Random, tr_batch: int) -> tuple[World, Batch]:
+    """(`world` whose T_inner and T_tr are a random pair of halves of T's entities, a batch of x_TR from its T_tr):
+    the train-time attacker and the TR loss on a fresh pair of disjoint entity sets, not always the same two.
+    T's rows are its entities' documents in order, `docs_per_entity` each (build_world)."""
     n, per, t = len(world.entities["T"]), world.config.docs_per_entity, world.tokens["T"]
     order = rng.sample(range(n), n)
-    rows = lambda ents: torch.tensor([e * per + i for e in sorted(ents) for i in range(per)])  # (len(ents)·per,)
-    half = lambda r: Tokens(t.ids[r], t.mask[r], t.fact[r])
-    tokens = {**world.tokens, "T_inner": half(rows(order[:n // 2]))}
+
+    def half(ents: list[int]) -> Tokens:  # the rows of these entities' documents
+        rows = torch.tensor([e * per + i for e in sorted(ents) for i in range(per)])
+        return Tokens(t.ids[rows], t.mask[rows], t.fact[rows])
+
+    tokens = {**world.tokens, "T_inner": half(order[:n // 2]), "T_tr": half(order[n // 2:])}
     tokens = Sealed(tokens, world.tokens.hidden) if isinstance(world.tokens, Sealed) else tokens
-    return replace(world, tokens=tokens), next(Stream(half(rows(order[n // 2:])), tr_batch, rng.randrange(2**31)))
+    return replace(world, tokens=tokens), next(Stream(tokens["T_tr"], tr_batch, rng.randrange(2**31)))

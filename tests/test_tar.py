@@ -190,26 +190,33 @@ def test_retain_data_chooses_the_retain_documents(small_world, retain_data, tmp_
 def test_tr_split_draws_the_attacker_and_x_tr_from_disjoint_entities(small_world, split, tmp_path, monkeypatch):
     """--tr-split: the train-time attacker's documents (T_inner) and x_TR come from disjoint halves of T's entities,
     T's own two halves (fixed) or a random pair drawn anew at each outer step (entities); E stays sealed."""
-    seen = []  # (entities of T_inner, entities of x_TR) at each outer step
+    seen = []  # (entities of T_inner, entities of x_TR, the step's world) at each outer step
     names = {small_world.tokenizer.convert_tokens_to_ids("▁" + e["name"]): e["name"] for e in small_world.entities["T"]}
     who = lambda ids: {names[i] for i in ids.flatten().tolist() if i in names}
     monkeypatch.setattr(tar, "outer_step", lambda model, ref, opt, w, x_tr, *a, **k: seen.append(
         (who(w.tokens["T_inner"].ids), who(x_tr.input_ids), w)) or {})
-    cfg = tar.TARConfig(outer_steps=5, inner_steps=4, tr_batch=8, eval_every=0, tr_split=split)
+    cfg = tar.TARConfig(outer_steps=5, inner_steps=4, tr_batch=8, eval_every=0, tr_split=split, checkpoint_every=2)
     model = tiny_model(len(small_world.tokenizer))
     tar.train_tar(model, copy.deepcopy(model), world.sealed(small_world), cfg, tmp_path, log=lambda *_: None)
     halves = {(frozenset(a), frozenset(b)) for a, b, _ in seen}
     for inner, tr, w in seen:
         assert len(inner) == 3 and tr and not inner & tr  # 3 of T's 6 entities attack, x_TR reads only the others
+        assert tr <= who(w.tokens["T_tr"].ids) == set(names.values()) - inner  # the step's T_tr: the other half
+        assert len(w.tokens["T_inner"].ids) == len(w.tokens["T_tr"].ids) == 3 * small_world.config.docs_per_entity
         with pytest.raises(cli.UserError, match="sealed"):
             w.tokens["E"]
+    first, seen[:] = seen[:], []  # --resume from the checkpoint of step 4 draws step 5's halves and x_TR again
+    tar.train_tar(model, copy.deepcopy(model), world.sealed(small_world), replace(cfg, resume=True), tmp_path,
+                  log=lambda *_: None)
+    assert [(a, b) for a, b, _ in seen] == [(a, b) for a, b, _ in first[4:]]
     if split == "fixed":
         assert {a for a, _ in halves} == {frozenset(e["name"] for e in small_world.entities["T_inner"])}
         assert all(b <= {e["name"] for e in small_world.entities["T_tr"]} for _, b in halves)
     else:
         assert len({a for a, _ in halves}) > 1  # a new pair of halves (5 steps: 20 possible halves of 6)
-    with pytest.raises(cli.UsageError, match="tr-split entities"):
-        config.configure(domain="refusal", tr_split="entities").validate()
+    for given in ({"domain": "refusal"}, {"model": "some/model", "tr_mask": "tokens"}):
+        with pytest.raises(cli.UsageError, match="tr-split entities"):
+            config.configure(tr_split="entities", **given).validate()
 
 
 @pytest.mark.parametrize("retain", ["Rt", "benign"])
@@ -283,10 +290,11 @@ def test_smoke_run_writes_every_file(smoke):
     assert "| tar |" in proc.stdout and "relearn E: steps" in proc.stdout
 
 
-def test_a_setting_a_saved_config_lacks_counts_as_changed_only_off_its_default():
+def test_a_setting_a_saved_config_lacks_counts_as_changed_unless_added_records_it():
     """--resume and seeds.py compare a saved config with today's: a setting added since (absent from the saved one)
-    changed nothing while it holds its default, which is what the older version did."""
+    changed nothing while it holds the value config.ADDED records for its absence; any other absent setting did."""
     saved = {k: v for k, v in config.asdict(config.TARConfig()).items() if k != "tr_split"}
     assert config.TARConfig().changed_since(saved) == []
     assert config.TARConfig(tr_split="entities").changed_since(saved) == ["tr_split"]
     assert config.TARConfig(lambda_retain=1.0).changed_since({**saved, "tr_split": "fixed"}) == ["lambda_retain"]
+    assert config.TARConfig().changed_since({k: v for k, v in saved.items() if k != "tr_entropy"}) == ["tr_entropy"]
