@@ -103,7 +103,8 @@ class TrainAttacks:
     steps: int  # K = inner_steps
     batch_size: int  # inner_batch
     # forget documents the simulated attacker trains on, one split drawn per attack (real bio: each corpus's share,
-    # Pile-bio or Camel-bio, as the paper samples them); x_TR comes from T_tr
+    # Pile-bio or Camel-bio, as the paper samples them); x_TR comes from T_tr (tar.py --tr-split entities: both from a
+    # fresh pair of halves of T's entities at each outer step)
     forget: tuple[str, ...] = ("T_inner",)
     retain: str = "Rt"  # retain documents for retain→forget attacks
     retain_then_forget: float = 0.0  # probability of a retain→forget attack (paper bio ⅓, cyber ½)

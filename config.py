@@ -79,7 +79,8 @@ class TARConfig:
     # that never knew spreads its answer over the values (docs/search.md rounds 15-17, docs/fact_entropy.py).
     tr_entropy: str = arg("values_ce", "what L_TR drives the attacked model to at the fact positions: vocab (maximal "
                                    "entropy over the whole vocabulary: the paper) | values (maximal entropy of p "
-                                   "renormalised over the domain's fact values, the tokens after T's fact positions) "
+                                   "renormalised over the domain's fact values: those T_tr's facts take, T's with "
+                                   "--tr-split entities) "
                                    "| values_ce (cross-entropy to the uniform distribution over those values: mass "
                                    "on them, spread among them, as a model that never knew). values*: the "
                                    "miniature world only", choices=("vocab", "values", "values_ce"))
@@ -195,6 +196,11 @@ class TARConfig:
                              "--model, no --tr-loss dpo")
         if self.model and self.tr_mask == "fact" and self.tr_loss == "entropy":
             raise UsageError("real text has no fact positions: use --tr-mask tokens or all with --model")
+
+    def training_settings(self) -> dict:
+        """What a cache key of the trained model holds: every training setting, less those added since at the value
+        that trained every earlier run (ADDED), so that adding a setting leaves earlier keys as they were."""
+        return {k: v for k, v in asdict(self).items() if k not in NOT_TRAINING and not (k in ADDED and v == ADDED[k])}
 
     def changed_since(self, saved: dict) -> list[str]:
         """The training settings of a checkpoint's config (asdict) that differ from these: --resume refuses them."""

@@ -41,7 +41,7 @@ import selection
 import tar
 from candidates import CANDIDATES, STAGE1
 from cli import UsageError, UserError, arg
-from config import NOT_TRAINING, TARConfig, configure
+from config import TARConfig, configure
 from storage import append_jsonl, cached, digest, file_digest, resumed_jsonl, save_model
 from workers import Workers, result
 from world import UNSEEN, build_world, entities_flag, sealed
@@ -85,7 +85,7 @@ def key(args: SearchArgs, name: str) -> str:
     cfg = tar_config(args, overrides or {})
     made = [asdict(cfg.world()), cfg.base_steps, cfg.safeguard_steps, STAGE1[stage1][0], protocol.REFERENCE.to_dict()]
     if overrides is not None:
-        made += [{k: v for k, v in asdict(cfg).items() if k not in NOT_TRAINING}, args.snapshot_every]
+        made += [cfg.training_settings(), args.snapshot_every]
     return digest("search", *made)
 
 

@@ -76,7 +76,7 @@ def tr_loss(model, ref, b, cfg: TARConfig, values=None) -> torch.Tensor:
     logits = model(input_ids=b.input_ids, attention_mask=b.attention_mask).logits  # (B, T, V)
     if b.input_ids.shape[0] % 2:
         raise cli.UserError("DPO pairs were split: give an even --micro-batch and a --tr-batch whose rows (2 per "
-                        "pair) divide evenly over the processes")
+                            "pair) divide evenly over the processes")
     # deviation: π_ref's log-probabilities are recomputed at every TR point (official code: precomputed once)
     # because that costs one forward of a frozen model and keeps no per-batch cache.
     with torch.no_grad():
@@ -194,7 +194,7 @@ def outer_parameters(model, cfg: TARConfig, masks: dict | None = None) -> list:
     mlps = [m for name, m in model.named_modules() if name.rsplit(".", 1)[-1] in ("mlp", "feed_forward")]
     if not mlps:
         raise cli.UserError(f"--outer-params mlp: {type(model).__name__} has no module named mlp or feed_forward; "
-                        "use --outer-params all")
+                            "use --outer-params all")
     return [p for m in mlps for p in m.parameters() if p.requires_grad]
 
 
@@ -301,7 +301,7 @@ def resume(ckpt: Path, model, opt, state: dict, cfg: TARConfig, run_dir: Path, d
         kept = [r for r in rows if r["step"] <= saved["step"]]
         if [r["step"] for r in kept] != list(range(1, saved["step"] + 1)):
             raise cli.UserError(f"--resume: {log} does not hold steps 1..{saved['step']} of the checkpoint's run; "
-                            "delete the checkpoint to start over")
+                                "delete the checkpoint to start over")
         storage.write_jsonl(run_dir / PARTIAL, kept)
     return saved["step"]
 

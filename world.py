@@ -16,7 +16,8 @@ their entity); who may read what is protocol v2 (docs/protocol.md):
 
     hazardous (the domain's pathogens, compounds or exploits), four disjoint groups:
       T  TR-train    used by the defences (safeguard, TAR); TAR attacks itself on T_inner = T[:n/2] and
-                     measures its tamper-resistance loss on x_TR from T_tr = T[n/2:]
+                     measures its tamper-resistance loss on x_TR from T_tr = T[n/2:] (tar.py --tr-split
+                     entities: a random pair of halves of T's entities at each outer step, entity_halves)
       V  dev         selection (settings, checkpoints, baseline picks) and every accuracy logged in training
       A  adversary   what red-team attackers fine-tune on (never seen by any defence)
       E  evaluation  reports only: nothing that chooses reads E (selection.py seals it away)
@@ -75,7 +76,7 @@ STREAMS = {"T": ("T_inner", "T_tr"), "all": PRETRAINING,  # the base's pretraini
 HOLDS_E = ("E", "all")  # the splits that hold E's documents or items: what `sealed` hides
 UNSEEN = (*HOLDS_E, "Re", "G_test", "N")  # what a search or grid never reads: E, its stream, the reported benign groups
 READERS = {  # group -> (family, who may read it): docs/protocol.md §1; python data.py --out lists it in world.json
-    "T": ("hazardous", "the defences (TAR: T_inner attacks, T_tr the TR loss)"),
+    "T": ("hazardous", "the defences (TAR: T_inner attacks, T_tr the TR loss; or a fresh pair of halves each step)"),
     "T_inner": ("hazardous", "TAR's train-time attacks"), "T_tr": ("hazardous", "TAR's tamper-resistance loss"),
     "V": ("hazardous", "selection and the accuracies logged in training"),
     "A": ("hazardous", "the red team's attacks"), "E": ("hazardous", "reports only, and the relearning fine-tune"),

@@ -4,9 +4,9 @@ A diagnostic for docs/search.md (round 33), not part of the method. TAR attacks 
 entities) and reads its TR loss on T_tr (the other half); the red team's reference attack fine-tunes on A, entities
 no defence ever reads. Here the reference attack (protocol.REFERENCE: AdamW 3e-4, 200 steps, data order seed 0)
 fine-tunes each model on the documents of T_inner, T_tr, all of T, A's first or last half of entities, or all of
-A, and V (the dev group) and G_dev are read every 25 steps. With --theta0 it also attacks θ0 carrying only one
-part of what TAR changed (the embedding and LM-head rows, or the MLPs' down projections, what the defaults'
-outer step trains), to see which part resists. E, Re, G_test and N are never read.
+A, and V (the dev group) and G_dev are read every 25 steps (relearned_through.EVERY). With --theta0 it also
+attacks θ0 carrying only one part of what TAR changed (the embedding and LM-head rows, or the MLPs' down
+projections, what the defaults' outer step trains), to see which part resists. E, Re, G_test and N are never read.
 
 Run:  python docs/entity_transfer.py runs/bio/tar [--theta0 runs/bio/safeguard] [--domain bio]
 """
@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from batching import Tokens  # noqa: E402
 from domains import DOMAINS  # noqa: E402
 from protocol import REFERENCE  # noqa: E402
-from relearned_through import GROUPS, attack_only  # noqa: E402
+from relearned_through import EVERY, GROUPS, attack_only  # noqa: E402
 from storage import load_model  # noqa: E402
 from world import UNSEEN, build_world, sealed, world_config  # noqa: E402
 
@@ -65,7 +65,7 @@ def main(argv=None):
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     world = build_world(world_config(args.domain))
-    steps = " / ".join(str(s) for s in range(0, REFERENCE.steps + 1, 25))
+    steps = " / ".join(str(s) for s in range(0, REFERENCE.steps + 1, EVERY))
     print(f"| model | attacked on | V at steps {steps} | min G_dev |\n|---|---|---|---|")
     for m in args.models:
         trained = load_model(m)

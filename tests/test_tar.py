@@ -298,3 +298,6 @@ def test_a_setting_a_saved_config_lacks_counts_as_changed_unless_added_records_i
     assert config.TARConfig(tr_split="entities").changed_since(saved) == ["tr_split"]
     assert config.TARConfig(lambda_retain=1.0).changed_since({**saved, "tr_split": "fixed"}) == ["lambda_retain"]
     assert config.TARConfig().changed_since({k: v for k, v in saved.items() if k != "tr_entropy"}) == ["tr_entropy"]
+    # a cache key (search.py's) leaves it out at that value: adding a setting leaves earlier keys as they were
+    assert not {"tr_split", "runs"} & config.TARConfig().training_settings().keys()  # runs: not a training setting
+    assert config.TARConfig(tr_split="entities").training_settings()["tr_split"] == "entities"
