@@ -204,9 +204,8 @@ class TARConfig:
 
     def changed_since(self, saved: dict) -> list[str]:
         """The training settings of a checkpoint's config (asdict) that differ from these: --resume refuses them."""
-        now, unknown = asdict(self), object()  # a setting it does not record: ADDED's value for it, or changed
-        return [k for k in {**saved, **now}
-                if k not in NOT_TRAINING and now.get(k) != saved.get(k, ADDED.get(k, unknown))]
+        now, saved = asdict(self), {**ADDED, **saved}  # a setting it does not record: ADDED's value, else changed
+        return [k for k in {**saved, **now} if k not in NOT_TRAINING and (k not in saved or now.get(k) != saved[k])]
 
     def world(self) -> WorldConfig | RealWorldConfig:
         if self.model:
@@ -234,10 +233,11 @@ class TARConfig:
 
 # The settings that leave the trained weights as they are: a resumed run may change them (a moved run directory,
 # more workers, a longer end-of-run attack or another order of its data)
-# Settings added after runs were first saved -> the value that trained every run saved before them (changed_since)
-ADDED = {"tr_split": "fixed"}
 NOT_TRAINING = ("runs", "resume", "checkpoint_every", "workers", "attack_steps", "attack_seed", "relearn_cap",
                 "wmdp_revision", "mmlu_shots")  # WMDP and MMLU are only scored
+# Settings added after runs were first saved -> the value that trained every run saved before them (changed_since,
+# training_settings)
+ADDED = {"tr_split": "fixed"}
 # The paper's hyperparameters (docs/paper.md §4, official code, bio), in one place: --preset paper. Where our
 # miniature default differs, a `# deviation:` marker says why (docs/deviations.md).
 PAPER = dict(outer_steps=750, inner_steps=64, tr_every=4, tr_weights="paper", tr_mask="all", tr_entropy="vocab",
