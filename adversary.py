@@ -178,7 +178,7 @@ def attack_stream(spec: Attack, tokens: dict[str, Tokens], seed: int) -> Iterato
     source = tokens[spec.data]
     if spec.n_docs:
         pick = torch.randperm(source.ids.shape[0], generator=torch.Generator().manual_seed(seed))[:spec.n_docs]
-        source = Tokens(source.ids[pick], source.mask[pick], source.fact[pick])
+        source = source.take(pick)
     forget = Stream(source, spec.batch_size, seed)
     if not spec.retain_data or spec.switch == 0:
         return forget

@@ -28,6 +28,10 @@ class Tokens:
     #                     in a chat split: positions whose next token is the assistant's answer
     rows_per_item: int = 1  # 2: rows (2i, 2i+1) are one DPO pair (chosen, rejected), batched and shuffled together
 
+    def take(self, rows) -> Tokens:
+        """These rows (an index tensor or a slice) as a split of their own, one document a row."""
+        return Tokens(self.ids[rows], self.mask[rows], self.fact[rows])
+
 
 @dataclass
 class Batch:

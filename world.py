@@ -291,11 +291,7 @@ def entity_halves(world: World, rng: random.Random, tr_batch: int) -> tuple[Worl
     T's rows are its entities' documents in order, `docs_per_entity` each (build_world)."""
     n, per, t = len(world.entities["T"]), world.config.docs_per_entity, world.tokens["T"]
     order = rng.sample(range(n), n)
-
-    def half(ents: list[int]) -> Tokens:  # the rows of these entities' documents
-        rows = torch.tensor([e * per + i for e in sorted(ents) for i in range(per)])
-        return Tokens(t.ids[rows], t.mask[rows], t.fact[rows])
-
+    half = lambda ents: t.take(torch.tensor([e * per + i for e in sorted(ents) for i in range(per)]))  # their docs
     tokens = {**world.tokens, "T_inner": half(order[:n // 2]), "T_tr": half(order[n // 2:])}
     tokens = Sealed(tokens, world.tokens.hidden) if isinstance(world.tokens, Sealed) else tokens
     return replace(world, tokens=tokens), next(Stream(tokens["T_tr"], tr_batch, rng.randrange(2**31)))

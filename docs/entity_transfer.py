@@ -23,7 +23,6 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from batching import Tokens  # noqa: E402
 from domains import DOMAINS  # noqa: E402
 from protocol import REFERENCE  # noqa: E402
 from relearned_through import EVERY, GROUPS, attack_only  # noqa: E402
@@ -42,8 +41,7 @@ def attack_on(world, data: str):
         return world, replace(REFERENCE, data=data)
     a, cut = world.tokens["A"], len(world.entities["A"]) // 2 * world.config.docs_per_entity
     rows = slice(0, cut) if data == "A[:half]" else slice(cut, None)
-    return replace(world, tokens={**world.tokens, data: Tokens(a.ids[rows], a.mask[rows], a.fact[rows])}), \
-        replace(REFERENCE, data=data)
+    return replace(world, tokens={**world.tokens, data: a.take(rows)}), replace(REFERENCE, data=data)
 
 
 def with_part(theta0, trained, keeps):
