@@ -146,14 +146,12 @@ CANDIDATES.update({  # round 33 (base B): what the search had not tried with rou
 CANDIDATES.update({f"r27_entity_halves{f'_seed_{seed}' if seed else ''}": ("stage1_benign_lr_1e-3", {
     **R27_FULL, "tr_split": "entities", "seed": seed}, "round 27's pick with the attacker's and x_TR's entities drawn "
     "anew at each outer step: a defence that must hold for any pair of entity sets, not one") for seed in (0, 1)})
-# round 37 (base B): the budget of 25 minutes from scratch; TAR alone takes 38-51 min at N = 150
-CANDIDATES.update({f"r27_n100{f'_seed_{seed}' if seed else ''}": ("stage1_benign_lr_1e-3", {
-    **R27_FULL, "outer_steps": 100, "seed": seed}, "round 27's pick in two thirds of the outer steps, its cosine ending "
-    "at step 100 (the rule's snapshot of the 150-step runs): a third of TAR's time off") for seed in (0, 1)})
-# round 38 (base B): round 37 cost 2-5 points of V's peak at both seeds for a third fewer outer steps; the other way
-CANDIDATES.update({f"r27_n200{f'_seed_{seed}' if seed else ''}": ("stage1_benign_lr_1e-3", {
-    **R27_FULL, "outer_steps": 200, "seed": seed}, "round 27's pick with a third more outer steps, its cosine ending at "
-    "step 200: does the peak go on falling with N?") for seed in (0, 1)})
+# rounds 37-38 (base B): N both ways from 150, the cosine ending at N (TAR alone takes 38-51 min at N = 150)
+CANDIDATES.update({f"r27_n{n}": ("stage1_benign_lr_1e-3", {**R27_FULL, "outer_steps": n}, why) for n, why in (
+    (100, "round 27's pick in two thirds of the outer steps (the rule's snapshot of the 150-step runs): a third of "
+          "TAR's time off, towards the 25-minute budget"),
+    (200, "round 27's pick with a third more outer steps (round 37 cost 2-5 points of V's peak at both seeds for a "
+          "third fewer): does the peak go on falling with N?"))})
 # recipes with the paper's 32 warmup steps of the outer lr
 CANDIDATES.update({f"{recipe}_warmup_32": (CANDIDATES[recipe][0], {**CANDIDATES[recipe][1], "outer_warmup": 32},
                                            f"{recipe} warmed up: on base C G_dev falls from 97% to 60-68% in the "
@@ -185,6 +183,8 @@ CANDIDATES.update({f"{recipe}_seed_{seed}": (CANDIDATES[recipe][0], {**CANDIDATE
                                                 seed, "round 27's recipe") for seed in (1, 2)),
                                              *(("r27_schedulefree", seed, "round 35's Schedule-Free recipe")
                                                for seed in (1, 2)),
+                                             ("r27_n100", 1, "round 37's recipe"),
+                                             ("r27_n200", 1, "round 38's recipe"),
                                              *(("s1lr_all_k96_tr_paper_values_ce_lambda_retain_8", seed,
                                                 "round 17's recipe") for seed in (1, 2, 3)))})
 # The TAR defaults the search began from (rounds 1-32): every candidate is written as changes to them, so that each
