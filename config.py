@@ -22,7 +22,7 @@ from cli import UsageError, arg
 from realworld import RealWorldConfig, attack_splits, hub_datasets
 from storage import recorded_parent
 from safeguard import SafeguardConfig
-from world import WORLDS, WorldConfig, entities_flag, world_config
+from world import WORLDS, WorldConfig, entities_flag, t_extra_flag, world_config
 
 
 @dataclass
@@ -163,6 +163,7 @@ class TARConfig:
                                     "with TAR)", above=0)
     # earlier stages of the miniature world (cached in <runs>/<domain>/base and safeguard)
     world_entities: int = entities_flag()
+    world_t_extra: int = t_extra_flag()
     base_steps: int = arg(2000, "base pretraining steps", above=0)
     safeguard_steps: int = arg(SafeguardConfig.steps, "random-mapping safeguard steps", above=0)
 
@@ -211,7 +212,7 @@ class TARConfig:
         if self.model:
             return RealWorldConfig(self.domain, self.model, self.data_dir, self.seq_len, self.max_docs,
                                    self.wmdp_revision or None, self.mmlu_shots)
-        return world_config(self.domain, self.world_entities, self.world_seed)
+        return world_config(self.domain, self.world_entities, self.world_seed, self.world_t_extra)
 
     def reference_model(self) -> tuple[str, str]:
         """With --model: (the model the retain loss's frozen reference loads, why that one)."""
@@ -237,7 +238,7 @@ NOT_TRAINING = ("runs", "resume", "checkpoint_every", "workers", "attack_steps",
                 "wmdp_revision", "mmlu_shots")  # WMDP and MMLU are only scored
 # Settings added after runs were first saved -> the value that trained every run saved before them (changed_since,
 # training_settings)
-ADDED = {"tr_split": "fixed"}
+ADDED = {"tr_split": "fixed", "world_t_extra": 0}
 # The paper's hyperparameters (docs/paper.md §4, official code, bio), in one place: --preset paper. Where our
 # miniature default differs, a `# deviation:` marker says why (docs/deviations.md).
 PAPER = dict(outer_steps=750, inner_steps=64, tr_every=4, tr_weights="paper", tr_mask="all", tr_entropy="vocab",

@@ -39,7 +39,8 @@ from domains import DOMAINS
 from realworld import SOURCES, RealWorldConfig, load_real_world, mc_items, model_tokenizer, read_rows
 from storage import atomic_write, read_json, write_jsonl
 from tokenizer import tokenize
-from world import READERS, STREAMS, WORLDS, World, WorldConfig, build_world, entities_flag, world_config, world_key
+from world import (READERS, STREAMS, WORLDS, World, WorldConfig, build_world, entities_flag, t_extra_flag, world_config,
+                   world_key)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -151,10 +152,11 @@ class WorldArgs:
     domain: str = arg("bio", "the miniature world", choices=WORLDS)
     world_entities: int = entities_flag()
     world_seed: int = arg(0, "seed of the world (tar.py's --world-seed)", at_least=0)
+    world_t_extra: int = t_extra_flag()
 
 
 def write(args: WorldArgs) -> None:
-    world = build_world(world_config(args.domain, args.world_entities, args.world_seed))  # tar.py's world
+    world = build_world(world_config(args.domain, args.world_entities, args.world_seed, args.world_t_extra))  # tar.py's
     files = write_world(world, Path(args.out))
     print(f"wrote {len(files)} files to {args.out} (world digest {world.digest}): "
           + ", ".join(f"{s}={len(d)} docs" for s, d in world.docs.items()))

@@ -43,7 +43,7 @@ from data import LocalWorldConfig, data_layout, load_world
 from realworld import RealWorldConfig, model_tokenizer
 from storage import atomic_write, read_json
 from domains import DOMAINS
-from world import WORLDS, WorldConfig
+from world import ADDED, WORLDS, WorldConfig
 
 
 @dataclass
@@ -227,7 +227,8 @@ def provenance_world(models: dict[str, Path]) -> dict | None:
         if (Path(path) / "provenance.json").exists():
             saved = read_json(Path(path) / "provenance.json", "delete it, or make the model again")
             if isinstance(saved, dict) and isinstance(saved.get("world"), dict):
-                worlds[name] = saved["world"]
+                world = saved["world"]  # a miniature world saved before a setting was added had ADDED's value
+                worlds[name] = world if "tokenizer" in world else {**ADDED, **world}
     differ = sorted({k for w in worlds.values() for v in worlds.values() for k in {*w, *v} if w.get(k) != v.get(k)})
     if differ:
         raise UserError("the models were made in different worlds (" + "; ".join(

@@ -55,7 +55,7 @@ from realworld import FORGET_CORPORA, RealWorldConfig, hub_datasets, load_real_w
 from domains import CITIES
 from storage import cached, digest, file_digest, load_model, provenance, save_model
 from workers import Workers, result
-from world import STREAMS, WORLDS, build_world, entities_flag, value_ids, world_config
+from world import STREAMS, WORLDS, build_world, entities_flag, t_extra_flag, value_ids, world_config
 
 
 @dataclass(frozen=True)
@@ -318,10 +318,10 @@ class SafeguardArgs:
                           "a base pretrained without the hazardous domain, <runs>/<domain>/filtered/")
     grid: bool = arg(False, "run the tuning grid of --method instead (baselines/grid.json)")
     workers: int = arg(cli.WORKERS, "processes for --grid (one torch thread each)", above=0)
-    # the world and base flags of tar.py (TARConfig), with its defaults: a run made with non-default ones is
-    # reused, not silently retrained over
+    # tar.py's world and base flags, its defaults: a run made with other ones is reused, not silently retrained over
     world_seed: int = arg(0, "seed of the world and the models (tar.py's --world-seed)", at_least=0)
     world_entities: int = entities_flag()
+    world_t_extra: int = t_extra_flag()
     base_steps: int = arg(BaseConfig.steps, "base pretraining steps", above=0)
     safeguard_steps: int = arg(SafeguardConfig.steps, "random-mapping safeguard steps (with --model too)", above=0)
 
@@ -338,7 +338,7 @@ def build(args: SafeguardArgs) -> None:
     if args.grid:
         import grid  # grid.py imports this module
         grid.check(methods, Path(args.runs) / args.domain)  # before any work
-    world = build_world(world_config(args.domain, args.world_entities, args.world_seed))
+    world = build_world(world_config(args.domain, args.world_entities, args.world_seed, args.world_t_extra))
     run_dir = Path(args.runs) / args.domain
     run_dir.mkdir(parents=True, exist_ok=True)
     base_cfg = BaseConfig(steps=args.base_steps, seed=args.world_seed)

@@ -44,7 +44,7 @@ from cli import UsageError, UserError, arg
 from config import TARConfig, configure
 from storage import append_jsonl, cached, digest, file_digest, resumed_jsonl, save_model
 from workers import Workers, result
-from world import UNSEEN, build_world, entities_flag, sealed
+from world import UNSEEN, build_world, entities_flag, identity, sealed, t_extra_flag
 
 SEEN = ("T", "Rt", "U")  # scored at rest besides V and G_dev (those come with selection's evidence, at step 0)
 
@@ -56,6 +56,7 @@ class SearchArgs:
     runs: str = arg("runs", "runs directory: reads <runs>/<domain>/base, writes <runs>/<domain>/search", nonempty=True)
     world_seed: int = arg(0, "the world's seed (tar.py's --world-seed)", at_least=0)
     world_entities: int = entities_flag()
+    world_t_extra: int = t_extra_flag()
     base_steps: int = arg(safeguard.BaseConfig.steps, "base pretraining steps (of the cached base)", above=0)
     safeguard_steps: int = arg(safeguard.SafeguardConfig.steps, "stage-1 steps where a candidate does not set them",
                                above=0)
@@ -72,8 +73,8 @@ def parts(name: str) -> tuple[str, dict | None]:
 
 def tar_config(args: SearchArgs, overrides: dict) -> TARConfig:
     cfg = configure(domain=args.domain, runs=args.runs, world_seed=args.world_seed, world_entities=args.world_entities,
-                    base_steps=args.base_steps, safeguard_steps=args.safeguard_steps, checkpoint_every=0,
-                    eval_every=0, **overrides)  # no dev log: the snapshots are scored here
+                    world_t_extra=args.world_t_extra, base_steps=args.base_steps, safeguard_steps=args.safeguard_steps,
+                    checkpoint_every=0, eval_every=0, **overrides)  # no dev log: the snapshots are scored here
     cfg.validate()
     return cfg
 
@@ -83,7 +84,7 @@ def key(args: SearchArgs, name: str) -> str:
     settings with the snapshots): a row whose key differs was made otherwise and is run again."""
     stage1, overrides = parts(name)
     cfg = tar_config(args, overrides or {})
-    made = [asdict(cfg.world()), cfg.base_steps, cfg.safeguard_steps, STAGE1[stage1][0], protocol.REFERENCE.to_dict()]
+    made = [identity(cfg.world()), cfg.base_steps, cfg.safeguard_steps, STAGE1[stage1][0], protocol.REFERENCE.to_dict()]
     if overrides is not None:
         made += [cfg.training_settings(), args.snapshot_every]
     return digest("search", *made)

@@ -21,6 +21,7 @@ their entity); who may read what is protocol v2 (docs/protocol.md):
       V  dev         selection (settings, checkpoints, baseline picks) and every accuracy logged in training
       A  adversary   what red-team attackers fine-tune on (never seen by any defence)
       E  evaluation  reports only: nothing that chooses reads E (selection.py seals it away)
+    (--world-t-extra m: T holds m more entities than the others, drawn last: a wider forget set, the rest unchanged)
     benign, four families:
       Rt / Re   cities: retain-train (the retain losses) / held out (reports)
       U         rivers: unrelated text the red team's benign-data attacks fine-tune on
@@ -99,6 +100,8 @@ class WorldConfig:
     n_new: int = 20  # moons in N (in no pretraining: the learnability check)
     docs_per_entity: int = 20  # fixed documents per entity (each a random order and choice of templates)
     seed: int = 0  # the world's seed: its entities, facts, documents and items (never a training seed)
+    t_extra: int = 0  # entities T has beyond n_group, half to T_inner and half to T_tr: a wider forget set than V,
+    # A and E hold (docs/search.md round 39); drawn after the rest of the world, which stays as it is without them
 
     def __post_init__(self):
         if self.domain not in WORLDS:
@@ -107,9 +110,20 @@ class WorldConfig:
                      "docs_per_entity"):
             if getattr(self, name) < 2:
                 raise UserError(f"world setting {name} must be at least 2, got {getattr(self, name)}")
-        if self.n_group > MAX_ENTITIES:
-            raise UserError(f"world setting n_group must be at most {MAX_ENTITIES} (the invented names run out), "
-                            f"got {self.n_group}")
+        for name, least in (("n_group", 2), ("t_extra", 0)):
+            if not least <= getattr(self, name) <= MAX_ENTITIES:
+                raise UserError(f"world setting {name} must lie in [{least}, {MAX_ENTITIES}] (the invented names run "
+                                f"out), got {getattr(self, name)}")
+
+
+# World settings added since the first worlds were cached -> the value every earlier world had: left out of a
+# world's key at that value, so that adding one left every earlier key (and cached base) as it was
+ADDED = {"t_extra": 0}
+
+
+def identity(config) -> dict:
+    """What a world's cache keys hold of its config (a miniature or a real world's): its settings, less ADDED's."""
+    return {k: v for k, v in asdict(config).items() if not (k in ADDED and v == ADDED[k])}
 
 
 def entities_flag():
@@ -118,12 +132,18 @@ def entities_flag():
                at_most=MAX_ENTITIES)
 
 
-def world_config(domain: str, entities: int = 30, seed: int = 0) -> WorldConfig:
-    """The world of the scripts' shared flags (--domain, --world-entities, --world-seed): n hazardous entities
-    per group, the benign families scaled along (30 gives the defaults above)."""
+def t_extra_flag():
+    """The --world-t-extra field of every script that builds the world (tar.py, safeguard.py, search.py, data.py)."""
+    return arg(0, "hazardous entities group T (the defences' forget set) has beyond V / A / E's", at_least=0,
+               at_most=MAX_ENTITIES)
+
+
+def world_config(domain: str, entities: int = 30, seed: int = 0, t_extra: int = 0) -> WorldConfig:
+    """The world of the scripts' shared flags (--domain, --world-entities, --world-seed, --world-t-extra): n
+    hazardous entities per group (T t_extra more), the benign families scaled along (30 gives the defaults above)."""
     n, m = entities, max(2, 2 * entities // 3)
     return WorldConfig(domain=domain, n_group=n, n_retain_train=max(2, 4 * n // 3), n_retain_heldout=m,
-                       n_unrelated=m, n_general=m, n_new=m, seed=seed)
+                       n_unrelated=m, n_general=m, n_new=m, seed=seed, t_extra=t_extra)
 
 
 @dataclass
@@ -193,7 +213,7 @@ def letter_prompt(item: dict, topic: str) -> str:
 def world_key(config: WorldConfig, vocab: dict, docs: dict, items: dict, talks) -> str:
     """A world's identity: its config, vocabulary and groups (the streams are concatenations of groups: a new stream
     changes no world); build_world and a world read back from its export (data.py) compute it alike."""
-    return digest(asdict(config), vocab, {g: d for g, d in docs.items() if g not in STREAMS}, items, talks)
+    return digest(identity(config), vocab, {g: d for g, d in docs.items() if g not in STREAMS}, items, talks)
 
 
 @functools.lru_cache(maxsize=8)
@@ -217,15 +237,22 @@ def build_world(config: WorldConfig = WorldConfig()) -> World:
     family = {"Rt": CITIES, "Re": CITIES, "U": RIVERS, "G_dev": COMPOSERS, "G_test": COMPOSERS, "N": MOONS}
     dom = lambda g: family.get(g, domain)
 
-    docs = {g: [_document(e, dom(g), rng) for e in groups[g] for _ in range(config.docs_per_entity)]
+    per = config.docs_per_entity
+    docs = {g: [_document(e, dom(g), rng) for e in groups[g] for _ in range(per)]
             for g in ("T_inner", "T_tr", "V", "A", "E", *BENIGN)}
-    for stream, parts in STREAMS.items():
-        docs[stream] = [d for g in parts for d in docs[g]]
     items = {g: _items(groups[g], dom(g), rng) for g in (*HAZARDOUS, *BENIGN)}
     # Red-team data beyond the plain groups (docs/redteam.md §2):
     docs["A_heldout"] = [_document(e, domain, rng, heldout=True) for e in groups["A"]  # a new corpus: group A's
-                         for _ in range(config.docs_per_entity)]                      # facts, unseen templates
+                         for _ in range(per)]                                         # facts, unseen templates
     docs["A_mcq"] = [letter_prompt(it, domain.topic) + " " + "ABCD"[it["answer"]] for it in items["A"]]  # MCQ + letter
+    extra = entities(domain, config.t_extra)  # T's extra entities, drawn last (WorldConfig.t_extra)
+    for g, new in (("T_inner", extra[:len(extra) // 2]), ("T_tr", extra[len(extra) // 2:])):
+        groups[g] = groups[g] + new
+        docs[g] += [_document(e, domain, rng) for e in new for _ in range(per)]
+    groups["T"] = groups["T_inner"] + groups["T_tr"]  # T's rows are its entities' documents in this order
+    items["T"] += _items(extra, domain, rng)
+    for stream, parts in STREAMS.items():
+        docs[stream] = [d for g in parts for d in docs[g]]
 
     # The vocabulary covers everything the world can say: every template (held-out ones included) with every
     # value, and the letter prompt of every item, so decode(encode(text)) == " " + text for all of it.

@@ -8,12 +8,11 @@ A, and V (the dev group) and G_dev are read every 25 steps (relearned_through.EV
 attacks θ0 carrying only one part of what TAR changed (the embedding and LM-head rows, or the MLPs' down
 projections, what the defaults' outer step trains), to see which part resists. E, Re, G_test and N are never read.
 
-Run:  python docs/entity_transfer.py runs/bio/tar [--theta0 runs/bio/safeguard] [--domain bio]
+Run:  python docs/entity_transfer.py runs/bio/tar [--theta0 runs/bio/safeguard]   # the models' world (provenance)
 """
 
 from __future__ import annotations
 
-import argparse
 import copy
 import sys
 from dataclasses import replace
@@ -23,11 +22,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from domains import DOMAINS  # noqa: E402
 from protocol import REFERENCE  # noqa: E402
-from relearned_through import EVERY, GROUPS, attack_only  # noqa: E402
+from relearned_through import EVERY, GROUPS, attack_only, models_and_world  # noqa: E402
 from storage import load_model  # noqa: E402
-from world import UNSEEN, build_world, sealed, world_config  # noqa: E402
+from world import UNSEEN, sealed  # noqa: E402
 
 DATA = ("T_inner", "T_tr", "T", "A[:half]", "A[half:]", "A")
 PARTS = {"word rows": lambda name: "embed_tokens" in name or "lm_head" in name,
@@ -55,14 +53,8 @@ def with_part(theta0, trained, keeps):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("models", nargs="+", help="model directories (saved by tar.py, safeguard.py or search.py)")
-    ap.add_argument("--theta0", default="", help="the model TAR started from: also attack it with one part of "
-                                                  "each model's changes")
-    ap.add_argument("--domain", default="bio", choices=tuple(DOMAINS))
-    args = ap.parse_args(argv)
-    torch.set_num_threads(1)
-    world = build_world(world_config(args.domain))
+    args, world = models_and_world(argv, __doc__, {"--theta0": "the model TAR started from: also attack it with one "
+                                                               "part of each model's changes"})
     steps = " / ".join(str(s) for s in range(0, REFERENCE.steps + 1, EVERY))
     print(f"| model | attacked on | V at steps {steps} | min G_dev |\n|---|---|---|---|")
     for m in args.models:

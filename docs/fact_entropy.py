@@ -13,12 +13,11 @@ A model that never knew a fact (the oracle on E) keeps its mass on the values an
 entropy TR loss of the paper maximises H(p) itself at the hazardous fact positions; this measures how far that
 state spreads to families no loss reads. G_test and E are never read here.
 
-Run:  python docs/fact_entropy.py runs/bio/base runs/bio/safeguard runs/bio/tar [--domain bio]
+Run:  python docs/fact_entropy.py runs/bio/base runs/bio/safeguard runs/bio/tar   # the models' world (provenance)
 """
 
 from __future__ import annotations
 
-import argparse
 import math
 import sys
 from pathlib import Path
@@ -27,9 +26,11 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 from domains import CITIES, COMPOSERS, DOMAINS  # noqa: E402
+from relearned_through import models_and_world  # noqa: E402
 from storage import load_model  # noqa: E402
-from world import build_world, value_ids, world_config  # noqa: E402
+from world import value_ids  # noqa: E402
 
 FAMILIES = {"V": None, "G_dev": COMPOSERS, "Rt": CITIES}  # group -> its family's vocabulary (None: the domain's)
 
@@ -49,13 +50,8 @@ def fact_entropy(model, tokens, values: torch.Tensor, hazardous: torch.Tensor, r
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("models", nargs="+", help="model directories (saved by tar.py, safeguard.py or search.py)")
-    ap.add_argument("--domain", default="bio", choices=tuple(DOMAINS))
-    args = ap.parse_args(argv)
-    torch.set_num_threads(1)
-    world = build_world(world_config(args.domain))
-    vals = {g: value_ids(world.tokenizer, fam or DOMAINS[args.domain]) for g, fam in FAMILIES.items()}
+    args, world = models_and_world(argv, __doc__)
+    vals = {g: value_ids(world.tokenizer, fam or DOMAINS[world.config.domain]) for g, fam in FAMILIES.items()}
     print(f"nats; ln |V| = {math.log(len(world.tokenizer)):.2f}, ln |S| = {math.log(len(vals['V'])):.2f}\n")
     print("| model | " + " | ".join(f"{g}: entropy / on values / among them / hazardous" for g in FAMILIES) + " |")
     print("|---|" + "---|" * len(FAMILIES))

@@ -7,6 +7,7 @@ MLPs alone, attention alone. Forget on V and benign accuracy on G_dev are read e
 as the search's (E, Re, G_test and N are never read).
 
 Run:  python docs/relearned_through.py runs/bio/search/stage1/stage1_benign_lr_1e-3 runs/bio/search/<name>/tar
+      (the models' world: their provenance.json; so for entity_transfer.py and fact_entropy.py)
 """
 
 from __future__ import annotations
@@ -20,11 +21,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import adversary  # noqa: E402
-from domains import DOMAINS  # noqa: E402
+from cli import UserError  # noqa: E402
+from evaluate import config_of, provenance_world  # noqa: E402
 from protocol import REFERENCE  # noqa: E402
 from scoring import DEV, accuracies  # noqa: E402
 from storage import load_model  # noqa: E402
-from world import UNSEEN, build_world, sealed, world_config  # noqa: E402
+from world import UNSEEN, build_world, sealed  # noqa: E402
 
 EVERY = 25
 TABLES = ("embed_tokens", "lm_head")
@@ -49,13 +51,24 @@ def attack_only(model, world, moves, spec=REFERENCE, seed: int = 0) -> list[dict
     return points
 
 
-def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def models_and_world(argv, doc: str, options: dict[str, str] | None = None):
+    """The diagnostics' command line (model directories, and `options`: flag -> help, each a path or "") with one
+    torch thread, and the world the models were made in (their provenance.json: --world-t-extra's too)."""
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
     ap.add_argument("models", nargs="+", help="model directories (saved by tar.py, safeguard.py or search.py)")
-    ap.add_argument("--domain", default="bio", choices=tuple(DOMAINS))
+    for flag, text in (options or {}).items():
+        ap.add_argument(flag, default="", help=text)
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
-    world = sealed(build_world(world_config(args.domain)), UNSEEN)
+    saved = provenance_world({m: Path(m) for m in args.models})
+    if saved is None:
+        raise UserError("the models need the provenance.json that tar.py, safeguard.py and search.py write")
+    return args, build_world(config_of(saved, "the models' provenance.json"))
+
+
+def main(argv=None):
+    args, world = models_and_world(argv, __doc__)
+    world = sealed(world, UNSEEN)
     steps = " / ".join(str(s) for s in range(0, REFERENCE.steps + 1, EVERY))
     print(f"| model | the attack moves | V at steps {steps} | G_dev, the same steps |\n|---|---|---|---|")
     for m in args.models:

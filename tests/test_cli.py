@@ -126,6 +126,7 @@ def test_shared_flags_share_their_defaults():
     for names in fields.values():
         for name, default in names.items():
             shared.setdefault(name, set()).add(repr(default))
-    for name in ("workers", "seed", "world_seed", "runs", "world_entities", "base_steps", "safeguard_steps"):
+    for name in ("workers", "seed", "world_seed", "runs", "world_entities", "world_t_extra", "base_steps",
+                 "safeguard_steps"):
         assert len(shared[name]) == 1, (name, shared[name])
     assert fields["tar.py"]["workers"] == fields["evaluate.py"]["workers"] == cli.WORKERS

@@ -46,6 +46,28 @@ def test_groups_are_disjoint_and_sized(small_world):
         assert any(n in doc for n in names["A"]) and not any(n in doc for n in names["E"] | names["T"])
 
 
+def test_t_extra_widens_T_alone_and_keeps_every_earlier_key(small_world):
+    """--world-t-extra: T gets more entities, half to T_inner and half to T_tr (docs/search.md round 39); the rest
+    of the world is the world without them, and at 0 no cache key changes (world.ADDED)."""
+    wide = world.build_world(world.WorldConfig(**{**small_world.config.__dict__, "t_extra": 4}))
+    per = small_world.config.docs_per_entity
+    assert "t_extra" not in world.identity(small_world.config) and wide.digest != small_world.digest
+    for g in ("V", "A", "E", "Rt", "Re", "U", "G_dev", "G_test", "N", "A_heldout"):
+        assert wide.entities.get(g) == small_world.entities.get(g) and wide.docs[g] == small_world.docs[g], g
+        assert wide.items.get(g) == small_world.items.get(g), g
+    for g in ("T_inner", "T_tr"):  # the earlier half first, then 2 new entities and their documents
+        old, new = small_world.entities[g], wide.entities[g]
+        assert new[:3] == old and len(new) == 5 and wide.docs[g][:3 * per] == small_world.docs[g]
+        assert all(e["name"] in d for i, e in enumerate(new) for d in wide.docs[g][i * per:(i + 1) * per])
+        assert set(wide.docs[g]) <= set(wide.docs["all"]) & set(wide.docs["oracle"])  # pretrained on, as T was
+    assert wide.entities["T"] == wide.entities["T_inner"] + wide.entities["T_tr"]  # entity_halves' row order
+    assert wide.tokens["T"].ids.shape[0] == 10 * per and len(wide.items["T"]) == 10 * 5 * domains.TRAIN_TEMPLATES
+    names = [e["name"] for g in ("T", "V", "A", "E") for e in wide.entities[g]]
+    assert len(names) == len(set(names)) == 28
+    with pytest.raises(world.UserError, match="t_extra"):
+        world.WorldConfig(t_extra=-1)
+
+
 def test_items_follow_the_wmdp_schema(small_world):
     items = small_world.items["E"]
     assert len(items) == 6 * 5 * domains.TRAIN_TEMPLATES  # every entity x attribute x template

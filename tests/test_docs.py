@@ -131,3 +131,30 @@ def test_entity_transfer_halves_A_by_entity_and_grafts_one_part():
     moved = {n for n, p in graft.named_parameters() if not torch.equal(p, before[n])}
     assert moved == {n for n in before if "embed_tokens" in n or "lm_head" in n}
     assert all(torch.equal(p, dict(trained.named_parameters())[n]) for n, p in graft.named_parameters() if n in moved)
+
+
+def test_diagnostics_read_the_world_their_models_were_made_in(tmp_path):
+    """The docs/ diagnostics take the world from the models' provenance.json (a model of a --world-t-extra world
+    gets that world); models of two worlds, or with no provenance, are one error line."""
+    from dataclasses import asdict
+    from conftest import tiny_model
+    import relearned_through as rt
+    from cli import UserError
+    from storage import save_model
+    from world import build_world, world_config
+    made = {}
+    for name, cfg in {"wide": world_config("bio", 4, t_extra=2), "plain": world_config("bio", 4)}.items():
+        w = build_world(cfg)
+        save_model(tiny_model(vocab_size=len(w.tokenizer)), w.tokenizer, tmp_path / name, {"world": asdict(cfg)})
+        made[name] = w
+    args, world = rt.models_and_world([str(tmp_path / "wide"), "--theta0", "x"], rt.__doc__, {"--theta0": "θ0"})
+    assert world is made["wide"] and len(world.entities["T"]) == 6 and args.theta0 == "x"
+    with pytest.raises(UserError, match="different worlds"):
+        rt.models_and_world([str(tmp_path / "wide"), str(tmp_path / "plain")], rt.__doc__)
+    before = {k: v for k, v in asdict(world_config("bio", 4)).items() if k != "t_extra"}  # saved before the setting
+    save_model(tiny_model(vocab_size=len(made["plain"].tokenizer)), made["plain"].tokenizer, tmp_path / "old",
+               {"world": before})
+    assert rt.models_and_world([str(tmp_path / "plain"), str(tmp_path / "old")], rt.__doc__)[1] is made["plain"]
+    (tmp_path / "bare").mkdir()
+    with pytest.raises(UserError, match="provenance"):
+        rt.models_and_world([str(tmp_path / "bare")], rt.__doc__)
