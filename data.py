@@ -156,7 +156,8 @@ class WorldArgs:
 
 
 def write(args: WorldArgs) -> None:
-    world = build_world(world_config(args.domain, args.world_entities, args.world_seed, args.world_t_extra))  # tar.py's
+    world = build_world(world_config(args.domain, args.world_entities, args.world_seed,  # tar.py's world
+                                     args.world_t_extra))
     files = write_world(world, Path(args.out))
     print(f"wrote {len(files)} files to {args.out} (world digest {world.digest}): "
           + ", ".join(f"{s}={len(d)} docs" for s, d in world.docs.items()))

@@ -237,6 +237,16 @@ def provenance_world(models: dict[str, Path]) -> dict | None:
     return next(iter(worlds.values()), None)
 
 
+def miniature_world_of(models: dict[str, Path], what: str) -> WorldConfig:
+    """The miniature world the models were made in (their provenance.json); anything else is one error line
+    saying that `what` (e.g. "Table 1 is measured") needs it."""
+    saved = provenance_world(models)
+    if saved is None or "tokenizer" in saved:
+        raise UserError(f"{what} in a miniature world: the models need the provenance.json that tar.py, "
+                        "safeguard.py and search.py write")
+    return config_of(saved, "the models' provenance.json")
+
+
 def world_of(run_dir: Path | None, domain: str | None) -> WorldConfig:
     """The miniature world of models without provenance: from the run's results.json (tar.py wrote it), else
     the default world of `domain` (else of the run directory's name, else bio)."""

@@ -30,7 +30,7 @@ from cli import UsageError, UserError
 from safeguard import METHODS, SafeguardConfig, defend
 from storage import atomic_write, digest, file_digest, load_model, read_json
 from workers import logged_map
-from world import UNSEEN, build_world, sealed
+from world import UNSEEN, build_world, identity, sealed
 
 
 def grid_point(job) -> list[dict]:
@@ -77,7 +77,7 @@ def job_key(job, weights: str) -> str:
     method, overrides, steps, world_cfg, start = job
     cfg = asdict(SafeguardConfig(method=method, **{**METHODS[method].picked, **overrides}))
     return digest({**cfg, "steps": None}, list(steps), METHODS[method].by_length, protocol.REFERENCE.to_dict(),
-                  world_cfg, weights)
+                  identity(world_cfg), weights)
 
 
 def run_grid(methods: list[str], world, run_dir: Path, workers: int, log=print) -> dict:

@@ -46,7 +46,7 @@ from cli import UsageError, UserError, arg
 from config import TARConfig
 from storage import atomic_write, digest, file_digest, load_model, read_json
 from workers import Workers, logged_map
-from world import build_world
+from world import build_world, identity
 
 
 @dataclass(frozen=True)
@@ -154,7 +154,8 @@ def study(run_dir: Path, seeds: list[int], orders: list[int], workers: int) -> d
     out.mkdir(exist_ok=True)
     log = out / "runs.jsonl"  # a line per finished run: a rerun (after a crash, or with more seeds) measures the rest
     digests = {m: file_digest(p) for m, p in paths.items()}
-    keys = {k: digest({**asdict(j), "path": None}, digests[j.model]) for k, j in jobs.items()}
+    keys = {k: digest({**asdict(j), "world": identity(j.world), "path": None}, digests[j.model])
+            for k, j in jobs.items()}
     t0 = time.time()
     measured = logged_map(redteam.run_job, {keys[k]: j for k, j in jobs.items()}, log, workers, "measuring")
     runs = {k: measured[keys[k]] for k in jobs}

@@ -96,7 +96,7 @@ class SelectionArgs:
 
 
 def select(args: SelectionArgs) -> dict:
-    from evaluate import config_of, provenance_world  # the red-team CLI's reading of provenance.json
+    from evaluate import miniature_world_of  # the red-team CLI's reading of provenance.json
     paths = {str(Path(p)): Path(p) for p in args.models}
     if not paths:
         raise UsageError("give the saved model directories to choose among")
@@ -105,11 +105,7 @@ def select(args: SelectionArgs) -> dict:
     for p in paths.values():
         if not (p / "config.json").exists():
             raise UserError(f"{p} is not a saved model (no config.json)")
-    saved = provenance_world(paths)
-    if saved is None or "tokenizer" in saved:
-        raise UserError("selection runs in a miniature world: the models need the provenance.json tar.py and "
-                        "safeguard.py write")
-    world_cfg = config_of(saved, "the models' provenance.json")
+    world_cfg = miniature_world_of(paths, "selection runs")
     jobs = [(str(p), world_cfg, args.attack_seed, protocol.REFERENCE) for p in paths.values()]
     with Workers(min(args.workers, len(jobs))) as pool, \
             cli.progress(len(jobs), "selection", unit="model", leave=True) as bar:

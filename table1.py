@@ -53,7 +53,7 @@ import suite
 from baselines import BASELINES
 from cli import UsageError, UserError, arg
 from data import load_world
-from evaluate import config_of, provenance_world
+from evaluate import miniature_world_of
 from storage import atomic_write, file_digest, load_model, read_json
 from workers import Workers
 
@@ -220,11 +220,7 @@ def build(args: Table1Args) -> list[dict]:
     if rows["base"] is None:
         raise UserError(f"{run_dir / 'base'} holds no model: run python tar.py --domain <d> --runs {run_dir.parent}")
     models = {row: p for row, p in rows.items() if p is not None}
-    saved = provenance_world(models)  # one world for every row, or one error line
-    if saved is None or "tokenizer" in saved:
-        raise UserError("Table 1 is measured in a miniature world: the models need the provenance.json that "
-                        "tar.py and safeguard.py write")
-    world = load_world(config_of(saved, "the models' provenance.json"))
+    world = load_world(miniature_world_of(models, "Table 1 is measured"))  # one world for every row
     out = run_dir / "table1"
     out.mkdir(exist_ok=True)
     digests = {row: file_digest(p) for row, p in models.items()}  # read once: the cache and the table key on them

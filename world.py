@@ -61,8 +61,8 @@ from tokenizer import make_tokenizer, tokenize
 
 
 WORLDS = (*DOMAINS, "refusal")  # every miniature world: the hazardous domains and the refusal world
-# the most hazardous entities per group: four groups take 4n of a domain's invented names (2 syllables and a
-# suffix, 1176 of them), and a fifth left spare keeps drawing distinct names quick
+# the most hazardous entities per group (and the most T may have beyond them): 4 n_group + t_extra names stay within
+# a domain's invented names (2 syllables and a suffix, 1176 of them)
 MAX_ENTITIES = min(len({(a + b + c) for a, b, c in itertools.product(d.syllables, d.syllables, d.suffixes)})
                    for d in DOMAINS.values()) // 5
 HAZARDOUS = ("T", "V", "A", "E")  # the hazardous groups, each n entities
@@ -101,7 +101,8 @@ class WorldConfig:
     docs_per_entity: int = 20  # fixed documents per entity (each a random order and choice of templates)
     seed: int = 0  # the world's seed: its entities, facts, documents and items (never a training seed)
     t_extra: int = 0  # entities T has beyond n_group, half to T_inner and half to T_tr: a wider forget set than V,
-    # A and E hold (docs/search.md round 39); drawn after the rest of the world, which stays as it is without them
+    # A and E hold (docs/search.md round 39); drawn after every other entity, document and item, which stay as they
+    # are without them (the refusal world's chats, drawn later, do not)
 
     def __post_init__(self):
         if self.domain not in WORLDS:
@@ -110,10 +111,12 @@ class WorldConfig:
                      "docs_per_entity"):
             if getattr(self, name) < 2:
                 raise UserError(f"world setting {name} must be at least 2, got {getattr(self, name)}")
-        for name, least in (("n_group", 2), ("t_extra", 0)):
-            if not least <= getattr(self, name) <= MAX_ENTITIES:
-                raise UserError(f"world setting {name} must lie in [{least}, {MAX_ENTITIES}] (the invented names run "
-                                f"out), got {getattr(self, name)}")
+        if self.t_extra < 0:
+            raise UserError(f"world setting t_extra must be at least 0, got {self.t_extra}")
+        for name in ("n_group", "t_extra"):
+            if getattr(self, name) > MAX_ENTITIES:
+                raise UserError(f"world setting {name} must be at most {MAX_ENTITIES} (the invented names run out), "
+                                f"got {getattr(self, name)}")
 
 
 # World settings added since the first worlds were cached -> the value every earlier world had: left out of a
@@ -127,7 +130,7 @@ def identity(config) -> dict:
 
 
 def entities_flag():
-    """The --world-entities field of every script that builds the world (tar.py, safeguard.py, data.py)."""
+    """The --world-entities field of every script that builds the world (tar.py, safeguard.py, search.py, data.py)."""
     return arg(30, "hazardous entities per group T / V / A / E (the benign families scale along)", at_least=2,
                at_most=MAX_ENTITIES)
 
@@ -250,7 +253,7 @@ def build_world(config: WorldConfig = WorldConfig()) -> World:
         groups[g] = groups[g] + new
         docs[g] += [_document(e, domain, rng) for e in new for _ in range(per)]
     groups["T"] = groups["T_inner"] + groups["T_tr"]  # T's rows are its entities' documents in this order
-    items["T"] += _items(extra, domain, rng)
+    items["T"] += _items(extra, domain, rng)  # T's first, then the extras' (items are scored as a set)
     for stream, parts in STREAMS.items():
         docs[stream] = [d for g in parts for d in docs[g]]
 

@@ -22,6 +22,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import cli  # noqa: E402
 from protocol import REFERENCE  # noqa: E402
 from relearned_through import EVERY, GROUPS, attack_only, models_and_world  # noqa: E402
 from storage import load_model  # noqa: E402
@@ -53,7 +54,7 @@ def with_part(theta0, trained, keeps):
 
 
 def main(argv=None):
-    args, world = models_and_world(argv, __doc__, {"--theta0": "the model TAR started from: also attack it with one "
+    args, world = models_and_world(argv, __doc__, {"theta0": "the model TAR started from: also attack it with one "
                                                                "part of each model's changes"})
     steps = " / ".join(str(s) for s in range(0, REFERENCE.steps + 1, EVERY))
     print(f"| model | attacked on | V at steps {steps} | min G_dev |\n|---|---|---|---|")
@@ -70,4 +71,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    cli.main(main)

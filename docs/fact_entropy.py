@@ -27,6 +27,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import cli  # noqa: E402
 from domains import CITIES, COMPOSERS, DOMAINS  # noqa: E402
 from relearned_through import models_and_world  # noqa: E402
 from storage import load_model  # noqa: E402
@@ -51,6 +52,8 @@ def fact_entropy(model, tokens, values: torch.Tensor, hazardous: torch.Tensor, r
 
 def main(argv=None):
     args, world = models_and_world(argv, __doc__)
+    if world.chats:
+        raise cli.UserError("fact_entropy reads a knowledge world's facts; the refusal world has none")
     vals = {g: value_ids(world.tokenizer, fam or DOMAINS[world.config.domain]) for g, fam in FAMILIES.items()}
     print(f"nats; ln |V| = {math.log(len(world.tokenizer)):.2f}, ln |S| = {math.log(len(vals['V'])):.2f}\n")
     print("| model | " + " | ".join(f"{g}: entropy / on values / among them / hazardous" for g in FAMILIES) + " |")
@@ -63,4 +66,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    cli.main(main)

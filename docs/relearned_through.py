@@ -21,8 +21,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import adversary  # noqa: E402
-from cli import UserError  # noqa: E402
-from evaluate import config_of, provenance_world  # noqa: E402
+import cli  # noqa: E402
+from evaluate import miniature_world_of  # noqa: E402
 from protocol import REFERENCE  # noqa: E402
 from scoring import DEV, accuracies  # noqa: E402
 from storage import load_model  # noqa: E402
@@ -52,18 +52,17 @@ def attack_only(model, world, moves, spec=REFERENCE, seed: int = 0) -> list[dict
 
 
 def models_and_world(argv, doc: str, options: dict[str, str] | None = None):
-    """The diagnostics' command line (model directories, and `options`: flag -> help, each a path or "") with one
-    torch thread, and the world the models were made in (their provenance.json: --world-t-extra's too)."""
+    """The diagnostics' command line (model directories, and `options`: --name -> help, each one more model or "")
+    with one torch thread, and the miniature world every model given was made in (provenance.json: a world of
+    --world-t-extra too); a real or mixed world is one error line."""
     ap = argparse.ArgumentParser(description=doc.splitlines()[0])
     ap.add_argument("models", nargs="+", help="model directories (saved by tar.py, safeguard.py or search.py)")
-    for flag, text in (options or {}).items():
-        ap.add_argument(flag, default="", help=text)
+    for name, text in (options or {}).items():
+        ap.add_argument(f"--{name}", default="", help=text)
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
-    saved = provenance_world({m: Path(m) for m in args.models})
-    if saved is None:
-        raise UserError("the models need the provenance.json that tar.py, safeguard.py and search.py write")
-    return args, build_world(config_of(saved, "the models' provenance.json"))
+    given = [*args.models, *filter(None, (getattr(args, name) for name in options or {}))]
+    return args, build_world(miniature_world_of({m: Path(m) for m in given}, "the diagnostics run"))
 
 
 def main(argv=None):
@@ -80,4 +79,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    cli.main(main)

@@ -130,3 +130,5 @@ def test_shared_flags_share_their_defaults():
                  "safeguard_steps"):
         assert len(shared[name]) == 1, (name, shared[name])
     assert fields["tar.py"]["workers"] == fields["evaluate.py"]["workers"] == cli.WORKERS
+    assert {s for s, f in fields.items() if "world_entities" in f} == \
+        {s for s, f in fields.items() if "world_t_extra" in f}  # one world, whichever script builds it

@@ -52,6 +52,7 @@ def test_t_extra_widens_T_alone_and_keeps_every_earlier_key(small_world):
     wide = world.build_world(world.WorldConfig(**{**small_world.config.__dict__, "t_extra": 4}))
     per = small_world.config.docs_per_entity
     assert "t_extra" not in world.identity(small_world.config) and wide.digest != small_world.digest
+    assert small_world.digest == "4c4ec68ab539f6e1"  # as before the setting: no cached base went stale
     for g in ("V", "A", "E", "Rt", "Re", "U", "G_dev", "G_test", "N", "A_heldout"):
         assert wide.entities.get(g) == small_world.entities.get(g) and wide.docs[g] == small_world.docs[g], g
         assert wide.items.get(g) == small_world.items.get(g), g

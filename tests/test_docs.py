@@ -135,7 +135,7 @@ def test_entity_transfer_halves_A_by_entity_and_grafts_one_part():
 
 def test_diagnostics_read_the_world_their_models_were_made_in(tmp_path):
     """The docs/ diagnostics take the world from the models' provenance.json (a model of a --world-t-extra world
-    gets that world); models of two worlds, or with no provenance, are one error line."""
+    gets that world); models of two worlds (θ0 included), or with no provenance, are one error line."""
     from dataclasses import asdict
     from conftest import tiny_model
     import relearned_through as rt
@@ -147,10 +147,12 @@ def test_diagnostics_read_the_world_their_models_were_made_in(tmp_path):
         w = build_world(cfg)
         save_model(tiny_model(vocab_size=len(w.tokenizer)), w.tokenizer, tmp_path / name, {"world": asdict(cfg)})
         made[name] = w
-    args, world = rt.models_and_world([str(tmp_path / "wide"), "--theta0", "x"], rt.__doc__, {"--theta0": "θ0"})
-    assert world is made["wide"] and len(world.entities["T"]) == 6 and args.theta0 == "x"
-    with pytest.raises(UserError, match="different worlds"):
-        rt.models_and_world([str(tmp_path / "wide"), str(tmp_path / "plain")], rt.__doc__)
+    args, world = rt.models_and_world([str(tmp_path / "wide")], rt.__doc__, {"theta0": "θ0"})
+    assert world is made["wide"] and len(world.entities["T"]) == 6 and args.theta0 == ""
+    for given in ([str(tmp_path / "wide"), str(tmp_path / "plain")], [str(tmp_path / "wide"), "--theta0",
+                                                                       str(tmp_path / "plain")]):
+        with pytest.raises(UserError, match="different worlds"):
+            rt.models_and_world(given, rt.__doc__, {"theta0": "θ0"})
     before = {k: v for k, v in asdict(world_config("bio", 4)).items() if k != "t_extra"}  # saved before the setting
     save_model(tiny_model(vocab_size=len(made["plain"].tokenizer)), made["plain"].tokenizer, tmp_path / "old",
                {"world": before})
