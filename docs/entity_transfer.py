@@ -8,7 +8,8 @@ A, and V (the dev group) and G_dev are read every 25 steps (relearned_through.EV
 attacks θ0 carrying only one part of what TAR changed (the embedding and LM-head rows, or the MLPs' down
 projections, what the defaults' outer step trains), to see which part resists. E, Re, G_test and N are never read.
 
-Run:  python docs/entity_transfer.py runs/bio/tar [--theta0 runs/bio/safeguard]   # the models' world (provenance)
+Run:  python docs/entity_transfer.py runs/bio/tar [--theta0 runs/bio/safeguard] [--plot transfer.png]
+      (each model in the world it was made in: its provenance.json; several may come from several worlds)
 """
 
 from __future__ import annotations
@@ -23,8 +24,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import cli  # noqa: E402
-from protocol import REFERENCE  # noqa: E402
-from relearned_through import EVERY, GROUPS, attack_only, models_and_world  # noqa: E402
+from protocol import HELD, REFERENCE  # noqa: E402
+from relearned_through import EVERY, GROUPS, attack_only, parse_models, world_of  # noqa: E402
 from storage import load_model  # noqa: E402
 from world import UNSEEN, sealed  # noqa: E402
 
@@ -53,21 +54,43 @@ def with_part(theta0, trained, keeps):
     return model
 
 
+def plot(curves: dict[str, dict[str, list[float]]], path: Path) -> None:
+    """One panel per model: V under the reference attack on each split (T's dashed, A's solid), the 35% target."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, len(curves), figsize=(4.2 * len(curves), 3.4), sharey=True, squeeze=False)
+    for ax, (label, by_data) in zip(axes[0], curves.items()):
+        for i, (data, v) in enumerate(by_data.items()):
+            ax.plot(range(0, EVERY * len(v), EVERY), [100 * x for x in v], "--" if data.startswith("T") else "-",
+                    color=f"C{i}", label=data)
+        ax.axhline(100 * HELD, color="grey", lw=0.8)
+        ax.set(title=label, xlabel="reference attack step", ylim=(0, 100))
+    axes[0][0].set_ylabel("forget on V (%)")
+    axes[0][-1].legend(title="attacked on", fontsize=8)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+
+
 def main(argv=None):
-    args, world = models_and_world(argv, __doc__, {"theta0": "the model TAR started from: also attack it with one "
-                                                               "part of each model's changes"})
+    args = parse_models(argv, __doc__, {"theta0": "the model TAR started from: also attack it with one part of each "
+                                                  "model's changes", "plot": "also draw V's curves here (a .png)"})
     steps = " / ".join(str(s) for s in range(0, REFERENCE.steps + 1, EVERY))
     print(f"| model | attacked on | V at steps {steps} | min G_dev |\n|---|---|---|---|")
+    curves = {}  # label -> split -> V at each point
     for m in args.models:
-        trained = load_model(m)
+        world, trained = world_of(m, args.theta0), load_model(m)  # each model in the world it was made in
         variants = {m: trained, **({f"{args.theta0} + {m}'s {part}": with_part(load_model(args.theta0), trained, keeps)
                                     for part, keeps in PARTS.items()} if args.theta0 else {})}
         for label, model in variants.items():
             for data in DATA:
                 w, spec = attack_on(world, data)
                 points = attack_only(copy.deepcopy(model), sealed(w, UNSEEN), GROUPS["every weight"], spec)
+                curves.setdefault(label, {})[data] = [p["forget"] for p in points]
                 print(f"| {label} | {data} | " + " / ".join(f"{p['forget']:.1%}" for p in points) +
                       f" | {min(p['G'] for p in points):.1%} |", flush=True)
+    if args.plot:
+        plot(curves, Path(args.plot))
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import cli  # noqa: E402
 from domains import CITIES, COMPOSERS, DOMAINS  # noqa: E402
-from relearned_through import models_and_world  # noqa: E402
+from relearned_through import parse_models, world_of  # noqa: E402
 from storage import load_model  # noqa: E402
 from world import value_ids  # noqa: E402
 
@@ -51,7 +51,8 @@ def fact_entropy(model, tokens, values: torch.Tensor, hazardous: torch.Tensor, r
 
 
 def main(argv=None):
-    args, world = models_and_world(argv, __doc__)
+    args = parse_models(argv, __doc__)
+    world = world_of(*args.models)
     if world.chats:
         raise cli.UserError("fact_entropy reads a knowledge world's facts; the refusal world has none")
     vals = {g: value_ids(world.tokenizer, fam or DOMAINS[world.config.domain]) for g, fam in FAMILIES.items()}

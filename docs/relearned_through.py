@@ -7,7 +7,7 @@ MLPs alone, attention alone. Forget on V and benign accuracy on G_dev are read e
 as the search's (E, Re, G_test and N are never read).
 
 Run:  python docs/relearned_through.py runs/bio/search/stage1/stage1_benign_lr_1e-3 runs/bio/search/<name>/tar
-      (the models' world: their provenance.json; so for entity_transfer.py and fact_entropy.py)
+      (in the world the models were made in, from their provenance.json, as entity_transfer.py and fact_entropy.py)
 """
 
 from __future__ import annotations
@@ -51,23 +51,26 @@ def attack_only(model, world, moves, spec=REFERENCE, seed: int = 0) -> list[dict
     return points
 
 
-def models_and_world(argv, doc: str, options: dict[str, str] | None = None):
-    """The diagnostics' command line (model directories, and `options`: --name -> help, each one more model or "")
-    with one torch thread, and the miniature world every model given was made in (provenance.json: a world of
-    --world-t-extra too); a real or mixed world is one error line."""
+def parse_models(argv, doc: str, options: dict[str, str] | None = None) -> argparse.Namespace:
+    """The diagnostics' command line: model directories, and `options` (--name -> help, each a path or ""); one
+    torch thread."""
     ap = argparse.ArgumentParser(description=doc.splitlines()[0])
     ap.add_argument("models", nargs="+", help="model directories (saved by tar.py, safeguard.py or search.py)")
     for name, text in (options or {}).items():
         ap.add_argument(f"--{name}", default="", help=text)
-    args = ap.parse_args(argv)
     torch.set_num_threads(1)
-    given = [*args.models, *filter(None, (getattr(args, name) for name in options or {}))]
-    return args, build_world(miniature_world_of({m: Path(m) for m in given}, "the diagnostics run"))
+    return ap.parse_args(argv)
+
+
+def world_of(*models: str):
+    """The miniature world the models (empty names skipped) were made in, from their provenance.json (a world of
+    --world-t-extra too); a real world, or models of two, is one error line."""
+    return build_world(miniature_world_of({m: Path(m) for m in models if m}, "the diagnostics run"))
 
 
 def main(argv=None):
-    args, world = models_and_world(argv, __doc__)
-    world = sealed(world, UNSEEN)
+    args = parse_models(argv, __doc__)
+    world = sealed(world_of(*args.models), UNSEEN)
     steps = " / ".join(str(s) for s in range(0, REFERENCE.steps + 1, EVERY))
     print(f"| model | the attack moves | V at steps {steps} | G_dev, the same steps |\n|---|---|---|---|")
     for m in args.models:

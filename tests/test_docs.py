@@ -135,9 +135,11 @@ def test_entity_transfer_halves_A_by_entity_and_grafts_one_part():
 
 def test_diagnostics_read_the_world_their_models_were_made_in(tmp_path):
     """The docs/ diagnostics take the world from the models' provenance.json (a model of a --world-t-extra world
-    gets that world); models of two worlds (θ0 included), or with no provenance, are one error line."""
+    gets that world); models of two worlds (θ0 included), or with no provenance, are one error line;
+    entity_transfer.py draws one panel per model."""
     from dataclasses import asdict
     from conftest import tiny_model
+    import entity_transfer as et
     import relearned_through as rt
     from cli import UserError
     from storage import save_model
@@ -147,16 +149,19 @@ def test_diagnostics_read_the_world_their_models_were_made_in(tmp_path):
         w = build_world(cfg)
         save_model(tiny_model(vocab_size=len(w.tokenizer)), w.tokenizer, tmp_path / name, {"world": asdict(cfg)})
         made[name] = w
-    args, world = rt.models_and_world([str(tmp_path / "wide")], rt.__doc__, {"theta0": "θ0"})
-    assert world is made["wide"] and len(world.entities["T"]) == 6 and args.theta0 == ""
-    for given in ([str(tmp_path / "wide"), str(tmp_path / "plain")], [str(tmp_path / "wide"), "--theta0",
-                                                                       str(tmp_path / "plain")]):
+    wide, plain = str(tmp_path / "wide"), str(tmp_path / "plain")
+    args = rt.parse_models([wide, "--theta0", plain], rt.__doc__, {"theta0": "θ0"})
+    assert args.models == [wide] and args.theta0 == plain
+    assert rt.world_of(wide, "") is made["wide"] and len(made["wide"].entities["T"]) == 6
+    for given in ([wide, plain], [wide, args.theta0]):
         with pytest.raises(UserError, match="different worlds"):
-            rt.models_and_world(given, rt.__doc__, {"theta0": "θ0"})
+            rt.world_of(*given)
     before = {k: v for k, v in asdict(world_config("bio", 4)).items() if k != "t_extra"}  # saved before the setting
     save_model(tiny_model(vocab_size=len(made["plain"].tokenizer)), made["plain"].tokenizer, tmp_path / "old",
                {"world": before})
-    assert rt.models_and_world([str(tmp_path / "plain"), str(tmp_path / "old")], rt.__doc__)[1] is made["plain"]
+    assert rt.world_of(plain, str(tmp_path / "old")) is made["plain"]
     (tmp_path / "bare").mkdir()
     with pytest.raises(UserError, match="provenance"):
-        rt.models_and_world([str(tmp_path / "bare")], rt.__doc__)
+        rt.world_of(str(tmp_path / "bare"))
+    et.plot({m: {d: [0.2, 0.3, 0.4] for d in et.DATA} for m in ("a", "b")}, tmp_path / "t.png")
+    assert (tmp_path / "t.png").stat().st_size > 10_000
