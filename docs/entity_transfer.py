@@ -55,20 +55,26 @@ def with_part(theta0, trained, keeps):
 
 
 def plot(curves: dict[str, dict[str, list[float]]], path: Path) -> None:
-    """One panel per model: V under the reference attack on each split (T's dashed, A's solid), the 35% target."""
+    """One panel per model (two a row): V under the reference attack on each split (T's dashed, A's solid), and
+    the 35% target."""
+    import textwrap
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(1, len(curves), figsize=(4.2 * len(curves), 3.4), sharey=True, squeeze=False)
-    for ax, (label, by_data) in zip(axes[0], curves.items()):
+    rows = (len(curves) + 1) // 2
+    fig, axes = plt.subplots(rows, 2, figsize=(10, 3.6 * rows), sharey=True, squeeze=False)
+    for ax, (label, by_data) in zip(axes.flat, curves.items()):
         for i, (data, v) in enumerate(by_data.items()):
             ax.plot(range(0, EVERY * len(v), EVERY), [100 * x for x in v], "--" if data.startswith("T") else "-",
                     color=f"C{i}", label=data)
         ax.axhline(100 * HELD, color="grey", lw=0.8)
-        ax.set(title=label, xlabel="reference attack step", ylim=(0, 100))
-    axes[0][0].set_ylabel("forget on V (%)")
-    axes[0][-1].legend(title="attacked on", fontsize=8)
-    fig.savefig(path, dpi=120, bbox_inches="tight")
+        ax.set(xlabel="reference attack step", ylabel="forget on V (%)")
+        ax.set_title(textwrap.fill(label, 55), fontsize=8)
+    for ax in axes.flat[len(curves):]:
+        ax.axis("off")
+    axes.flat[0].legend(title="attacked on", fontsize=8, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
@@ -86,7 +92,8 @@ def main(argv=None):
             for data in DATA:
                 w, spec = attack_on(world, data)
                 points = attack_only(copy.deepcopy(model), sealed(w, UNSEEN), GROUPS["every weight"], spec)
-                curves.setdefault(label, {})[data] = [p["forget"] for p in points]
+                curves.setdefault(f"{label} (T: {len(world.entities['T'])} entities)", {})[data] = \
+                    [p["forget"] for p in points]
                 print(f"| {label} | {data} | " + " / ".join(f"{p['forget']:.1%}" for p in points) +
                       f" | {min(p['G'] for p in points):.1%} |", flush=True)
     if args.plot:
