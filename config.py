@@ -22,6 +22,7 @@ from cli import UsageError, arg
 from realworld import RealWorldConfig, attack_splits, hub_datasets
 from storage import recorded_parent
 from safeguard import SafeguardConfig
+import world
 from world import WORLDS, WorldConfig, entities_flag, t_extra_flag, world_config
 
 
@@ -237,8 +238,8 @@ class TARConfig:
 NOT_TRAINING = ("runs", "resume", "checkpoint_every", "workers", "attack_steps", "attack_seed", "relearn_cap",
                 "wmdp_revision", "mmlu_shots")  # WMDP and MMLU are only scored
 # Settings added after runs were first saved -> the value that trained every run saved before them (changed_since,
-# training_settings)
-ADDED = {"tr_split": "fixed", "world_t_extra": 0}
+# training_settings); a world setting's is the world's own (world.ADDED; its flag is --world-<name>)
+ADDED = {"tr_split": "fixed", **{f"world_{name}": value for name, value in world.ADDED.items()}}
 # The paper's hyperparameters (docs/paper.md §4, official code, bio), in one place: --preset paper. Where our
 # miniature default differs, a `# deviation:` marker says why (docs/deviations.md).
 PAPER = dict(outer_steps=750, inner_steps=64, tr_every=4, tr_weights="paper", tr_mask="all", tr_entropy="vocab",
