@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import cli  # noqa: E402
 from protocol import HELD, REFERENCE  # noqa: E402
-from relearned_through import EVERY, GROUPS, attack_only, parse_models, world_of  # noqa: E402
+from relearned_through import EVERY, GROUPS, attack_only, models_world, parse_models  # noqa: E402
 from storage import load_model  # noqa: E402
 from world import UNSEEN, sealed  # noqa: E402
 
@@ -85,7 +85,7 @@ def main(argv=None):
     print(f"| model | attacked on | V at steps {steps} | min G_dev |\n|---|---|---|---|")
     curves = {}  # label -> split -> V at each point
     for m in args.models:
-        world, trained = world_of(m, args.theta0), load_model(m)  # each model in the world it was made in
+        world, trained = models_world(m, args.theta0), load_model(m)  # each model in the world it was made in
         variants = {m: trained, **({f"{args.theta0} + {m}'s {part}": with_part(load_model(args.theta0), trained, keeps)
                                     for part, keeps in PARTS.items()} if args.theta0 else {})}
         for label, model in variants.items():

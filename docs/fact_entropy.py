@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import cli  # noqa: E402
 from domains import CITIES, COMPOSERS, DOMAINS  # noqa: E402
-from relearned_through import parse_models, world_of  # noqa: E402
+from relearned_through import models_world, parse_models  # noqa: E402
 from storage import load_model  # noqa: E402
 from world import value_ids  # noqa: E402
 
@@ -52,7 +52,7 @@ def fact_entropy(model, tokens, values: torch.Tensor, hazardous: torch.Tensor, r
 
 def main(argv=None):
     args = parse_models(argv, __doc__)
-    world = world_of(*args.models)
+    world = models_world(*args.models)
     if world.chats:
         raise cli.UserError("fact_entropy reads a knowledge world's facts; the refusal world has none")
     vals = {g: value_ids(world.tokenizer, fam or DOMAINS[world.config.domain]) for g, fam in FAMILIES.items()}

@@ -62,7 +62,7 @@ def parse_models(argv, doc: str, options: dict[str, str] | None = None) -> argpa
     return ap.parse_args(argv)
 
 
-def world_of(*models: str):
+def models_world(*models: str):
     """The miniature world the models (empty names skipped) were made in, from their provenance.json (a world of
     --world-t-extra too); a real world, or models of two, is one error line."""
     return build_world(miniature_world_of({m: Path(m) for m in models if m}, "the diagnostics run"))
@@ -70,7 +70,7 @@ def world_of(*models: str):
 
 def main(argv=None):
     args = parse_models(argv, __doc__)
-    world = sealed(world_of(*args.models), UNSEEN)
+    world = sealed(models_world(*args.models), UNSEEN)
     steps = " / ".join(str(s) for s in range(0, REFERENCE.steps + 1, EVERY))
     print(f"| model | the attack moves | V at steps {steps} | G_dev, the same steps |\n|---|---|---|---|")
     for m in args.models:

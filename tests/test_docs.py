@@ -152,16 +152,16 @@ def test_diagnostics_read_the_world_their_models_were_made_in(tmp_path):
     wide, plain = str(tmp_path / "wide"), str(tmp_path / "plain")
     args = rt.parse_models([wide, "--theta0", plain], rt.__doc__, {"theta0": "θ0"})
     assert args.models == [wide] and args.theta0 == plain
-    assert rt.world_of(wide, "") is made["wide"] and len(made["wide"].entities["T"]) == 6
+    assert rt.models_world(wide, "") is made["wide"] and len(made["wide"].entities["T"]) == 6
     for given in ([wide, plain], [wide, args.theta0]):
         with pytest.raises(UserError, match="different worlds"):
-            rt.world_of(*given)
+            rt.models_world(*given)
     before = {k: v for k, v in asdict(world_config("bio", 4)).items() if k != "t_extra"}  # saved before the setting
     save_model(tiny_model(vocab_size=len(made["plain"].tokenizer)), made["plain"].tokenizer, tmp_path / "old",
                {"world": before})
-    assert rt.world_of(plain, str(tmp_path / "old")) is made["plain"]
+    assert rt.models_world(plain, str(tmp_path / "old")) is made["plain"]
     (tmp_path / "bare").mkdir()
     with pytest.raises(UserError, match="provenance"):
-        rt.world_of(str(tmp_path / "bare"))
+        rt.models_world(str(tmp_path / "bare"))
     et.plot({m: {d: [0.2, 0.3, 0.4] for d in et.DATA} for m in ("a", "b")}, tmp_path / "t.png")
     assert (tmp_path / "t.png").stat().st_size > 10_000
