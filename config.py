@@ -125,6 +125,10 @@ class TARConfig:
                             "MLP) | all (the paper). All but mlp and all: the miniature world only. Attacks always "
                             "move every weight", choices=("hazard_words+neuron_outputs", "hazard_words", "neurons",
                                                           "neuron_outputs", "mlp", "all"))
+    name_noise: float = arg(0.0, "σ of disguise.py: during each outer step the input embedding of every name of T "
+                                 "is moved by a fresh random offset σ times its length, so the attacker and x_TR "
+                                 "meet T's entities as new ones (0: off; the miniature's bio, chem or cyber only)",
+                            at_least=0)
     outer_neurons: int = arg(32, "with --outer-params neurons: neurons per layer the outer step trains", above=0)
     outer_optimizer: str = arg("adamw", "outer optimizer: adamw (wd 0) | schedulefree (Schedule-Free AdamW)",
                                choices=("adamw", "schedulefree"))
@@ -178,6 +182,8 @@ class TARConfig:
             raise UsageError("--outer-warmup must be shorter than --outer-steps")
         if self.tr_split == "entities" and (self.model or self.domain == "refusal"):
             raise UsageError("--tr-split entities draws T's halves by entity: the miniature's bio, chem or cyber only")
+        if self.name_noise and (self.model or self.domain == "refusal"):
+            raise UsageError("--name-noise disguises the names of T's entities: the miniature's bio, chem or cyber")
         if self.tr_every > self.inner_steps:
             raise UsageError("--tr-every must not exceed --inner-steps (no TR point would be taken)")
         if self.outer_optimizer == "schedulefree" and self.outer_schedule != "constant":
@@ -239,7 +245,7 @@ NOT_TRAINING = ("runs", "resume", "checkpoint_every", "workers", "attack_steps",
                 "wmdp_revision", "mmlu_shots")  # WMDP and MMLU are only scored
 # Settings added after runs were first saved -> the value that trained every run saved before them (changed_since,
 # training_settings); a world setting's is the world's own (world.ADDED; its flag is --world-<name>)
-ADDED = {"tr_split": "fixed", **{f"world_{name}": value for name, value in world.ADDED.items()}}
+ADDED = {"tr_split": "fixed", "name_noise": 0.0, **{f"world_{name}": value for name, value in world.ADDED.items()}}
 # The paper's hyperparameters (docs/paper.md §4, official code, bio), in one place: --preset paper. Where our
 # miniature default differs, a `# deviation:` marker says why (docs/deviations.md).
 PAPER = dict(outer_steps=750, inner_steps=64, tr_every=4, tr_weights="paper", tr_mask="all", tr_entropy="vocab",

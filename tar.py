@@ -43,6 +43,7 @@ import torch
 from transformers import get_constant_schedule_with_warmup, get_cosine_schedule_with_warmup
 
 import cli
+import disguise
 import fsdp
 import losses
 import neurons
@@ -199,8 +200,7 @@ def outer_parameters(model, cfg: TARConfig, masks: dict | None = None) -> list:
 
 
 def averaged_weights(opt, on: bool) -> None:
-    """Schedule-Free AdamW trains at one iterate and must evaluate and save another (docs/paper.md §8, pitfall
-    7): on=True moves the model to the averaged weights, on=False back to training. No-op for AdamW."""
+    """on: Schedule-Free's averaged weights, to evaluate and save (docs/paper.md §8, pitfall 7); off: training's."""
     if hasattr(opt, "eval"):
         opt.eval() if on else opt.train()
 
@@ -241,7 +241,8 @@ def train_tar(model, ref, world, cfg: TARConfig, run_dir: Path, d: Dist = Dist()
                 try:  # l.3-4's data: T's fixed halves, or (--tr-split entities) a fresh pair of entity halves
                     w, x_tr = (world, next(x_trs)) if cfg.tr_split == "fixed" else entity_halves(world, rng,
                                                                                                    cfg.tr_batch)
-                    m = outer_step(model, ref, opt, w, x_tr, next(x_rs), rng, cfg, d, masks)
+                    with disguise.names(model, world, cfg.name_noise, rng):  # --name-noise: T's names made new
+                        m = outer_step(model, ref, opt, w, x_tr, next(x_rs), rng, cfg, d, masks)
                 except adversary.Diverged as e:
                     kept = f"; the checkpoint of outer step {saved_at} is kept in {ckpt}" if saved_at else ""
                     raise adversary.Diverged(f"TAR diverged at outer step {step}: {e}; no model or results were "
@@ -356,8 +357,7 @@ def run(cfg: TARConfig, log=print) -> dict:
         # End-of-run attacks: TAR's in this process, base and safeguard's finish in the worker meanwhile
         t2 = time.time()
         curves = end.finish()
-    timings["attacks"] = round(time.time() - t2, 1)
-    timings["total"] = round(time.time() - t0, 1)
+    timings.update(attacks=round(time.time() - t2, 1), total=round(time.time() - t0, 1))
     publish_metrics(run_dir, d)
     return report.write_report(report.run_results(run_dir, world, cfg, curves, timings), run_dir, log)
 

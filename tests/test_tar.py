@@ -219,6 +219,32 @@ def test_tr_split_draws_the_attacker_and_x_tr_from_disjoint_entities(small_world
             config.configure(tr_split="entities", **given).validate()
 
 
+@pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler")  # the stand-in never steps the optimizer
+@pytest.mark.parametrize("sigma", [0.0, 2.0])
+def test_name_noise_disguises_t_names_during_each_outer_step(small_world, sigma, tmp_path, monkeypatch):
+    """--name-noise σ (disguise.py): during each outer step, and only then, each of T's names enters the model moved
+    by a fresh offset of about σ times its embedding's length; every other token enters as it is; σ = 0: no change."""
+    tok = small_world.tokenizer
+    model = tiny_model(len(tok))
+    names = tok.convert_tokens_to_ids(["▁" + e["name"] for e in small_world.entities["T"]])
+    others = [i for i in range(len(tok)) if i not in names]
+    every = torch.arange(len(tok))[None]  # (1, vocab): every token once
+    embedded = lambda: model.get_input_embeddings()(every)[0].detach()  # (vocab, d), through the hooks
+    plain, seen = embedded(), []
+    monkeypatch.setattr(tar, "outer_step", lambda *a, **k: seen.append(embedded() - plain) or {})
+    cfg = tar.TARConfig(outer_steps=3, inner_steps=4, eval_every=0, name_noise=sigma, checkpoint_every=0)
+    tar.train_tar(model, copy.deepcopy(model), world.sealed(small_world), cfg, tmp_path, log=lambda *_: None)
+    assert torch.equal(embedded(), plain)  # the hook left with the step
+    for offset in seen:  # (vocab, d)
+        assert not offset[others].any()
+        ratio = offset[names].norm(dim=1) / plain[names].norm(dim=1)  # (names,)
+        assert (0.6 * sigma <= ratio.mean() <= 1.4 * sigma) and (ratio.min() > 0) == bool(sigma)
+    assert len(seen) == 3 and (not torch.equal(seen[0], seen[1])) == bool(sigma)  # drawn anew at each step
+    for given in ({"domain": "refusal"}, {"model": "some/model", "tr_mask": "tokens"}):
+        with pytest.raises(cli.UsageError, match="name-noise"):
+            config.configure(name_noise=1.0, **given).validate()
+
+
 @pytest.mark.parametrize("retain", ["Rt", "benign"])
 def test_safeguard_retain_chooses_the_retain_documents(small_world, retain, monkeypatch):
     """Stage 1's retain term (SafeguardConfig.retain) reads Rt, or Rt and the rivers U."""
