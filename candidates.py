@@ -146,7 +146,8 @@ CANDIDATES.update({  # round 33 (base B): what the search had not tried with rou
 CANDIDATES.update({f"r27_entity_halves{f'_seed_{seed}' if seed else ''}": ("stage1_benign_lr_1e-3", {
     **R27_FULL, "tr_split": "entities", "seed": seed}, "round 27's pick with the attacker's and x_TR's entities drawn "
     "anew at each outer step: a defence that must hold for any pair of entity sets, not one") for seed in (0, 1)})
-# round 41 (base B): T's names disguised at each outer step (disguise.py); σ 1 and 2 leave the base 88% and 61% of T
+# round 41 (base B): T's names disguised at each outer step (disguise.py); σ 1 and 2 leave base B 88% and 61% of T's
+# facts (docs/search.md round 41)
 CANDIDATES.update({f"r27_name_noise_{sigma:g}": ("stage1_benign_lr_1e-3", {**R27_FULL, "name_noise": sigma},
                                                  "round 27's pick with T's names moved by a fresh random offset at "
                                                  "each outer step: a defence that must hold for entities it has not "

@@ -9,10 +9,11 @@ to the model. During an outer step (the train-time attack and the TR loss, Alg. 
     ẽ(name) = e(name) + σ · ‖e(name)‖ · z / √d,      z ~ N(0, I_d), drawn anew for each name at each outer step
 
 where e is the input embedding (d its width): at σ = 1 the offset is about as long as the name's own vector, so
-the name is moved halfway towards a random new one (cosine ≈ 0.7). The attacker then fine-tunes, and x_TR
-is scored, on entities the model has met only by their facts: the defence must hold for a neighbourhood of
-names, not for 30 points. The offset is added to the embedding's output, so the weights (and what the attacker
-and the outer step move) are those of the undisguised model; the retain data and V hold no name of T.
+the name's direction is halfway to a random new one (cosine ≈ 0.7), its length √(1 + σ²) times its own. The
+attacker then fine-tunes, and x_TR is scored, on names the model has never read, carrying T's facts: the defence
+must hold for a neighbourhood of names, not for 30 points. The offset is added to the embedding's output, so
+the weights (what the attacker and the outer step move) are the undisguised model's; the retain data and V hold
+no name of T.
 
 Miniature only (config.py refuses it with --model or the refusal world): real hazardous text has no list of
 entities whose names are single tokens.
@@ -29,6 +30,8 @@ import random
 
 import torch
 
+from cli import UserError
+
 
 @contextlib.contextmanager
 def names(model, world, sigma: float, rng: random.Random):
@@ -38,6 +41,8 @@ def names(model, world, sigma: float, rng: random.Random):
         return
     emb = model.get_input_embeddings()
     ids = torch.tensor(world.tokenizer.convert_tokens_to_ids(["▁" + e["name"] for e in world.entities["T"]]))
+    if (ids == world.tokenizer.unk_token_id).any():  # a name split into several tokens has no one row to move
+        raise UserError("--name-noise: a name of T is not one token of this tokenizer")
     weight = emb.weight.detach()  # (vocab, d)
     z = torch.randn(len(ids), weight.shape[1], generator=torch.Generator().manual_seed(rng.randrange(2**31)))
     offsets = torch.zeros_like(weight)  # (vocab, d): zero but for T's names

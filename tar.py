@@ -200,8 +200,8 @@ def outer_parameters(model, cfg: TARConfig, masks: dict | None = None) -> list:
 
 
 def averaged_weights(opt, on: bool) -> None:
-    """on: Schedule-Free's averaged weights, to evaluate and save (docs/paper.md §8, pitfall 7); off: training's."""
-    if hasattr(opt, "eval"):
+    """Schedule-Free AdamW trains at one iterate and evaluates and saves another (docs/paper.md §8, pitfall 7)."""
+    if hasattr(opt, "eval"):  # on: the averaged weights, off: the training iterate; AdamW has neither (no-op)
         opt.eval() if on else opt.train()
 
 

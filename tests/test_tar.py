@@ -230,16 +230,20 @@ def test_name_noise_disguises_t_names_during_each_outer_step(small_world, sigma,
     others = [i for i in range(len(tok)) if i not in names]
     every = torch.arange(len(tok))[None]  # (1, vocab): every token once
     embedded = lambda: model.get_input_embeddings()(every)[0].detach()  # (vocab, d), through the hooks
-    plain, seen = embedded(), []
-    monkeypatch.setattr(tar, "outer_step", lambda *a, **k: seen.append(embedded() - plain) or {})
-    cfg = tar.TARConfig(outer_steps=3, inner_steps=4, eval_every=0, name_noise=sigma, checkpoint_every=0)
-    tar.train_tar(model, copy.deepcopy(model), world.sealed(small_world), cfg, tmp_path, log=lambda *_: None)
-    assert torch.equal(embedded(), plain)  # the hook left with the step
-    for offset in seen:  # (vocab, d)
+    logits = lambda: model(input_ids=every).logits.detach()  # (1, vocab, vocab): what the attacks' forwards see
+    plain, plain_logits, seen, snapshots = embedded(), logits(), [], []
+    monkeypatch.setattr(tar, "outer_step", lambda *a, **k: seen.append(  # what the step's forwards would see
+        (embedded() - plain, not torch.equal(logits(), plain_logits))) or {})
+    cfg = tar.TARConfig(outer_steps=3, inner_steps=4, eval_every=1, name_noise=sigma, checkpoint_every=0)
+    tar.train_tar(model, copy.deepcopy(model), world.sealed(small_world), cfg, tmp_path, log=lambda *_: None,
+                  on_step=lambda step, m: snapshots.append(torch.equal(embedded(), plain)))
+    assert snapshots == [True] * 3 and torch.equal(embedded(), plain)  # scored and left undisguised
+    for offset, disguised in seen:  # (vocab, d), whether the model's outputs moved
+        assert disguised == bool(sigma)
         assert not offset[others].any()
         ratio = offset[names].norm(dim=1) / plain[names].norm(dim=1)  # (names,)
         assert (0.6 * sigma <= ratio.mean() <= 1.4 * sigma) and (ratio.min() > 0) == bool(sigma)
-    assert len(seen) == 3 and (not torch.equal(seen[0], seen[1])) == bool(sigma)  # drawn anew at each step
+    assert len(seen) == 3 and (not torch.equal(seen[0][0], seen[1][0])) == bool(sigma)  # drawn anew at each step
     for given in ({"domain": "refusal"}, {"model": "some/model", "tr_mask": "tokens"}):
         with pytest.raises(cli.UsageError, match="name-noise"):
             config.configure(name_noise=1.0, **given).validate()
