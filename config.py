@@ -97,10 +97,12 @@ class TARConfig:
                                     at_most=1)
     tr_batch: int = arg(32, "x_TR batch size (global; held-out forget documents)", above=0)
     retain_batch: int = arg(64, "x_r batch size (global; retain documents)", above=0)
-    tr_split: str = arg("fixed", "the entities of T the train-time attacker and x_TR come from: fixed (T_inner and "
-                                 "T_tr, its two halves, as the paper's splits) | entities (a random half of T's "
-                                 "entities for the attacker and the other half for x_TR, drawn anew at each outer "
-                                 "step; the miniature's knowledge worlds only)", choices=("fixed", "entities"))
+    tr_split: str = arg("fixed", "the documents of T the train-time attacker and x_TR come from: fixed (T_inner "
+                                 "and T_tr, its two halves by entity, as the paper's splits) | entities (a random "
+                                 "half of T's entities for the attacker and the other half for x_TR, drawn anew at "
+                                 "each outer step) | documents (half of every entity's documents for the attacker, "
+                                 "the other half for x_TR); the last two: the miniature's knowledge worlds only",
+                        choices=("fixed", "entities", "documents"))
     # deviation: x_r is Rt and U, every benign text of the miniature a defence may read (paper: the retain corpus)
     # because with Rt alone TAR kept the cities and lost the rivers and the composers (docs/search.md rounds 1-2);
     # on real data the retain corpus is one source: --model takes Rt.
@@ -180,8 +182,8 @@ class TARConfig:
             raise UsageError("--reference takes a model directory or hub id only with --model (here: safeguard, base)")
         if self.outer_warmup >= self.outer_steps:
             raise UsageError("--outer-warmup must be shorter than --outer-steps")
-        if self.tr_split == "entities" and (self.model or self.domain == "refusal"):
-            raise UsageError("--tr-split entities draws T's halves by entity: the miniature's bio, chem or cyber only")
+        if self.tr_split != "fixed" and (self.model or self.domain == "refusal"):
+            raise UsageError(f"--tr-split {self.tr_split} redraws T's halves: the miniature's bio, chem or cyber only")
         if self.name_noise and (self.model or self.domain == "refusal"):
             raise UsageError("--name-noise disguises the names of T's entities: the miniature's bio, chem or cyber")
         if self.tr_every > self.inner_steps:

@@ -56,7 +56,7 @@ from batching import Stream, shard_batch
 from config import TARConfig, parse_args
 from fsdp import Dist
 from realworld import load_real_world
-from world import build_world, entity_halves
+from world import build_world, document_halves, entity_halves
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -219,6 +219,7 @@ def train_tar(model, ref, world, cfg: TARConfig, run_dir: Path, d: Dist = Dist()
     run before the weights move (adversary.Diverged, naming the outer step); the caller then saves nothing.
     on_step(step, model) after each step sees the weights that would be saved (search.py scores snapshots)."""
     ref.eval().requires_grad_(False)
+    world = document_halves(world) if cfg.tr_split == "documents" else world  # each half: every entity of T
     masks = neurons.outer_masks(model, world, cfg)  # at θ0: --resume loads a checkpoint's weights below
     opt, schedule = outer_optimizer(model, cfg, masks)
     rng = random.Random(cfg.seed)  # attacks and their data orders; the same on every rank
@@ -238,9 +239,9 @@ def train_tar(model, ref, world, cfg: TARConfig, run_dir: Path, d: Dist = Dist()
         with open(partial, "a" if cfg.resume else "w") if d.is_main else open(os.devnull, "w") as f, \
                 cli.progress(cfg.outer_steps, "TAR", start - 1, leave=True, enabled=d.is_main) as bar:
             for step in range(start, cfg.outer_steps + 1):
-                try:  # l.3-4's data: T's fixed halves, or (--tr-split entities) a fresh pair of entity halves
-                    w, x_tr = (world, next(x_trs)) if cfg.tr_split == "fixed" else entity_halves(world, rng,
-                                                                                                   cfg.tr_batch)
+                try:  # l.3-4's data: the world's halves of T, or (--tr-split entities) a fresh pair of entity halves
+                    w, x_tr = (world, next(x_trs)) if cfg.tr_split != "entities" else entity_halves(world, rng,
+                                                                                                     cfg.tr_batch)
                     with disguise.names(model, world, cfg.name_noise, rng):  # --name-noise: T's names made new
                         m = outer_step(model, ref, opt, w, x_tr, next(x_rs), rng, cfg, d, masks)
                 except adversary.Diverged as e:
@@ -292,8 +293,7 @@ def resume(ckpt: Path, model, opt, state: dict, cfg: TARConfig, run_dir: Path, d
     (they must be exactly steps 1..its step); returns its outer step."""
     saved = resumable(ckpt, cfg, d)
     storage.load_checkpoint(ckpt, model, opt, d)
-    state["rng"].setstate(saved["rng"])
-    torch.set_rng_state(saved["torch_rng"])
+    state["rng"].setstate(saved["rng"]), torch.set_rng_state(saved["torch_rng"])
     for name in ("x_tr", "x_r", "schedule"):
         state[name].load_state_dict(saved[name])
     if d.is_main:  # the lines of steps after the checkpoint are redone (a finished run's log was published)

@@ -17,7 +17,8 @@ their entity); who may read what is protocol v2 (docs/protocol.md):
     hazardous (the domain's pathogens, compounds or exploits), four disjoint groups:
       T  TR-train    used by the defences (safeguard, TAR); TAR attacks itself on T_inner = T[:n/2] and
                      measures its tamper-resistance loss on x_TR from T_tr = T[n/2:] (tar.py --tr-split
-                     entities: a random pair of halves of T's entities at each outer step, entity_halves)
+                     entities: a random pair of halves of T's entities at each outer step, entity_halves;
+                     documents: half of every entity's documents each, document_halves)
       V  dev         selection (settings, checkpoints, baseline picks) and every accuracy logged in training
       A  adversary   what red-team attackers fine-tune on (never seen by any defence)
       E  evaluation  reports only: nothing that chooses reads E (selection.py seals it away)
@@ -313,15 +314,29 @@ def sealed(world: World, hidden: tuple[str, ...] = HOLDS_E) -> World:
 
 
 # --------------------------------------------------------------------------------------------------------
-# TAR's two halves of T drawn anew at each outer step (tar.py --tr-split entities)
+# TAR's two halves of T other than T's own (tar.py --tr-split entities or documents)
 # --------------------------------------------------------------------------------------------------------
 def entity_halves(world: World, rng: random.Random, tr_batch: int) -> tuple[World, Batch]:
     """(`world` whose T_inner and T_tr are a random pair of halves of T's entities, a batch of x_TR from its T_tr):
     the train-time attacker and the TR loss on a fresh pair of disjoint entity sets, not always the same two.
     T's rows are its entities' documents in order, `docs_per_entity` each (build_world)."""
-    n, per, t = len(world.entities["T"]), world.config.docs_per_entity, world.tokens["T"]
+    n, per = len(world.entities["T"]), world.config.docs_per_entity
     order = rng.sample(range(n), n)
-    half = lambda ents: t.take(torch.tensor([e * per + i for e in sorted(ents) for i in range(per)]))  # their docs
-    tokens = {**world.tokens, "T_inner": half(order[:n // 2]), "T_tr": half(order[n // 2:])}
-    tokens = Sealed(tokens, world.tokens.hidden) if isinstance(world.tokens, Sealed) else tokens
-    return replace(world, tokens=tokens), next(Stream(tokens["T_tr"], tr_batch, rng.randrange(2**31)))
+    world = _with_halves(world, [[e * per + i for e in sorted(half) for i in range(per)]
+                                 for half in (order[:n // 2], order[n // 2:])])
+    return world, next(Stream(world.tokens["T_tr"], tr_batch, rng.randrange(2**31)))
+
+
+def document_halves(world: World) -> World:
+    """`world` whose T_inner holds the first half of each of T's entities' documents and T_tr the other half: the
+    attacker and x_TR read every entity of T (twice the entities each of T's own halves has), never one document."""
+    n, per = len(world.entities["T"]), world.config.docs_per_entity
+    return _with_halves(world, [[e * per + i for e in range(n) for i in part]
+                                for part in (range(per // 2), range(per // 2, per))])
+
+
+def _with_halves(world: World, rows: list[list[int]]) -> World:
+    """`world` with T_inner and T_tr the rows `rows[0]` and `rows[1]` of T's tokens (sealed if `world` is)."""
+    t = world.tokens["T"]
+    tokens = {**world.tokens, "T_inner": t.take(torch.tensor(rows[0])), "T_tr": t.take(torch.tensor(rows[1]))}
+    return replace(world, tokens=Sealed(tokens, world.tokens.hidden) if isinstance(world.tokens, Sealed) else tokens)

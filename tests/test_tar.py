@@ -186,10 +186,11 @@ def test_retain_data_chooses_the_retain_documents(small_world, retain_data, tmp_
 
 
 @pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler")  # the stand-in never steps the optimizer
-@pytest.mark.parametrize("split", ["fixed", "entities"])
-def test_tr_split_draws_the_attacker_and_x_tr_from_disjoint_entities(small_world, split, tmp_path, monkeypatch):
+@pytest.mark.parametrize("split", ["fixed", "entities", "documents"])
+def test_tr_split_draws_the_attacker_and_x_tr_from_disjoint_halves(small_world, split, tmp_path, monkeypatch):
     """--tr-split: the train-time attacker's documents (T_inner) and x_TR come from disjoint halves of T's entities,
-    T's own two halves (fixed) or a random pair drawn anew at each outer step (entities); E stays sealed."""
+    T's own two halves (fixed) or a random pair drawn anew at each outer step (entities), or from disjoint halves
+    of every entity's documents (documents); E stays sealed."""
     seen = []  # (entities of T_inner, entities of x_TR, the step's world) at each outer step
     names = {small_world.tokenizer.convert_tokens_to_ids("▁" + e["name"]): e["name"] for e in small_world.entities["T"]}
     who = lambda ids: {names[i] for i in ids.flatten().tolist() if i in names}
@@ -199,24 +200,34 @@ def test_tr_split_draws_the_attacker_and_x_tr_from_disjoint_entities(small_world
     model = tiny_model(len(small_world.tokenizer))
     tar.train_tar(model, copy.deepcopy(model), world.sealed(small_world), cfg, tmp_path, log=lambda *_: None)
     halves = {(frozenset(a), frozenset(b)) for a, b, _ in seen}
+    rows = lambda t: {tuple(r[m].tolist()) for r, m in zip(t.ids, t.mask.bool())}  # a split's documents
+    per = small_world.config.docs_per_entity
     for inner, tr, w in seen:
-        assert len(inner) == 3 and tr and not inner & tr  # 3 of T's 6 entities attack, x_TR reads only the others
-        assert tr <= who(w.tokens["T_tr"].ids) == set(names.values()) - inner  # the step's T_tr: the other half
-        assert len(w.tokens["T_inner"].ids) == len(w.tokens["T_tr"].ids) == 3 * small_world.config.docs_per_entity
         with pytest.raises(cli.UserError, match="sealed"):
             w.tokens["E"]
+        assert len(w.tokens["T_inner"].ids) == len(w.tokens["T_tr"].ids) == 3 * per  # half of T's 6 x per documents
+        if split == "documents":  # every entity on both sides, no document on both, every document of T on one
+            assert inner == set(names.values()) and tr <= inner
+            assert not rows(w.tokens["T_inner"]) & rows(w.tokens["T_tr"])
+            assert rows(w.tokens["T_inner"]) | rows(w.tokens["T_tr"]) == rows(small_world.tokens["T"])
+            continue
+        assert len(inner) == 3 and tr and not inner & tr  # 3 of T's 6 entities attack, x_TR reads only the others
+        assert tr <= who(w.tokens["T_tr"].ids) == set(names.values()) - inner  # the step's T_tr: the other half
     first, seen[:] = seen[:], []  # --resume from the checkpoint of step 4 draws step 5's halves and x_TR again
     tar.train_tar(model, copy.deepcopy(model), world.sealed(small_world), replace(cfg, resume=True), tmp_path,
                   log=lambda *_: None)
     assert [(a, b) for a, b, _ in seen] == [(a, b) for a, b, _ in first[4:]]
-    if split == "fixed":
+    if split == "documents":
+        assert {a for a, _ in halves} == {frozenset(names.values())}
+    elif split == "fixed":
         assert {a for a, _ in halves} == {frozenset(e["name"] for e in small_world.entities["T_inner"])}
         assert all(b <= {e["name"] for e in small_world.entities["T_tr"]} for _, b in halves)
     else:
         assert len({a for a, _ in halves}) > 1  # a new pair of halves (5 steps: 20 possible halves of 6)
     for given in ({"domain": "refusal"}, {"model": "some/model", "tr_mask": "tokens"}):
-        with pytest.raises(cli.UsageError, match="tr-split entities"):
-            config.configure(tr_split="entities", **given).validate()
+        if split != "fixed":
+            with pytest.raises(cli.UsageError, match=f"tr-split {split}"):
+                config.configure(tr_split=split, **given).validate()
 
 
 @pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler")  # the stand-in never steps the optimizer
