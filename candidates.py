@@ -156,7 +156,7 @@ CANDIDATES.update({f"r27_name_noise_{sigma:g}": ("stage1_benign_lr_1e-3", {**R27
 CANDIDATES.update({f"r27_document_halves{f'_seed_{seed}' if seed else ''}": ("stage1_benign_lr_1e-3", {
     **R27_FULL, "tr_split": "documents", "seed": seed}, "round 27's pick with the attacker and x_TR each reading every "
     "one of T's 30 entities (half of each one's documents), not 15: rounds 39-40 held the attack better with 30 "
-    "entities on each side") for seed in (0, 1)})
+    "entities on each side") for seed in (0, 1, 2, 3)})
 # rounds 37-38 (base B): N both ways from 150, the cosine ending at N (TAR alone takes 38-51 min at N = 150)
 CANDIDATES.update({f"r27_n{n}": ("stage1_benign_lr_1e-3", {**R27_FULL, "outer_steps": n}, why) for n, why in (
     (100, "round 27's pick in two thirds of the outer steps (the rule's snapshot of the 150-step runs): a third of "
