@@ -31,6 +31,7 @@ import random
 import torch
 
 from cli import UserError
+from world import name_ids
 
 
 @contextlib.contextmanager
@@ -40,7 +41,7 @@ def names(model, world, sigma: float, rng: random.Random):
         yield
         return
     emb = model.get_input_embeddings()
-    ids = torch.tensor(world.tokenizer.convert_tokens_to_ids(["▁" + e["name"] for e in world.entities["T"]]))
+    ids = name_ids(world)  # (n,)
     if (ids == world.tokenizer.unk_token_id).any():  # a name split into several tokens has no one row to move
         raise UserError("--name-noise: a name of T is not one token of this tokenizer")
     weight = emb.weight.detach()  # (vocab, d)

@@ -31,7 +31,7 @@ import torch
 
 from cli import UserError
 from domains import CITIES, DOMAINS, RIVERS
-from world import value_ids
+from world import name_ids, value_ids
 
 EPS = 1e-2  # ε of s: activations at fact positions are ~0.1-3 in the miniature; a silent neuron is not selective
 ROWS = 256  # documents read per group (one forward each)
@@ -83,9 +83,8 @@ def hazard_words(world, retain: str) -> torch.Tensor:
     """The tokens of T's documents that the retain data never uses, T's entity names excepted (S,): the domain's
     template words and values (a name of T would let L_TR hide x_TR's entities themselves, and E's are others)."""
     t, r = world.tokens["T"], world.tokens[retain]
-    names = world.tokenizer.convert_tokens_to_ids(["▁" + e["name"] for e in world.entities["T"]])
     words = torch.unique(t.ids[t.mask])
-    return words[~torch.isin(words, torch.cat([r.ids[r.mask], torch.tensor(names)]))]
+    return words[~torch.isin(words, torch.cat([r.ids[r.mask], name_ids(world)]))]
 
 
 def word_masks(model, world, retain: str) -> dict:

@@ -279,6 +279,11 @@ def build_world(config: WorldConfig = WorldConfig()) -> World:
     return World(config, tokenizer, groups, docs, items, tokens, key, topic=domain.topic, chats=talks)
 
 
+def name_ids(world: World, group: str = "T") -> torch.Tensor:
+    """The token ids of a group's entity names (n,), in entity order (a name after a space is one token)."""
+    return torch.tensor(world.tokenizer.convert_tokens_to_ids(["▁" + e["name"] for e in world.entities[group]]))
+
+
 def value_ids(tokenizer, family: Domain) -> torch.Tensor:
     """The token ids of every value of a family's attributes (S,), in attribute order: for the hazardous domain,
     the tokens the fact mask marks (the entropy TR loss's positions precede them)."""
