@@ -26,7 +26,7 @@ K192 = {"inner_steps": 192, "tr_every": 24}  # twice as long, 8 TR points (held 
 R27 = {"outer_params": "hazard_words+neuron_outputs", "outer_lr": 3e-2, **K192}  # round 27's changes to round 23's
 # TAR: name -> (its stage 1, TARConfig overrides, why), the overrides of the defaults the search began from (BEFORE,
 # below); "defaults" is that recipe. Round 27's pick (s1lr_k96_values_ce_hazard_words_neuron_outputs_k192_lr_3e-2 from
-# stage1_benign_lr_1e-3) is today's default.
+# stage1_benign_lr_1e-3) with T's halves by document (r27_document_halves, round 43's pick) is today's default.
 CANDIDATES = {
     "defaults": ("stage1", {}, "the defaults before the search: where G is lost"),
     "s1b": ("stage1_benign", {"retain_data": "benign"}, "stage 1 and TAR keep Rt and U: TAR must do more of the "
@@ -201,5 +201,5 @@ CANDIDATES.update({f"{recipe}_seed_{seed}": (CANDIDATES[recipe][0], {**CANDIDATE
 # The TAR defaults the search began from (rounds 1-32): every candidate is written as changes to them, so that each
 # row reruns as it ran, whatever tar.py's defaults are today
 BEFORE = dict(retain_data="Rt", outer_params="mlp", outer_lr=1e-2, inner_steps=64, tr_every=8, tr_weights="uniform",
-              tr_entropy="vocab", lambda_retain=4.0)
+              tr_entropy="vocab", lambda_retain=4.0, tr_split="fixed")
 CANDIDATES = {name: (stage1, {**BEFORE, **overrides}, why) for name, (stage1, overrides, why) in CANDIDATES.items()}

@@ -97,11 +97,14 @@ class TARConfig:
                                     at_most=1)
     tr_batch: int = arg(32, "x_TR batch size (global; held-out forget documents)", above=0)
     retain_batch: int = arg(64, "x_r batch size (global; retain documents)", above=0)
-    tr_split: str = arg("fixed", "the documents of T the train-time attacker and x_TR come from: fixed (T_inner "
-                                 "and T_tr, its two halves by entity, as the paper's splits) | entities (a random "
-                                 "half of T's entities for the attacker and the other half for x_TR, drawn anew at "
-                                 "each outer step) | documents (half of every entity's documents for the attacker, "
-                                 "the other half for x_TR); the last two: the miniature's knowledge worlds only",
+    # x_TR is held out from the attacker's data (Alg. 1 l.4), as the paper's forget documents are split in two: here
+    # each of T's entities gives half its documents to each side, so both read all 30 (docs/search.md rounds 42-43)
+    tr_split: str = arg("documents", "the documents of T the train-time attacker and x_TR come from: documents (half "
+                                     "of every entity's documents for the attacker, the other half for x_TR) | fixed "
+                                     "(T_inner and T_tr, T's two halves by entity: the recipe before round 42) | "
+                                     "entities (a random half of T's entities for the attacker and the other half for "
+                                     "x_TR, drawn anew at each outer step); the miniature's knowledge worlds only "
+                                     "(elsewhere: fixed)",
                         choices=("fixed", "entities", "documents"))
     # deviation: x_r is Rt and U, every benign text of the miniature a defence may read (paper: the retain corpus)
     # because with Rt alone TAR kept the cities and lost the rivers and the composers (docs/search.md rounds 1-2);
@@ -182,7 +185,7 @@ class TARConfig:
             raise UsageError("--reference takes a model directory or hub id only with --model (here: safeguard, base)")
         if self.outer_warmup >= self.outer_steps:
             raise UsageError("--outer-warmup must be shorter than --outer-steps")
-        if self.tr_split != "fixed" and (self.model or self.domain == "refusal"):
+        if self.tr_split != "fixed" and (self.model or self.domain == "refusal"):  # their presets set fixed
             raise UsageError(f"--tr-split {self.tr_split} redraws T's halves: the miniature's bio, chem or cyber only")
         if self.name_noise and (self.model or self.domain == "refusal"):
             raise UsageError("--name-noise disguises the names of T's entities: the miniature's bio, chem or cyber")
@@ -255,7 +258,7 @@ PAPER = dict(outer_steps=750, inner_steps=64, tr_every=4, tr_weights="paper", tr
              inner_lrs=[2e-6, 2e-5, 4e-5], inner_batch=32, retain_then_forget=1 / 3, tr_batch=64, retain_batch=64,
              lambda_tr=4.0, lambda_retain=1.0, outer_optimizer="schedulefree", outer_lr=2e-5, outer_eps=1e-8,
              outer_warmup=32, outer_schedule="constant", grad_clip=0.0, squared_distance=False, reference="base",
-             seq_len=256)
+             seq_len=256, tr_split="fixed")  # fixed: with --model, the datasets' own attack and x_TR splits
 PAPER_DOMAIN = {"cyber": dict(inner_lrs=[2e-5, 4e-5], retain_then_forget=1 / 2),  # forget, retain→forget (½ each)
                 "chem": dict(inner_lrs=[2e-5, 4e-5], lambda_tr=3.0),
                 "refusal": dict(tr_loss="dpo", outer_steps=100, retain_then_forget=0.0)}  # Sec. 5: N = 100
@@ -266,11 +269,11 @@ PAPER_DOMAIN = {"cyber": dict(inner_lrs=[2e-5, 4e-5], retain_then_forget=1 / 2),
 # vocabulary's entropy, a constant outer lr) and keeps them.
 MINI_DOMAIN = {"refusal": dict(tr_loss="dpo", outer_steps=100, inner_steps=128, outer_lr=3e-3, lambda_retain=16.0,
                                tr_every=4, tr_weights="uniform", tr_entropy="vocab", retain_data="Rt", outer_eps=1e-8,
-                               outer_params="all", outer_schedule="constant")}
+                               outer_params="all", outer_schedule="constant", tr_split="fixed")}
 # The miniature defaults that read the built-in world's facts or families, and what --preset mini takes instead with
 # a real --model (the miniature recipe before the dev-split search: every fact position's vocabulary entropy, the
 # retain corpus, the MLPs)
-MINI_REAL = dict(tr_entropy="vocab", retain_data="Rt", outer_params="mlp")
+MINI_REAL = dict(tr_entropy="vocab", retain_data="Rt", outer_params="mlp", tr_split="fixed")
 
 
 def configure(**given) -> TARConfig:

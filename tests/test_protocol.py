@@ -174,6 +174,14 @@ def test_search_table_picks_by_the_rule_and_the_cli_refuses_what_it_cannot_run(t
     assert {"E", "all", "Re", "G_test", "N"} <= set(search.UNSEEN) and not set(search.SEEN) & set(search.UNSEEN)
 
 
+def test_todays_defaults_are_the_search_pick_as_recorded():
+    """tar.py with no flags trains what the search's pick over seeds (r27_document_halves, docs/search.md round 43)
+    trained: its stage 1 and its TAR settings, so that the pick's rows on V describe the defaults measured on E."""
+    stage1, overrides = search.CANDIDATES["r27_document_halves"][:2]
+    assert safeguard.for_method("random_mapping") == safeguard.SafeguardConfig(**search.STAGE1[stage1][0])
+    assert search.tar_config(search.SearchArgs(), overrides) == search.tar_config(search.SearchArgs(), {})
+
+
 def test_search_judges_a_recipe_by_its_worst_seed(tmp_path):
     def row(name, overrides, step, v_att, g_rest):
         return {"name": name, "stage1": "s", "overrides": overrides, "step": step, "V": 0.25, "G_dev": g_rest,

@@ -334,11 +334,15 @@ def test_smoke_run_writes_every_file(smoke):
 def test_a_setting_a_saved_config_lacks_counts_as_changed_unless_added_records_it():
     """--resume and seeds.py compare a saved config with today's: a setting added since (absent from the saved one)
     changed nothing while it holds the value config.ADDED records for its absence; any other absent setting did."""
-    saved = {k: v for k, v in config.asdict(config.TARConfig()).items() if k != "tr_split"}
+    now = config.asdict(config.TARConfig())
+    saved = {k: v for k, v in now.items() if k != "name_noise"}
     assert config.TARConfig().changed_since(saved) == []
-    assert config.TARConfig(tr_split="entities").changed_since(saved) == ["tr_split"]
-    assert config.TARConfig(lambda_retain=1.0).changed_since({**saved, "tr_split": "fixed"}) == ["lambda_retain"]
+    assert config.TARConfig(name_noise=1.0).changed_since(saved) == ["name_noise"]
+    assert config.TARConfig(lambda_retain=1.0).changed_since({**saved, "name_noise": 0.0}) == ["lambda_retain"]
     assert config.TARConfig().changed_since({k: v for k, v in saved.items() if k != "tr_entropy"}) == ["tr_entropy"]
+    # a run saved before --tr-split was trained on the fixed halves: today's default (documents) is a change
+    assert config.TARConfig().changed_since({k: v for k, v in now.items() if k != "tr_split"}) == ["tr_split"]
     # a cache key (search.py's) leaves it out at that value: adding a setting leaves earlier keys as they were
-    assert not {"tr_split", "runs"} & config.TARConfig().training_settings().keys()  # runs: not a training setting
-    assert config.TARConfig(tr_split="entities").training_settings()["tr_split"] == "entities"
+    assert not {"name_noise", "runs"} & config.TARConfig().training_settings().keys()  # runs: not a training setting
+    assert config.TARConfig(name_noise=1.0).training_settings()["name_noise"] == 1.0
+    assert "tr_split" not in config.TARConfig(tr_split="fixed").training_settings()
