@@ -179,7 +179,7 @@ CANDIDATES.update({f"{recipe}_seed_{seed}": (CANDIDATES[recipe][0], {**CANDIDATE
                                              ("s1lr_all", 1, "round 2's resisting recipe"),
                                              ("s1lr_all", 2, "round 2's resisting recipe"),
                                              ("s1lr_all_k96", 1, "round 6's longer train-time attacks"),
-                                             ("defaults", 1, "today's defaults"),
+                                             ("defaults", 1, "the defaults before the search"),
                                              ("s1lr_all_k96_lambda_retain_6", 1, "round 11's recipe"),
                                              ("s1lr_all_k96_tr_paper", 1, "round 12's recipe"),
                                              ("s1lr_all_k96_tr_paper_lambda_retain_6", 1, "round 13's recipe"),
