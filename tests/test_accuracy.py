@@ -6,9 +6,10 @@ attack (AdamW 3e-4, batch 16, on group A documents) on each; forget accuracy is 
 
 Measured values (protocol v2's world at 12 entities per group, 550 base steps, 120 safeguard steps, 45 outer
 steps at K = 48 with a TR point every 6, every other setting tar.py's defaults but T's halves, by entity here (the
-reason: conftest.MINI); a 50-step attack evaluated at steps 0, 25, 50; 2026-12-03) are noted beside each threshold. The G thresholds are the issue's (85% at rest, 75% under
-the attack); their negative control is TAR with the defaults before the dev-split search (`tar_before`: the MLPs,
-the vocabulary's entropy, x_r from Rt, K = 12), which hides E by losing G."""
+reason: conftest.MINI); a 50-step attack evaluated at steps 0, 25, 50; 2026-12-03) are noted beside each
+threshold. The G thresholds are the issue's (85% at rest, 75% under the attack); their negative control is TAR
+with the defaults before the dev-split search (`tar_before`: the MLPs, the vocabulary's entropy, x_r from Rt,
+K = 12), which hides E by losing G."""
 
 import pytest
 
