@@ -185,10 +185,10 @@ class TARConfig:
             raise UsageError("--reference takes a model directory or hub id only with --model (here: safeguard, base)")
         if self.outer_warmup >= self.outer_steps:
             raise UsageError("--outer-warmup must be shorter than --outer-steps")
-        if self.tr_split != "fixed" and (self.model or self.domain == "refusal"):  # their presets set fixed
-            raise UsageError(f"--tr-split {self.tr_split} redraws T's halves: the miniature's bio, chem or cyber only")
-        if self.name_noise and (self.model or self.domain == "refusal"):
-            raise UsageError("--name-noise disguises the names of T's entities: the miniature's bio, chem or cyber")
+        for flag, value, off in (("--tr-split", self.tr_split, "fixed"), ("--name-noise", self.name_noise, 0.0)):
+            if value != off and (self.model or self.domain == "refusal"):  # their presets leave both off
+                raise UsageError(f"{flag} {value} reshapes T, the hazardous entities: the miniature's bio, chem or "
+                                 "cyber only")
         if self.tr_every > self.inner_steps:
             raise UsageError("--tr-every must not exceed --inner-steps (no TR point would be taken)")
         if self.outer_optimizer == "schedulefree" and self.outer_schedule != "constant":

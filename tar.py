@@ -171,8 +171,7 @@ def outer_optimizer(model, cfg: TARConfig, masks: dict | None = None):
     # lr 2e-5, warmup 32, --preset paper) because the miniature recipe was measured with it. At a constant lr
     # whether an attack on unseen entities recovers flips from one outer step to the next; decayed, the run ends
     # where its updates have died down (cyber held on 4 of 5 seeds, 0 of 3 at a constant lr; docs/results.md).
-    # 3e-2, not the earlier 1e-2: the outer step moves a few word rows and neuron outputs, which 3x the lr moved
-    # further in 150 steps (docs/search.md rounds 25-27).
+    # 3e-2, not 1e-2: 3x the lr moved the few word rows and neuron outputs further (docs/search.md rounds 25-27).
     # deviation: Adam's ε = 1e-3 in the miniature preset (paper: 1e-8) because near a clipped gradient's typical
     # entry it gives weights with small gradients smaller steps, which kept held-out facts (docs/results.md).
     fused = (bool(params) and all(p.is_cuda for p in params)) or None  # GPU: one kernel
@@ -293,7 +292,8 @@ def resume(ckpt: Path, model, opt, state: dict, cfg: TARConfig, run_dir: Path, d
     (they must be exactly steps 1..its step); returns its outer step."""
     saved = resumable(ckpt, cfg, d)
     storage.load_checkpoint(ckpt, model, opt, d)
-    state["rng"].setstate(saved["rng"]), torch.set_rng_state(saved["torch_rng"])
+    state["rng"].setstate(saved["rng"])
+    torch.set_rng_state(saved["torch_rng"])
     for name in ("x_tr", "x_r", "schedule"):
         state[name].load_state_dict(saved[name])
     if d.is_main:  # the lines of steps after the checkpoint are redone (a finished run's log was published)

@@ -89,8 +89,7 @@ def test_who_reads_what_on_document_hashes(full_world):
 
 
 def test_oracle_stream_holds_no_E_name(full_world):
-    ids = lambda g: torch.tensor(full_world.tokenizer.convert_tokens_to_ids(["▁" + e["name"]
-                                                                             for e in full_world.entities[g]]))
+    ids = lambda g: world.name_ids(full_world, g)
     seen = lambda split: torch.isin(full_world.tokens[split].ids, ids("E")).any().item()
     assert not seen("oracle")
     assert seen("all")  # control: the base's stream names them
@@ -99,8 +98,7 @@ def test_oracle_stream_holds_no_E_name(full_world):
 
 
 def test_data_filtering_stream_holds_no_name_of_the_hazardous_domain(full_world):
-    names = lambda groups: torch.tensor(full_world.tokenizer.convert_tokens_to_ids(
-        ["▁" + e["name"] for g in groups for e in full_world.entities[g]]))
+    names = lambda groups: torch.cat([world.name_ids(full_world, g) for g in groups])
     assert not torch.isin(full_world.tokens["filtered"].ids, names(world.HAZARDOUS)).any()
     assert torch.isin(full_world.tokens["all"].ids, names(world.HAZARDOUS)).any()  # control: the base's stream
     benign = [g for g in world.PRETRAINING if g in world.BENIGN]

@@ -108,7 +108,7 @@ def test_outer_params_hazard_words_moves_only_their_rows(small_world):
     model = tiny_model(vocab_size=len(small_world.tokenizer))
     words = neurons.hazard_words(small_world, "Rt").tolist()
     t, r = small_world.tokens["T"], small_world.tokens["Rt"]
-    names = set(small_world.tokenizer.convert_tokens_to_ids(["▁" + e["name"] for e in small_world.entities["T"]]))
+    names = set(world.name_ids(small_world).tolist())
     assert set(words) == set(t.ids[t.mask].tolist()) - set(r.ids[r.mask].tolist()) - names
     values = set(world.value_ids(small_world.tokenizer, domains.DOMAINS["bio"]).tolist()) & set(t.ids[t.mask].tolist())
     assert values and values <= set(words)
@@ -192,7 +192,7 @@ def test_tr_split_draws_the_attacker_and_x_tr_from_disjoint_halves(small_world, 
     T's own two halves (fixed) or a random pair drawn anew at each outer step (entities), or from disjoint halves
     of every entity's documents (documents); E stays sealed."""
     seen = []  # (entities of T_inner, entities of x_TR, the step's world) at each outer step
-    names = {small_world.tokenizer.convert_tokens_to_ids("▁" + e["name"]): e["name"] for e in small_world.entities["T"]}
+    names = dict(zip(world.name_ids(small_world).tolist(), (e["name"] for e in small_world.entities["T"])))
     who = lambda ids: {names[i] for i in ids.flatten().tolist() if i in names}
     monkeypatch.setattr(tar, "outer_step", lambda model, ref, opt, w, x_tr, *a, **k: seen.append(
         (who(w.tokens["T_inner"].ids), who(x_tr.input_ids), w)) or {})
@@ -237,7 +237,7 @@ def test_name_noise_disguises_t_names_during_each_outer_step(small_world, sigma,
     by a fresh offset of about σ times its embedding's length; every other token enters as it is; σ = 0: no change."""
     tok = small_world.tokenizer
     model = tiny_model(len(tok))
-    names = tok.convert_tokens_to_ids(["▁" + e["name"] for e in small_world.entities["T"]])
+    names = world.name_ids(small_world).tolist()
     others = [i for i in range(len(tok)) if i not in names]
     every = torch.arange(len(tok))[None]  # (1, vocab): every token once
     embedded = lambda: model.get_input_embeddings()(every)[0].detach()  # (vocab, d), through the hooks
