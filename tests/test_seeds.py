@@ -46,8 +46,20 @@ def test_the_study_trains_and_measures_as_tar_py(smoke, tmp_path, monkeypatch):
                                                              for s in (0, 1)}
     assert (run / "seeds" / "seed_1" / "tar" / "model.safetensors").stat().st_mtime_ns == stamp
     # ... and measures nothing again: every run is in runs.jsonl
-    monkeypatch.setattr(workers, "Workers", lambda n: pytest.fail("a run was measured again"))
-    assert seeds.study(run, [0, 1], [0, 1], workers=1)["cells"] == r["cells"]
+    with monkeypatch.context() as m:
+        m.setattr(workers, "Workers", lambda n: pytest.fail("a run was measured again"))
+        assert seeds.study(run, [0, 1], [0, 1], workers=1)["cells"] == r["cells"]
+
+    # a learning run that longer_learning names is measured again with its steps, and its cells say so
+    longer = {("tar_seed_1", "learn_N", 1): 30}
+    monkeypatch.setattr(seeds, "longer_learning", lambda runs, models, orders, cap: longer if cap == 10 else {})
+    lines = len((run / "seeds" / "runs.jsonl").read_text().splitlines())
+    again = seeds.study(run, [0, 1], [0, 1], workers=1)
+    assert [c["learn_cap"] for c in again["cells"]] == [10, 10, 30, 30]  # seed 1 at orders 0 and 1 read its seed 1
+    assert len((run / "seeds" / "runs.jsonl").read_text().splitlines()) == lines + 1  # that run, and only it
+    # the longer run is the same fine-tune continued (constant LR, the same data order): where the capped one
+    # reached the level, so does the longer one, at the same step
+    assert again["runs"]["tar_seed_1|learn_N|1"]["curve"] == r["runs"]["tar_seed_1|learn_N|1"]["curve"]
 
 
 def cell(forget=0.25, retain=0.99, g=0.97, peak=0.30, g_low=0.95, relearn=(190, 190, 200), learn=(330, 340, 350)):
@@ -70,6 +82,22 @@ def cell(forget=0.25, retain=0.99, g=0.97, peak=0.30, g_low=0.95, relearn=(190, 
 ])
 def test_misses_names_each_target_missed(change, missed):
     assert seeds.misses(cell(**change), oracle_relearn=30, base_learn=260) == missed
+
+
+def test_learning_past_the_cap_is_measured_again_up_to_the_limit():
+    def run(step):  # a learning curve that reaches the level at `step` (None: never within 400 steps)
+        return {"curve": [{"step": s, "N": 0.7 if step is not None and s >= step else 0.3} for s in range(0, 401, 10)],
+                "until": ("N", 0.6)}
+    runs = {("base", "learn_N", j): run(340) for j in range(4)}  # 1.5 x 340 = 510: past the cap of 400
+    runs |= {("tar", "learn_N", 0): run(None), ("tar", "learn_N", 1): run(390), ("tar", "learn_N", 2): run(None),
+             ("tar", "learn_N", 3): run(None)}
+    assert seeds.longer_learning(runs, ["tar"], [0], 400) == {("tar", "learn_N", 0): 510, ("tar", "learn_N", 2): 510}
+    assert set(seeds.longer_learning(runs, ["tar"], [0, 1], 400)) == {("tar", "learn_N", j) for j in (0, 2, 3)}
+    assert seeds.longer_learning(runs, ["tar"], [0], 510) == {}  # the cap reaches the limit: the runs decide
+    runs |= {("base", "learn_N", j): run(260) for j in range(4)}  # 1.5 x 260 = 390: a run past 400 is a miss
+    assert seeds.longer_learning(runs, ["tar"], [0], 400) == {}
+    runs |= {("base", "learn_N", j): run(None) for j in range(4)}  # the base never learns N: no limit to reach
+    assert seeds.longer_learning(runs, ["tar"], [0], 400) == {}
 
 
 def test_a_run_without_tar_is_one_clear_error(tmp_path, capsys):
