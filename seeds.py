@@ -184,8 +184,8 @@ def study(run_dir: Path, seeds: list[int], orders: list[int], workers: int) -> d
 
     t0 = time.time()
     runs = measure(jobs)
-    tars = [f"tar_seed_{s}" for s in seeds]
-    caps = longer_learning(runs, tars, orders, cfg.relearn_cap)
+    # learning N where 1.5x the base's steps lies past the cap: the runs that hit the cap again, up to that limit
+    caps = longer_learning(runs, [f"tar_seed_{s}" for s in seeds], orders, cfg.relearn_cap)
     runs |= measure({key: replace(jobs[key], spec=replace(jobs[key].spec, steps=n)) for key, n in caps.items()})
     rest = {s: report.at_rest(load_model(paths[f"tar_seed_{s}"]), world, scoring.reported(world)) for s in seeds}
     cells = [{"seed": s} | cell_of(runs, rest[s], f"tar_seed_{s}", reference.name, k)
