@@ -3,7 +3,7 @@
 Nothing here is in the paper; it is what makes a run safe to interrupt. Every file and model is written under
 a temporary name and renamed when complete (`atomic`), so an interrupted run never leaves a half-written file
 where a good one was. A model is a `save_pretrained` directory (safetensors + config.json) with its tokenizer
-and a provenance.json saying what made it; the same two functions save and load models in one process and
+and a provenance.json saying what made it (settings, parent, world, machine); the same two functions save and load models in one process and
 under torchrun (FSDP2 shards are gathered to rank 0 for saving, and a loaded model is sharded). Checkpoints
 hold what `--resume` needs to continue exactly: model, optimizer, and every rank's RNG and data positions.
 
@@ -24,6 +24,7 @@ import contextlib
 import hashlib
 import json
 import os
+import platform
 import shutil
 import tempfile
 from pathlib import Path
@@ -189,10 +190,24 @@ def save_model(model, tokenizer, path: Path, provenance: dict, d: Dist = Dist())
                 settings = json.loads(saved.read_text())                                  # "unlimited" (1e30)
                 saved.write_text(json.dumps({**settings, "model_max_length": positions}, indent=2))
             # the weights' digest: a cache whose files changed since (truncated, edited) is rebuilt, not trusted
-            (tmp / "provenance.json").write_text(json.dumps({**provenance, "weights": file_digest(tmp)}, indent=1))
-            (tmp / "README.md").write_text(model_card(provenance))
+            # and what made them: the same run gives the same weights bitwise only on the same CPU model and torch
+            made = {**provenance, "machine": machine(), "weights": file_digest(tmp)}
+            (tmp / "provenance.json").write_text(json.dumps(made, indent=1))
+            (tmp / "README.md").write_text(model_card(made))
     if d.distributed:
         dist.barrier()
+
+
+def machine() -> dict:
+    """The CPU (model name, family and model where /proc/cpuinfo says them), torch and its threads: a stage 1
+    pretrained again repeats its weights bitwise on the same CPU model only (two CPUs, two bases: docs/search.md)."""
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        first = Path("/proc/cpuinfo").read_text().split("\n\n")[0]  # the first core's block
+        info = {k.strip(): v.strip() for k, _, v in (line.partition(":") for line in first.splitlines())}
+        cpu = " ".join(filter(None, [info.get("model name", cpu), f"(family {info['cpu family']}, model "
+                                     f"{info['model']})" if "cpu family" in info and "model" in info else ""]))
+    return {"cpu": cpu, "torch": torch.__version__, "threads": torch.get_num_threads()}
 
 
 def model_card(provenance: dict) -> str:
@@ -220,6 +235,8 @@ def model_card(provenance: dict) -> str:
              "Made by the reference implementation of TAR (Tamirisa et al., 2024, \"Tamper-Resistant Safeguards "
              "for Open-Weight LLMs\").", "", f"- made from: {parent or 'random initialisation'}", f"- data: {data}",
              "- versions: " + ", ".join(f"{p} {installed(p)}" for p in ("torch", "transformers", "lm_eval", "peft")),
+             *([f"- made on: {provenance['machine']['cpu']}, {provenance['machine']['threads']} torch thread(s)"]
+               if "machine" in provenance else []),
              "", "## Settings", "", "```json", json.dumps({k: provenance[k] for k in ("config", "world")
                                                            if k in provenance}, indent=1), "```"]
     if "accuracy" in provenance:

@@ -274,6 +274,17 @@ def test_progress_logs_a_line_when_not_a_terminal(capsys):
     assert lines[0].startswith("TAR: 1/10, TR 1.00 (") and "ETA" in lines[0] and len(lines) == 5
 
 
+def test_a_saved_model_records_the_machine_that_made_it(small_world, tmp_path):
+    """provenance.json and the model card name the CPU, torch and its threads: a stage 1 repeats bitwise only on
+    the same CPU model (docs/search.md)."""
+    storage.save_model(tiny_model(vocab_size=len(small_world.tokenizer)), small_world.tokenizer, tmp_path / "m",
+                       {"what": "test"})
+    made = json.loads((tmp_path / "m" / "provenance.json").read_text())["machine"]
+    assert made == storage.machine() and made["cpu"] and made["torch"] == torch.__version__
+    card = (tmp_path / "m" / "README.md").read_text()
+    assert f"- made on: {made['cpu']}, {torch.get_num_threads()} torch thread(s)" in card
+
+
 def test_generated_text_keeps_its_spaces(small_world, tmp_path):
     """A model made to generate the world's own sentence (generation constrained to its next token) shows it with
     every space: decode(generate(...)) and `pipeline`'s text are the sentence; the saved tokenizer knows the
