@@ -102,10 +102,14 @@ def longer_learning(runs: dict, models: list[str], orders: list[int], cap: int, 
     longer = {}
     for k in orders:
         base = median_steps([reached(runs[("base", "learn_N", j)]) for j in range(k, k + protocol.SEEDS)])
-        limit = protocol.EVERY * math.ceil(t.learn_ratio * base / protocol.EVERY) if math.isfinite(base) else 0
+        if not math.isfinite(base):
+            continue  # the base never learns N: no limit to reach
+        limit = protocol.EVERY * math.ceil(t.learn_ratio * base / protocol.EVERY)
+        if limit <= cap:
+            continue  # the capped runs decide the target
         for m in models:
             for j in range(k, k + protocol.SEEDS):
-                if limit > cap and reached(runs[(m, "learn_N", j)]) is None:
+                if reached(runs[(m, "learn_N", j)]) is None:
                     longer[(m, "learn_N", j)] = max(longer.get((m, "learn_N", j), 0), limit)
     return longer
 

@@ -3,8 +3,9 @@
 Nothing here is in the paper; it is what makes a run safe to interrupt. Every file and model is written under
 a temporary name and renamed when complete (`atomic`), so an interrupted run never leaves a half-written file
 where a good one was. A model is a `save_pretrained` directory (safetensors + config.json) with its tokenizer
-and a provenance.json saying what made it (settings, parent, world, machine); the same two functions save and load models in one process and
-under torchrun (FSDP2 shards are gathered to rank 0 for saving, and a loaded model is sharded). Checkpoints
+and a provenance.json saying what made it (settings, parent, world, machine); the same two functions save and
+load models in one process and under torchrun (FSDP2 shards are gathered to rank 0 for saving, and a loaded
+model is sharded). Checkpoints
 hold what `--resume` needs to continue exactly: model, optimizer, and every rank's RNG and data positions.
 
     read_json / read_jsonl    a JSON / JSONL file, or one error line naming the file, the line and the fix
@@ -205,8 +206,9 @@ def machine() -> dict:
     with contextlib.suppress(OSError):
         first = Path("/proc/cpuinfo").read_text().split("\n\n")[0]  # the first core's block
         info = {k.strip(): v.strip() for k, _, v in (line.partition(":") for line in first.splitlines())}
-        cpu = " ".join(filter(None, [info.get("model name", cpu), f"(family {info['cpu family']}, model "
-                                     f"{info['model']})" if "cpu family" in info and "model" in info else ""]))
+        cpu = info.get("model name", cpu)
+        if "cpu family" in info and "model" in info:  # x86: one marketing name covers several generations
+            cpu += f" (family {info['cpu family']}, model {info['model']})"
     return {"cpu": cpu, "torch": torch.__version__, "threads": torch.get_num_threads()}
 
 
