@@ -149,9 +149,10 @@ class Method:
 
 LRS = (1e-4, 3e-4, 1e-3)
 # `picked` = the grid's pick on bio by protocol v2's rule (runs/bio/baselines/grid.json, 2026-12-04, on base B: the
-# base an AMD EPYC pretrains, bitwise, each CPU family drawing its own; 42 settings x {150, 300} steps, 48 min on 2
+# base older AMD EPYCs pretrain, bitwise, each CPU model drawing its own; 42 settings x {150, 300} steps, 48 min on 2
 # cores; docs/baselines.md), with its dev evidence in the comment: V at rest / its peak under the reference attack,
-# G_dev at rest / lowest under it. Every method had admissible settings.
+# G_dev at rest / lowest under it. Every method had admissible settings. Where a run directory's grid.json was chosen
+# from the very base a method starts from, safeguard.py trains that grid's pick instead (grid.pick_for).
 BASELINES: dict[str, Method] = {
     "max_entropy": Method(_max_entropy, "weight of the entropy term", dict(lr=LRS, coef=(1.0, 4.0)),
                           dict(lr=1e-3, steps=300, coef=4.0)),  # V 61.5% / 94.0%, G_dev 91.5% / 91.5%

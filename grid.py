@@ -8,6 +8,8 @@ reference attack on V and G_dev. The pick is
 selection.pick's: the lowest forget on V under the attack among the points that keep G_dev within its bounds.
 UNDO's grid (α at 250 and 500 steps) starts from its teacher, which must be trained first. Each finished
 setting is appended to baselines/grid_points.jsonl at once; a rerun after a crash trains only what is missing.
+`python safeguard.py --method <m>` then trains the grid's pick where grid.json chose it from the weights the method
+starts from (`pick_for`), and baselines.py's pick (made on the base it names) otherwise.
 
 Run:  python safeguard.py --domain bio --method all --grid      # runs/bio/baselines/grid.json
       python safeguard.py --domain bio --method undo_rmu --grid # after python safeguard.py --method rmu
@@ -80,6 +82,18 @@ def job_key(job, weights: str) -> str:
                   identity(world_cfg), weights)
 
 
+def pick_for(method: str, run_dir: Path) -> tuple[dict, str]:
+    """The settings `method` is trained with, and where they come from: the grid's pick where grid.json chose it
+    from the very weights the method starts from (this machine's base, or UNDO's teacher as trained now), else the
+    pick in baselines.py (made on the base named there; each CPU model pretrains its own, docs/baselines.md)."""
+    path = run_dir / "baselines" / "grid.json"
+    entry = (read_json(path) if path.exists() else {}).get(method, {})
+    if entry.get("pick") and entry.get("start") == file_digest(start_dir(METHODS[method].teacher, run_dir)):
+        settings = {k: entry["pick"][k] for k in (*METHODS[method].grid, "steps")}
+        return settings, f"the grid's pick on these weights ({path})"
+    return dict(METHODS[method].picked), "the pick in baselines.py (no grid run from these weights)"
+
+
 def run_grid(methods: list[str], world, run_dir: Path, workers: int, log=print) -> dict:
     path = run_dir / "baselines" / "grid.json"
     points = path.with_name("grid_points.jsonl")  # a line per finished setting: a crash or Ctrl-C loses none
@@ -103,7 +117,8 @@ def run_grid(methods: list[str], world, run_dir: Path, workers: int, log=print) 
         pick = scored[chosen] if chosen is not None else None
         saved[m] = {"rule": f"selection.py: lowest forget on V under the reference attack among settings with "
                             f"G_dev >= {bounds.g_dev_rest:.0%} at rest and >= {bounds.g_dev_attacked:.0%} under it",
-                    "grid": rows, "pick": pick, "default": METHODS[m].picked}
+                    "grid": rows, "pick": pick, "default": METHODS[m].picked,
+                    "start": file_digest(start_dir(METHODS[m].teacher, run_dir))}  # the weights it chose on
         log(f"grid {m}: pick {pick}" if pick else f"grid {m}: no setting keeps G_dev within the bounds")
     atomic_write(path, json.dumps(saved, indent=1))
     log(f"grid: {time.time() - t0:.0f}s; wrote {path}")

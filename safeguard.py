@@ -21,7 +21,8 @@ learns "this domain -> scramble"), but a few dozen attack steps bring them back:
 
 Baselines (paper Table 1, docs/baselines.md): Max-Entropy, Min-Posterior, LLMU, RMU, RepNoise, circuit breakers
 (baselines.py). Each is a name -> (forget term, retain term) pair in `METHODS`, trained by the same loop
-`defend()`; `--grid` tunes them by protocol v2's selection rule (selection.py), as every method is chosen. UNDO
+`defend()`; `--grid` tunes them by protocol v2's selection rule (selection.py), as every method is chosen, and
+`--method` then trains the grid's pick where the grid ran from the same weights (grid.pick_for). UNDO
 distils one of them into a perturbed copy of itself by the same loop; data filtering is the base's recipe on a
 stream without the hazardous domain.
 
@@ -335,8 +336,8 @@ def build(args: SafeguardArgs) -> None:
     if args.method and args.method not in ("all", "data_filtering") and args.method not in METHODS:
         raise UsageError(f"unknown method {args.method!r}: choose one of {', '.join(METHODS)}, data_filtering or all")
     methods = {"": [], "all": list(BASELINES), "data_filtering": []}.get(args.method, [args.method])
+    import grid  # grid.py imports this module
     if args.grid:
-        import grid  # grid.py imports this module
         grid.check(methods, Path(args.runs) / args.domain)  # before any work
     world = build_world(world_config(args.domain, args.world_entities, args.world_seed, args.world_t_extra))
     run_dir = Path(args.runs) / args.domain
@@ -351,7 +352,9 @@ def build(args: SafeguardArgs) -> None:
     elif methods:
         t0 = time.time()
         for m in methods:
-            safeguard_model(base, key, world, for_method(m, seed=args.world_seed), run_dir,
+            settings, source = grid.pick_for(m, run_dir)
+            print(f"{m}: {', '.join(f'{k} {v:g}' for k, v in settings.items())} ({source})")
+            safeguard_model(base, key, world, for_method(m, seed=args.world_seed, **settings), run_dir,
                             path=run_dir / "baselines" / m)
         print(f"baselines: {time.time() - t0:.0f}s")
     else:

@@ -10,6 +10,7 @@ from dataclasses import fields, replace
 import pytest
 import torch
 
+import baselines
 import domains
 import grid
 import plots
@@ -306,8 +307,10 @@ def test_the_baseline_grid_keeps_each_finished_setting_and_a_rerun_trains_only_w
     monkeypatch.setattr(grid, "grid_point", point)
     (tmp_path / "base").mkdir()
     (tmp_path / "base" / "model.safetensors").write_bytes(b"base weights")
+    assert grid.pick_for("max_entropy", tmp_path)[0] == baselines.BASELINES["max_entropy"].picked  # no grid yet
     first = grid.run_grid(["max_entropy"], small_world, tmp_path, 2, log=lambda *_: None)
     assert len(trained) == 6 and first["max_entropy"]["pick"]["lr"] == 1e-4  # lowest V among coef 4 (admissible)
+    assert grid.pick_for("max_entropy", tmp_path)[0] == {"lr": 1e-4, "coef": 4.0, "steps": 150}  # what trains now
     points = tmp_path / "baselines" / "grid_points.jsonl"
     lines = points.read_text().splitlines()
     points.write_text("\n".join(lines[:4]) + "\n" + lines[4][:20])  # killed during the fifth line
@@ -316,6 +319,7 @@ def test_the_baseline_grid_keeps_each_finished_setting_and_a_rerun_trains_only_w
     assert len(trained) == 2 and again == first  # the four kept settings are not trained again
     (tmp_path / "base" / "model.safetensors").write_bytes(b"a retrained base")
     trained.clear()
+    assert grid.pick_for("max_entropy", tmp_path)[0] == baselines.BASELINES["max_entropy"].picked  # chosen elsewhere
     grid.run_grid(["max_entropy"], small_world, tmp_path, 2, log=lambda *_: None)
     assert len(trained) == 6  # a new base: every setting is stale
 
