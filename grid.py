@@ -88,10 +88,12 @@ def pick_for(method: str, run_dir: Path) -> tuple[dict, str]:
     pick in baselines.py (made on the base named there; each CPU model pretrains its own, docs/baselines.md)."""
     path = run_dir / "baselines" / "grid.json"
     entry = (read_json(path) if path.exists() else {}).get(method, {})
-    if entry.get("pick") and entry.get("start") == file_digest(start_dir(METHODS[method].teacher, run_dir)):
+    here = entry.get("start") == file_digest(start_dir(METHODS[method].teacher, run_dir))
+    if here and entry.get("pick"):
         settings = {k: entry["pick"][k] for k in (*METHODS[method].grid, "steps")}
         return settings, f"the grid's pick on these weights ({path})"
-    return dict(METHODS[method].picked), "the pick in baselines.py (no grid run from these weights)"
+    why = "no setting of its grid on these weights was admissible" if here else "no grid run from these weights"
+    return dict(METHODS[method].picked), f"the pick in baselines.py: {why}"
 
 
 def run_grid(methods: list[str], world, run_dir: Path, workers: int, log=print) -> dict:

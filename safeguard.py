@@ -353,7 +353,7 @@ def build(args: SafeguardArgs) -> None:
         t0 = time.time()
         for m in methods:
             settings, source = grid.pick_for(m, run_dir)
-            print(f"{m}: {', '.join(f'{k} {v:g}' for k, v in settings.items())} ({source})")
+            print(f"{m}: {', '.join(f'{k} {v}' for k, v in settings.items())} ({source})")
             safeguard_model(base, key, world, for_method(m, seed=args.world_seed, **settings), run_dir,
                             path=run_dir / "baselines" / m)
         print(f"baselines: {time.time() - t0:.0f}s")

@@ -322,6 +322,11 @@ def test_the_baseline_grid_keeps_each_finished_setting_and_a_rerun_trains_only_w
     assert grid.pick_for("max_entropy", tmp_path)[0] == baselines.BASELINES["max_entropy"].picked  # chosen elsewhere
     grid.run_grid(["max_entropy"], small_world, tmp_path, 2, log=lambda *_: None)
     assert len(trained) == 6  # a new base: every setting is stale
+    saved = json.loads((tmp_path / "baselines" / "grid.json").read_text())
+    saved["max_entropy"]["pick"] = None  # the grid on this base admitted no setting
+    (tmp_path / "baselines" / "grid.json").write_text(json.dumps(saved))
+    settings, source = grid.pick_for("max_entropy", tmp_path)
+    assert settings == baselines.BASELINES["max_entropy"].picked and "no setting" in source
 
 
 def test_table1_reads_the_red_team_by_digest_worst_seed_and_tier(tmp_path, capsys):
