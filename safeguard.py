@@ -21,8 +21,7 @@ learns "this domain -> scramble"), but a few dozen attack steps bring them back:
 
 Baselines (paper Table 1, docs/baselines.md): Max-Entropy, Min-Posterior, LLMU, RMU, RepNoise, circuit breakers
 (baselines.py). Each is a name -> (forget term, retain term) pair in `METHODS`, trained by the same loop
-`defend()`; `--grid` tunes them by protocol v2's selection rule (selection.py), as every method is chosen, and
-`--method` then trains the grid's pick where the grid ran from the same weights (grid.pick_for). UNDO
+`defend()`; `--grid` tunes them by protocol v2's selection rule (selection.py), as every method is chosen. UNDO
 distils one of them into a perturbed copy of itself by the same loop; data filtering is the base's recipe on a
 stream without the hazardous domain.
 
@@ -349,14 +348,12 @@ def build(args: SafeguardArgs) -> None:
     base, key = base_model(world, base_cfg, run_dir)
     if args.grid:
         grid.run_grid(methods, world, run_dir, args.workers)
-    elif methods:
-        t0 = time.time()
+    elif methods:  # each prints its time; the settings are its grid's pick on these weights, or baselines.py's
         for m in methods:
             settings, source = grid.pick_for(m, run_dir)
             print(f"{m}: {', '.join(f'{k} {v}' for k, v in settings.items())} ({source})")
             safeguard_model(base, key, world, for_method(m, seed=args.world_seed, **settings), run_dir,
                             path=run_dir / "baselines" / m)
-        print(f"baselines: {time.time() - t0:.0f}s")
     else:
         safeguard_model(base, key, world, for_method("random_mapping", steps=args.safeguard_steps,
                                                      seed=args.world_seed), run_dir)
