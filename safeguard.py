@@ -225,8 +225,7 @@ def for_method(method: str, **overrides) -> SafeguardConfig:
     return SafeguardConfig(method=method, **{**METHODS[method].picked, **overrides})
 
 
-DEFENCE_DATA = ("T", "Rt")  # what every single-level defence reads: forget documents of T, retain documents of Rt
-# (SafeguardConfig.retain="benign": Rt and U)
+DEFENCE_DATA = ("T", "Rt")  # what every single-level defence reads: T's forget and Rt's retain documents (or benign)
 
 
 def defend(model, ref, world, cfg: SafeguardConfig, every: int = 0, callback=None, d: Dist = Dist(),
@@ -276,11 +275,12 @@ def defend(model, ref, world, cfg: SafeguardConfig, every: int = 0, callback=Non
 
 def safeguard_model(base, base_key: str, world, cfg: SafeguardConfig, run_dir: Path, log=print,
                     path: Path | None = None):
-    """A safeguarded copy of `base` (θ0 for TAR when cfg is the default random mapping), cached at
-    run_dir/safeguard or `path` (baselines/<method>) under a key of its parent and config. UNDO starts from its
-    teacher (that baseline, trained first if need be), perturbed, and distils it."""
+    """A safeguarded copy of `base` (θ0 for TAR when cfg is the default random mapping), cached at run_dir/safeguard
+    or `path` (baselines/<method>) under a key of its parent and config. UNDO starts from its teacher (that baseline
+    at the settings `--method <teacher>` trains, trained first if need be), perturbed, and distils it."""
+    import grid  # grid.py imports this module
     teacher = METHODS[cfg.method].teacher
-    teacher_cfg = for_method(teacher, seed=cfg.seed) if teacher else None
+    teacher_cfg = for_method(teacher, seed=cfg.seed, **grid.pick_for(teacher, run_dir)[0]) if teacher else None
     parent = start_dir(teacher, run_dir)
     # the base's weights too: a base pretrained again (another machine's rounding) makes every safeguard again
     key = digest("safeguard", base_key, file_digest(run_dir / "base"), asdict(cfg),

@@ -174,6 +174,13 @@ def test_undo_distils_its_trained_teacher_into_a_perturbed_copy(small_world, tmp
     logged = []
     safeguard.safeguard_model(base, "k", small_world, cfg, tmp_path, logged.append, tmp_path / "baselines" / "undo_rmu")
     assert logged == ["undo_rmu: reusing " + str(tmp_path / "baselines" / "undo_rmu")]
+    # a grid chosen on this base: the teacher is trained again at its pick, as `--method rmu` would train it
+    pick = {"lr": 3e-4, "coef": 5.0, "alpha": 10.0, "steps": 2}
+    (tmp_path / "baselines" / "grid.json").write_text(json.dumps({"rmu": {"pick": pick, "start": storage.file_digest(
+        tmp_path / "base")}}))
+    safeguard.safeguard_model(base, "k", small_world, cfg, tmp_path, path=tmp_path / "baselines" / "undo_rmu")
+    made = json.loads((tmp_path / "baselines" / "rmu" / "provenance.json").read_text())["config"]
+    assert {k: made[k] for k in pick} == pick
 
 
 def test_nan_is_one_clear_error_and_saves_nothing(small_world, tmp_path):
