@@ -100,13 +100,13 @@ def run_grid(methods: list[str], world, run_dir: Path, workers: int, log=print) 
     path = run_dir / "baselines" / "grid.json"
     points = path.with_name("grid_points.jsonl")  # a line per finished setting: a crash or Ctrl-C loses none
     saved = read_json(path) if path.exists() else {}
-    jobs = {}
+    jobs, weights = {}, {}  # weights: the digest of each method's start, which its grid chooses on
     for m in methods:
         method, start = METHODS[m], start_dir(METHODS[m].teacher, run_dir)
-        weights = file_digest(start)
+        weights[m] = file_digest(start)
         for values in itertools.product(*method.grid.values()):
             job = (m, dict(zip(method.grid, values)), method.grid_steps, world.config, str(start))
-            jobs[job_key(job, weights)] = job
+            jobs[job_key(job, weights[m])] = job
     path.parent.mkdir(parents=True, exist_ok=True)
     log(f"grid: {len(jobs)} settings x their step counts over {', '.join(methods)} on {workers} worker(s), each "
         f"kept in {points.name} as it ends (a rerun trains only those not there)")
@@ -119,8 +119,7 @@ def run_grid(methods: list[str], world, run_dir: Path, workers: int, log=print) 
         pick = scored[chosen] if chosen is not None else None
         saved[m] = {"rule": f"selection.py: lowest forget on V under the reference attack among settings with "
                             f"G_dev >= {bounds.g_dev_rest:.0%} at rest and >= {bounds.g_dev_attacked:.0%} under it",
-                    "grid": rows, "pick": pick, "default": METHODS[m].picked,
-                    "start": file_digest(start_dir(METHODS[m].teacher, run_dir))}  # the weights it chose on
+                    "grid": rows, "pick": pick, "default": METHODS[m].picked, "start": weights[m]}
         log(f"grid {m}: pick {pick}" if pick else f"grid {m}: no setting keeps G_dev within the bounds")
     atomic_write(path, json.dumps(saved, indent=1))
     log(f"grid: {time.time() - t0:.0f}s; wrote {path}")
