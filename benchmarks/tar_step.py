@@ -151,10 +151,10 @@ def bench(args: BenchArgs) -> None:
         lambda opt, *_: inner_state.append(opt) if opt is not outer_opt else None)
     original = losses.entropy_tr_loss
 
-    def counting(logits, mask):
+    def counting(*args, **kwargs):
         if not census:
             census.update(live_tensors())
-        return original(logits, mask)
+        return original(*args, **kwargs)
 
     tar.losses.entropy_tr_loss = counting
     try:

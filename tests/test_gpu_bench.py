@@ -1,6 +1,7 @@
-"""benchmarks/gpu.py (the one script the GPU machine runs) smoke-tested on CPU with --tiny: it runs tar.py's own
-outer step at one rank's share under a one-process FSDP2 group, restores exactly, runs stage 1 and every attack of
-the paper's red team, resumes a checkpoint identically, and the model it writes reloads and scores the same."""
+"""The benchmarks smoke-tested on CPU. benchmarks/gpu.py (the one script the GPU machine runs) with --tiny: it runs
+tar.py's own outer step at one rank's share under a one-process FSDP2 group, restores exactly, runs stage 1 and every
+attack of the paper's red team, resumes a checkpoint identically, and the model it writes reloads and scores the
+same. benchmarks/tar_step.py on a tiny model: its timing and its memory census."""
 
 import json
 import subprocess
@@ -30,6 +31,23 @@ def test_gpu_report_runs_on_cpu(tmp_path):
     assert all(run.get("finite") for run in pipeline["runs"].values()), pipeline
     assert report["checkpoint"]["resume_max_abs_diff"] == 0.0 and report["checkpoint"]["scores_equal"]
     assert report["checkpoint"]["loglik_max_abs_diff"] < 1e-5
+
+
+def test_cpu_step_benchmark_runs_and_counts_the_steps_buffers():
+    """benchmarks/tar_step.py times tar.outer_step against its parts and counts the tensors alive at a TR point:
+    the census wraps the TR loss tar.py calls, so it must follow that loss's signature (it broke once, silently,
+    when the loss gained arguments). AdamW holds two moments per weight; the snapshot and the TR buffer one
+    copy each; the frozen reference one."""
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "tar_step.py"), "--width", "32", "--layers", "1",
+                           "--inner-steps", "24", "--repeats", "1"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "ratio" in done.stdout
+    share = {line[:34].strip(): float(line[34:].strip().rstrip("x"))
+             for line in done.stdout.splitlines() if line.startswith("  ")}
+    assert share["parameters"] == 1.0 and share["frozen reference"] == 1.0
+    assert share["inner optimizer state"] == 2.0 and share["snapshot + TR buffer"] == 2.0
+    assert 0 < share["outer optimizer state"] < 1  # Adam over the MLPs only (tar.py's default --outer-params)
 
 
 def test_projection_uses_only_one_ranks_share_of_the_run_it_projects():
