@@ -348,8 +348,8 @@ def build(args: SafeguardArgs) -> None:
     base, key = base_model(world, base_cfg, run_dir)
     if args.grid:
         grid.run_grid(methods, world, run_dir, args.workers)
-    elif methods:  # each prints its time; the settings are its grid's pick on these weights, or baselines.py's
-        for m in methods:
+    elif methods:  # settings: the grid's pick on the weights a method starts from, else baselines.py's
+        for m in [t for m in methods for t in (METHODS[m].teacher, m) if t]:  # UNDO's teacher first (its start)
             settings, source = grid.pick_for(m, run_dir)
             print(f"{m}: {', '.join(f'{k} {v}' for k, v in settings.items())} ({source})")
             safeguard_model(base, key, world, for_method(m, seed=args.world_seed, **settings), run_dir,

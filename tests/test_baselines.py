@@ -6,6 +6,7 @@ import copy
 import dataclasses
 import json
 import math
+import shutil
 
 import pytest
 import torch
@@ -180,6 +181,22 @@ def test_undo_distils_its_trained_teacher_into_a_perturbed_copy(small_world, tmp
         tmp_path / "base")}}))
     safeguard.safeguard_model(base, "k", small_world, cfg, tmp_path, path=tmp_path / "baselines" / "undo_rmu")
     made = json.loads((tmp_path / "baselines" / "rmu" / "provenance.json").read_text())["config"]
+    assert {k: made[k] for k in pick} == pick
+
+
+def test_undo_reads_its_grid_pick_after_its_teacher_is_trained(tmp_path, monkeypatch):
+    """UNDO's grid pick is keyed on its teacher's weights: `--method undo_rmu` trains the teacher first (here it is
+    missing), then finds the pick chosen on exactly those weights and trains UNDO at it."""
+    monkeypatch.setitem(safeguard.METHODS["rmu"].picked, "steps", 3)  # the teacher, briefly
+    args = dict(runs=str(tmp_path), world_entities=4, base_steps=2)
+    safeguard.build(safeguard.SafeguardArgs(**args, method="rmu"))
+    teacher = tmp_path / "bio" / "baselines" / "rmu"
+    pick = {"coef": 0.25, "steps": 2}  # not the recipe's (α 0.5, 500 steps)
+    (teacher.parent / "grid.json").write_text(json.dumps({"undo_rmu": {"pick": pick,
+                                                                       "start": storage.file_digest(teacher)}}))
+    shutil.rmtree(teacher)  # trained again, bitwise the same, by the UNDO call below
+    safeguard.build(safeguard.SafeguardArgs(**args, method="undo_rmu"))
+    made = json.loads((teacher.parent / "undo_rmu" / "provenance.json").read_text())["config"]
     assert {k: made[k] for k in pick} == pick
 
 
