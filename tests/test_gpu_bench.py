@@ -43,8 +43,8 @@ def test_cpu_step_benchmark_runs_and_counts_the_steps_buffers():
                           timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "ratio" in done.stdout
-    share = {line[:34].strip(): float(line[34:].strip().rstrip("x"))
-             for line in done.stdout.splitlines() if line.startswith("  ")}
+    rows = [line.rsplit(None, 1) for line in done.stdout.splitlines() if line.startswith("  ")]  # "  role   1.00x"
+    share = {role.strip(): float(value.rstrip("x")) for role, value in rows}
     assert share["parameters"] == 1.0 and share["frozen reference"] == 1.0
     assert share["inner optimizer state"] == 2.0 and share["snapshot + TR buffer"] == 2.0
     assert 0 < share["outer optimizer state"] < 1  # Adam over the MLPs only (tar.py's default --outer-params)
