@@ -98,9 +98,9 @@ class Attack:
 # --------------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class TrainAttacks:
-    """A_train. Made by `TARConfig.train_attacks()`: the LRs, K and the batch are TARConfig's (one K)."""
+    """A_train. Made by `TARConfig.train_attacks()`: the LRs, the Ks and the batch are TARConfig's."""
     lrs: tuple[float, ...]  # inner_lrs
-    steps: int  # K = inner_steps
+    steps: tuple[int, ...]  # K: inner_steps, then inner_steps_mix (one drawn per attack where several)
     batch_size: int  # inner_batch
     # forget documents the simulated attacker trains on, one split drawn per attack (real bio: each corpus's share,
     # Pile-bio or Camel-bio, as the paper samples them); x_TR comes from T_tr (tar.py --tr-split entities: both from a
@@ -110,21 +110,22 @@ class TrainAttacks:
     retain_then_forget: float = 0.0  # probability of a retain→forget attack (paper bio ⅓, cyber ½)
 
 
-def train_attack(dist: TrainAttacks, lr: float, switch: int | None = None, forget: str = "") -> Attack:
-    """One attack of A_train on `forget` (its first split by default): forget documents only, or (`switch`
-    given) retain→forget switching there."""
-    spec = Attack(name=f"train_adamw_{lr:g}", lr=lr, steps=dist.steps, batch_size=dist.batch_size,
+def train_attack(dist: TrainAttacks, lr: float, switch: int | None = None, forget: str = "", steps: int = 0) -> Attack:
+    """One attack of A_train of `steps` (its first K by default) on `forget` (its first split by default): forget
+    documents only, or (`switch` given) retain→forget switching there."""
+    spec = Attack(name=f"train_adamw_{lr:g}", lr=lr, steps=steps or dist.steps[0], batch_size=dist.batch_size,
                   data=forget or dist.forget[0], dist="TRAIN")
     return spec if switch is None else replace(spec, name=f"train_r2f_{lr:g}", retain_data=dist.retain, switch=switch)
 
 
 def sample_attack(rng: random.Random, dist: TrainAttacks) -> Attack:
     """Alg. 1 l.3: attack ~ A_train. A retain→forget attack switches at ⌊K · Beta(6, 3)⌋ (mean ≈ ⅔ K); where
-    A_train has several forget splits (real bio: a corpus each) one is drawn per attack."""
+    A_train has several Ks or forget splits (real bio: a corpus each) one of each is drawn per attack."""
     lr = rng.choice(dist.lrs)
     r2f = rng.random() < dist.retain_then_forget
-    switch = int(dist.steps * rng.betavariate(6, 3)) if r2f else None
-    return train_attack(dist, lr, switch, rng.choice(dist.forget) if len(dist.forget) > 1 else "")  # one: no draw
+    k = rng.choice(dist.steps) if len(dist.steps) > 1 else dist.steps[0]  # one: no draw (the RNG's stream unmoved)
+    switch = int(k * rng.betavariate(6, 3)) if r2f else None
+    return train_attack(dist, lr, switch, rng.choice(dist.forget) if len(dist.forget) > 1 else "", k)
 
 
 # --------------------------------------------------------------------------------------------------------

@@ -163,6 +163,17 @@ CANDIDATES.update({f"r27_n{n}": ("stage1_benign_lr_1e-3", {**R27_FULL, "outer_st
           "TAR's time off, towards the 25-minute budget"),
     (200, "round 27's pick with a third more outer steps (round 37 cost 2-5 points of V's peak at both seeds for a "
           "third fewer): does the peak go on falling with N?"))})
+# round 44 (base D): every miss of today's defaults is forget climbing over the last 25 steps of the 200-step
+# reference attack, and the held-out attacks it misses run 256 or 512 steps; a K drawn from {96, 288} trains against
+# attacks half again as long as K = 192 at the same mean cost (no suite row is 96 or 288 steps long); an attacker's
+# batch of 8 halves the inner loop's cost, towards the 25-minute budget
+R27_DOCS = {**R27_FULL, "tr_split": "documents"}  # today's defaults
+CANDIDATES.update({f"r27dh_{tag}{f'_seed_{seed}' if seed else ''}": ("stage1_benign_lr_1e-3", {
+    **R27_DOCS, **overrides, "seed": seed}, why) for seed in (0, 1) for tag, overrides, why in (
+    ("k_96_288", {"inner_steps": 96, "inner_steps_mix": [288]}, "today's defaults with K drawn from {96, 288} at "
+     "each outer step: attacks half again as long as K = 192 for the same mean cost"),
+    ("inner_batch_8", {"inner_batch": 8}, "today's defaults with the train-time attacker's batch halved (8): the "
+     "inner loop, 90% of an outer step, at half the cost"))})
 # recipes with the paper's 32 warmup steps of the outer lr
 CANDIDATES.update({f"{recipe}_warmup_32": (CANDIDATES[recipe][0], {**CANDIDATES[recipe][1], "outer_warmup": 32},
                                            f"{recipe} warmed up: on base C G_dev falls from 97% to 60-68% in the "

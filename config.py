@@ -61,6 +61,8 @@ class TARConfig:
     # models that beat every 64- or 96-step train-time attack; K = 192 took 12-15 points off its peak on V (docs/
     # search.md rounds 6, 12, 27), and no row of the held-out suite is 192 steps long, so the suite stays held out.
     inner_steps: int = arg(192, "K: attacker steps per outer step", above=0)
+    inner_steps_mix: list = arg((), "more values of K: each outer step draws its K uniformly from --inner-steps and "
+                                    "these (default: none, K alone; the search's round 44)", of=int, above=0)
     # deviation: a TR point every 24 inner steps, 8 points per outer step (paper: every 4, 16 points) because the
     # TR gradient's cost grows with the points, and the search kept 8 as K grew from 64 to 192.
     tr_every: int = arg(24, "take the TR gradient after every this many inner steps", above=0)
@@ -189,8 +191,9 @@ class TARConfig:
             if value != off and (self.model or self.domain == "refusal"):  # their presets leave both off
                 raise UsageError(f"{flag} {value} reshapes T, the hazardous entities: the miniature's bio, chem or "
                                  "cyber only")
-        if self.tr_every > self.inner_steps:
-            raise UsageError("--tr-every must not exceed --inner-steps (no TR point would be taken)")
+        if self.tr_every > min([self.inner_steps, *self.inner_steps_mix]):
+            raise UsageError("--tr-every must not exceed --inner-steps or --inner-steps-mix (no TR point would be "
+                             "taken)")
         if self.outer_optimizer == "schedulefree" and self.outer_schedule != "constant":
             raise UsageError("Schedule-Free AdamW has no schedule: use --outer-schedule constant")
         if self.tr_loss == "dpo" and self.domain != "refusal":
@@ -239,8 +242,8 @@ class TARConfig:
         return hub_datasets(self.domain, self.wmdp_revision) if self.model else []
 
     def train_attacks(self) -> TrainAttacks:
-        return TrainAttacks(lrs=tuple(self.inner_lrs), steps=self.inner_steps, batch_size=self.inner_batch,
-                            retain_then_forget=self.retain_then_forget,
+        return TrainAttacks(lrs=tuple(self.inner_lrs), steps=(self.inner_steps, *self.inner_steps_mix),
+                            batch_size=self.inner_batch, retain_then_forget=self.retain_then_forget,
                             forget=attack_splits(self.domain) if self.model else ("T_inner",))  # real bio: 2
 
 
@@ -250,7 +253,8 @@ NOT_TRAINING = ("runs", "resume", "checkpoint_every", "workers", "attack_steps",
                 "wmdp_revision", "mmlu_shots")  # WMDP and MMLU are only scored
 # Settings added after runs were first saved -> the value that trained every run saved before them (changed_since,
 # training_settings); a world setting's is the world's own (world.ADDED; its flag is --world-<name>)
-ADDED = {"tr_split": "fixed", "name_noise": 0.0, **{f"world_{name}": value for name, value in world.ADDED.items()}}
+ADDED = {"tr_split": "fixed", "name_noise": 0.0, "inner_steps_mix": [],
+         **{f"world_{name}": value for name, value in world.ADDED.items()}}
 # The paper's hyperparameters (docs/paper.md §4, official code, bio), in one place: --preset paper. Where our
 # miniature default differs, a `# deviation:` marker says why (docs/deviations.md).
 PAPER = dict(outer_steps=750, inner_steps=64, tr_every=4, tr_weights="paper", tr_mask="all", tr_entropy="vocab",

@@ -13,7 +13,7 @@ stays clear of the red-team suite (suite.SUITES). Both are sets of points on the
     length      steps
 
 A_train takes, on each axis, the values of the attacks it can draw (`support`: AdamW, constant, every weight,
-T_inner or Rt→T_inner, its LRs, K). A row r is held out along axis a when r.a is none of them. The rule, for
+T_inner or Rt→T_inner, its LRs, its Ks). A row r is held out along axis a when r.a is none of them. The rule, for
 today's defaults and for every distribution a search may train against (tests/test_heldout.py):
 
     every row not tagged TRAIN is held out along at least one axis, and along every axis that holds it out
@@ -48,7 +48,8 @@ def point(spec: Attack) -> dict:
 def support(dist: TrainAttacks) -> list[Attack]:
     """Every attack A_train can draw (a retain→forget attack's switch point aside)."""
     switches = {0.0: [None], 1.0: [0]}.get(dist.retain_then_forget, [None, 0])
-    return [train_attack(dist, lr, s, f) for lr in dist.lrs for s in switches for f in dist.forget]
+    return [train_attack(dist, lr, s, f, k)
+            for lr in dist.lrs for s in switches for f in dist.forget for k in dist.steps]
 
 
 def values(dist: TrainAttacks) -> dict[str, set]:

@@ -22,10 +22,10 @@ Run manual
     checkpoint is written every --checkpoint-every (10) steps and on SIGTERM or Ctrl-C; --resume continues exactly.
 
 Files (runs/<domain>/, one writer each): checkpoint/ (resume state), metrics.jsonl (metrics.partial.jsonl while
-training; a line per outer step: tr_loss, retain_loss, retain_lm, retain_rep, grad_norm, inner_lr, seconds; every
---eval-every steps dev_forget on V and dev_benign on G_dev (refusal: ASR / harmless, and refusal), never E; none with
---model), tar/ (save_pretrained + tokenizer), results.json (`report.run_results`), results.md, *.png. A non-finite
-loss stops the run: nothing is saved."""
+training; a line per outer step: tr_loss, retain_loss, retain_lm, retain_rep, grad_norm, inner_lr, inner_steps,
+seconds; every --eval-every steps dev_forget on V and dev_benign on G_dev (refusal: ASR / harmless, and refusal),
+never E; none with --model), tar/ (save_pretrained + tokenizer), results.json (`report.run_results`), results.md,
+*.png. A non-finite loss stops the run: nothing is saved."""
 
 from __future__ import annotations
 
@@ -102,7 +102,7 @@ def outer_step(model, ref, outer_opt, world, x_tr, x_r, rng: random.Random, cfg:
     snapshot = [s.detach().to("cpu" if cfg.snapshot_offload else s.device, copy=True) for s in shards]
     g_tr = [torch.zeros_like(s) for s in shards]  # Σ_k w_k ∇L_TR(θ_k)
     tr_losses = []
-    w = losses.tr_weights(cfg.inner_steps, cfg.tr_every, cfg.tr_weights)  # w_k by inner step k: exp(0.0625 (k − K))
+    w = losses.tr_weights(spec.steps, cfg.tr_every, cfg.tr_weights)  # w_k by inner step k: exp(0.0625 (k − K))
     t = world.tokens["T" if cfg.tr_split == "entities" else "T_tr"]  # --tr-entropy values*: the values x_TR may hold
     values = torch.unique(t.ids[:, 1:][t.fact[:, :-1]]) if cfg.tr_entropy != "vocab" else None
 
@@ -152,7 +152,7 @@ def outer_step(model, ref, outer_opt, world, x_tr, x_r, rng: random.Random, cfg:
         raise adversary.Diverged(f"{' and '.join(bad)} not finite (sampled attack {spec.name})", 0)
     neurons.confine(masks)  # --outer-params neurons, neuron_outputs, hazard_words: only some rows/columns move
     outer_opt.step()
-    return {**logged, "inner_lr": spec.lr}
+    return {**logged, "inner_lr": spec.lr, "inner_steps": spec.steps}  # the attack drawn (l.3)
 
 
 # --------------------------------------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 import random
 import statistics
+from dataclasses import replace
 
 import pytest
 import torch
@@ -22,7 +23,7 @@ def test_bad_specs_are_user_errors():
 
 def test_sample_attack_follows_the_distribution():
     rng = random.Random(0)
-    dist = TrainAttacks(lrs=(1e-4, 3e-4, 1e-3), steps=32, batch_size=16, retain_then_forget=0.5)
+    dist = TrainAttacks(lrs=(1e-4, 3e-4, 1e-3), steps=(32,), batch_size=16, retain_then_forget=0.5)
     specs = [adversary.sample_attack(rng, dist) for _ in range(3000)]
     lrs = [s.lr for s in specs]
     for lr in dist.lrs:  # uniform over the grid
@@ -35,8 +36,25 @@ def test_sample_attack_follows_the_distribution():
     assert statistics.mean(switches) == pytest.approx(32 * 2 / 3 - 0.5, abs=0.6)
     assert all(s.steps == 32 and s.optimizer == "adamw" and s.schedule == "constant" for s in specs)
     defaults = TARConfig().train_attacks()  # A_train of the defaults: K and the batch come from TARConfig
-    assert defaults.steps == TARConfig().inner_steps and defaults.batch_size == TARConfig().inner_batch
+    assert defaults.steps == (TARConfig().inner_steps,) and defaults.batch_size == TARConfig().inner_batch
     assert not any(s.retain_data for s in (adversary.sample_attack(rng, defaults) for _ in range(200)))
+
+
+def test_a_mix_of_k_draws_each_k_and_one_k_draws_nothing():
+    """--inner-steps-mix: each attack's K is drawn uniformly and its retain→forget switch falls inside that K; with
+    one K the RNG's stream is what it was before K could be drawn (so runs of one K reproduce)."""
+    mixed = TrainAttacks(lrs=(1e-4, 1e-3), steps=(96, 288), batch_size=16, retain_then_forget=0.5)
+    specs = [adversary.sample_attack(random.Random(i), mixed) for i in range(2000)]
+    assert abs(sum(s.steps == 288 for s in specs) / len(specs) - 0.5) < 0.04
+    assert {s.steps for s in specs} == {96, 288} and all(s.switch < s.steps for s in specs)
+    assert max(s.switch for s in specs if s.steps == 96) < 96 < max(s.switch for s in specs if s.steps == 288)
+    one = replace(mixed, steps=(96,))
+    for i in range(50):
+        a, b = random.Random(i), random.Random(i)
+        spec = adversary.sample_attack(a, one)
+        lr, r2f = b.choice(one.lrs), b.random() < 0.5
+        assert (spec.lr, spec.switch) == (lr, int(96 * b.betavariate(6, 3)) if r2f else 0)
+        assert a.random() == b.random()
 
 
 def test_retain_then_forget_stream_switches(small_world):

@@ -96,8 +96,9 @@ def test_edge_values_inside_the_domain_are_accepted():
                 given = {f.name: [v] if isinstance(cli.default_of(f), list) else v}
                 if cls is tar.TARConfig:  # the flags a cross-check pairs it with, inside their domain too
                     partner = {"outer_warmup": {"outer_steps": v + 1 if isinstance(v, int) else 1},
-                               "inner_steps": {"tr_every": v}, "seq_len": {"model": "some/model"},
-                               "data_dir": {"model": "some/model"}, "max_docs": {"model": "some/model"}}
+                               "inner_steps": {"tr_every": v}, "inner_steps_mix": {"tr_every": v},
+                               "seq_len": {"model": "some/model"}, "data_dir": {"model": "some/model"},
+                               "max_docs": {"model": "some/model"}}
                     given.update(partner.get(f.name, {}))
                 cfg = config.configure(**given) if cls is tar.TARConfig else cls(**given)
                 cfg.validate() if cls is tar.TARConfig else cli.check(cfg)

@@ -33,8 +33,10 @@ def test_a_distribution_widened_along_a_held_out_axis_is_caught():
     # 6e-4 is the LR that (with its length) holds A1_adamw_6e-4_b32_256 out: that axis is lost
     assert names(heldout.violations(replace(DEFAULT, lrs=(*DEFAULT.lrs, 6e-4)), DEFAULT)) == ["A1_adamw_6e-4_b32_256"]
     # K = 256: every 256-step row loses its length; A1_adamw_3e-4_256 is then held out along no axis at all
-    long = heldout.violations(replace(DEFAULT, steps=256), DEFAULT)
+    long = heldout.violations(replace(DEFAULT, steps=(256,)), DEFAULT)
     assert "A1_adamw_3e-4_256: held out along no axis" in long[0] and len(long) == 16
+    # a K of 256 drawn beside 192 (--inner-steps-mix) loses the same rows: every K A_train can draw counts
+    assert heldout.violations(replace(DEFAULT, steps=(192, 256)), DEFAULT) == long
     # widened where no row stands: allowed
     assert heldout.violations(replace(DEFAULT, lrs=(*DEFAULT.lrs, 2e-3)), DEFAULT) == []
     # the paper's own A_train trains retain→forget as A2 does; A2 stays held out by LR and length (docs/heldout.md)

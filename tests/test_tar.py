@@ -130,26 +130,30 @@ def test_outer_params_hazard_words_moves_only_their_rows(small_world):
     assert both.keys() == alone.keys() and all(torch.equal(both[p], alone[p]) for p in both) and len(both) == 2 + 3 * 2
 
 
-@pytest.mark.parametrize("weights,mask", [("uniform", "fact"), ("paper", "tokens")])
-def test_outer_gradient_is_the_first_order_tar_gradient(small_world, weights, mask):
+@pytest.mark.parametrize("weights,mask,ks", [("uniform", "fact", (6,)), ("paper", "tokens", (6,)),
+                                             ("paper", "fact", (3, 9))])
+def test_outer_gradient_is_the_first_order_tar_gradient(small_world, weights, mask, ks):
     """g = λ_retain ∇L_retain(θ) + λ_TR Σ_k w_k ∇L_TR(θ_k), with θ_k the weights after k attacker steps,
-    recomputed here by a hand-written inner loop (plain AdamW, no attack())."""
-    cfg = tar.TARConfig(inner_steps=6, tr_every=3, inner_batch=4, tr_weights=weights, tr_mask=mask, tr_entropy="vocab",
-                        retain_data="Rt", lambda_tr=2.5, lambda_retain=0.7, grad_clip=0.0)  # the paper's L_TR
+    recomputed here by a hand-written inner loop (plain AdamW, no attack()); with --inner-steps-mix, K and the
+    weights w_k = exp(0.0625 (k − K)) are those of the K this step drew."""
+    cfg = tar.TARConfig(inner_steps=ks[0], inner_steps_mix=list(ks[1:]), tr_every=3, inner_batch=4, tr_weights=weights,
+                        tr_mask=mask, tr_entropy="vocab", retain_data="Rt", lambda_tr=2.5, lambda_retain=0.7,
+                        grad_clip=0.0)  # the paper's L_TR
     model = tiny_model(vocab_size=len(small_world.tokenizer))
     start = copy.deepcopy(model)
     probe, ref, x_tr, x_r, spec, seed, metrics = one_step(small_world, cfg, model)
+    assert spec.steps == ks[-1]  # this seed draws the longer K where there are two
     got = probe.seen[1]
 
     m = copy.deepcopy(start)
     params = list(m.parameters())
     tr_mask = x_tr.fact_mask if mask == "fact" else x_tr.attention_mask.bool()
-    w = losses.tr_weights(cfg.inner_steps, cfg.tr_every, weights)
+    w = losses.tr_weights(ks[-1], cfg.tr_every, weights)
     opt = torch.optim.AdamW(params, lr=spec.lr, weight_decay=0.01)
     batches = batching.Stream(small_world.tokens[spec.data], spec.batch_size, seed)
     g_tr = [torch.zeros_like(p) for p in params]
     tr_values = []
-    for k in range(1, cfg.inner_steps + 1):
+    for k in range(1, ks[-1] + 1):
         b = next(batches)
         opt.zero_grad()
         losses.lm_loss(m(b.input_ids, attention_mask=b.attention_mask).logits, b.input_ids,
