@@ -166,14 +166,16 @@ CANDIDATES.update({f"r27_n{n}": ("stage1_benign_lr_1e-3", {**R27_FULL, "outer_st
 # round 44 (base D): every miss of today's defaults is forget climbing over the last 25 steps of the 200-step
 # reference attack, and the held-out attacks it misses run 256 or 512 steps; a K drawn from {96, 288} trains against
 # attacks half again as long as K = 192 at the same mean cost (no suite row is 96 or 288 steps long); an attacker's
-# batch of 8 halves the inner loop's cost, towards the 25-minute budget
+# batch of 8 halves the inner loop's cost, towards the 25-minute budget; λ_TR 8 spends some of G_dev's margin
 R27_DOCS = {**R27_FULL, "tr_split": "documents"}  # today's defaults
 CANDIDATES.update({f"r27dh_{tag}{f'_seed_{seed}' if seed else ''}": ("stage1_benign_lr_1e-3", {
     **R27_DOCS, **overrides, "seed": seed}, why) for seed in (0, 1) for tag, overrides, why in (
     ("k_96_288", {"inner_steps": 96, "inner_steps_mix": [288]}, "today's defaults with K drawn from {96, 288} at "
      "each outer step: attacks half again as long as K = 192 for the same mean cost"),
     ("inner_batch_8", {"inner_batch": 8}, "today's defaults with the train-time attacker's batch halved (8): the "
-     "inner loop, 90% of an outer step, at half the cost"))})
+     "inner loop, 90% of an outer step, at half the cost"),
+    ("lambda_tr_8", {"lambda_tr": 8.0}, "today's defaults with λ_TR 8 (the paper's 4; never varied in the search): "
+     "G_dev stays at 91-99% where its bound is 85%, a margin to trade for resistance"))})
 # recipes with the paper's 32 warmup steps of the outer lr
 CANDIDATES.update({f"{recipe}_warmup_32": (CANDIDATES[recipe][0], {**CANDIDATES[recipe][1], "outer_warmup": 32},
                                            f"{recipe} warmed up: on base C G_dev falls from 97% to 60-68% in the "
