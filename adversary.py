@@ -110,12 +110,17 @@ class TrainAttacks:
     retain_then_forget: float = 0.0  # probability of a retain→forget attack (paper bio ⅓, cyber ½)
 
 
-def train_attack(dist: TrainAttacks, lr: float, switch: int | None = None, forget: str = "", steps: int = 0) -> Attack:
-    """One attack of A_train of `steps` (its first K by default) on `forget` (its first split by default): forget
-    documents only, or (`switch` given) retain→forget switching there."""
-    spec = Attack(name=f"train_adamw_{lr:g}", lr=lr, steps=steps or dist.steps[0], batch_size=dist.batch_size,
-                  data=forget or dist.forget[0], dist="TRAIN")
+def train_attack(dist: TrainAttacks, lr: float, steps: int, forget: str, switch: int | None = None) -> Attack:
+    """One attack of A_train: `steps` steps on `forget`'s documents only, or (`switch` given) retain→forget
+    switching there."""
+    spec = Attack(name=f"train_adamw_{lr:g}", lr=lr, steps=steps, batch_size=dist.batch_size, data=forget,
+                  dist="TRAIN")
     return spec if switch is None else replace(spec, name=f"train_r2f_{lr:g}", retain_data=dist.retain, switch=switch)
+
+
+def one_of(rng: random.Random, options: tuple):
+    """A uniform draw, made only where there is a choice: a single option leaves the RNG's stream as it was."""
+    return rng.choice(options) if len(options) > 1 else options[0]
 
 
 def sample_attack(rng: random.Random, dist: TrainAttacks) -> Attack:
@@ -123,9 +128,9 @@ def sample_attack(rng: random.Random, dist: TrainAttacks) -> Attack:
     A_train has several Ks or forget splits (real bio: a corpus each) one of each is drawn per attack."""
     lr = rng.choice(dist.lrs)
     r2f = rng.random() < dist.retain_then_forget
-    k = rng.choice(dist.steps) if len(dist.steps) > 1 else dist.steps[0]  # one: no draw (the RNG's stream unmoved)
+    k = one_of(rng, dist.steps)
     switch = int(k * rng.betavariate(6, 3)) if r2f else None
-    return train_attack(dist, lr, switch, rng.choice(dist.forget) if len(dist.forget) > 1 else "", k)
+    return train_attack(dist, lr, k, one_of(rng, dist.forget), switch)
 
 
 # --------------------------------------------------------------------------------------------------------

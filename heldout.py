@@ -48,7 +48,7 @@ def point(spec: Attack) -> dict:
 def support(dist: TrainAttacks) -> list[Attack]:
     """Every attack A_train can draw (a retain→forget attack's switch point aside)."""
     switches = {0.0: [None], 1.0: [0]}.get(dist.retain_then_forget, [None, 0])
-    return [train_attack(dist, lr, s, f, k)
+    return [train_attack(dist, lr, k, f, s)
             for lr in dist.lrs for s in switches for f in dist.forget for k in dist.steps]
 
 
