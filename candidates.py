@@ -208,6 +208,7 @@ CANDIDATES.update({f"{recipe}_seed_{seed}": (CANDIDATES[recipe][0], {**CANDIDATE
                                              *(("r27_schedulefree", seed, "round 35's Schedule-Free recipe")
                                                for seed in (1, 2)),
                                              ("r27_n100", 1, "round 37's recipe"),
+                                             ("r27dh_lambda_tr_8", 2, "round 44's pick over seeds (step 100)"),
                                              ("r27_n200", 1, "round 38's recipe"),
                                              *(("s1lr_all_k96_tr_paper_values_ce_lambda_retain_8", seed,
                                                 "round 17's recipe") for seed in (1, 2, 3)))})

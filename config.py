@@ -148,6 +148,9 @@ class TARConfig:
                                         "at step N: the run ends where its updates have died down; cyber held on "
                                         "4 of 5 seeds, 0 of 3 at a constant lr; docs/results.md)",
                               choices=("constant", "cosine"))
+    outer_horizon: int = arg(0, "the cosine's length in outer steps (0 = N): with N below it the run stops before "
+                                "its lr reaches 0, as the snapshot at step N of a run that long (docs/search.md)",
+                             at_least=0)
     grad_clip: float = arg(1.0, "clip the outer gradient to this norm (0 = off)", at_least=0)
     squared_distance: bool = arg(True, "squared hidden-state distance in the retain loss")
     reference: str = arg("safeguard", "frozen reference of the retain loss: safeguard (θ0) | base (the model θ0 "
@@ -196,6 +199,9 @@ class TARConfig:
                              "taken)")
         if self.outer_optimizer == "schedulefree" and self.outer_schedule != "constant":
             raise UsageError("Schedule-Free AdamW has no schedule: use --outer-schedule constant")
+        if self.outer_horizon and (self.outer_horizon < self.outer_steps or self.outer_schedule != "cosine"):
+            raise UsageError("--outer-horizon is the cosine's length: at least --outer-steps, with --outer-schedule "
+                             "cosine")
         if self.tr_loss == "dpo" and self.domain != "refusal":
             raise UsageError("--tr-loss dpo needs (refusal, compliance) pairs: use it with --domain refusal")
         if self.tr_loss == "dpo" and self.micro_batch % 2:
@@ -253,7 +259,7 @@ NOT_TRAINING = ("runs", "resume", "checkpoint_every", "workers", "attack_steps",
                 "wmdp_revision", "mmlu_shots")  # WMDP and MMLU are only scored
 # Settings added after runs were first saved -> the value that trained every run saved before them (changed_since,
 # training_settings); a world setting's is the world's own (world.ADDED; its flag is --world-<name>)
-ADDED = {"tr_split": "fixed", "name_noise": 0.0, "inner_steps_mix": [],
+ADDED = {"tr_split": "fixed", "name_noise": 0.0, "inner_steps_mix": [], "outer_horizon": 0,
          **{f"world_{name}": value for name, value in world.ADDED.items()}}
 # The paper's hyperparameters (docs/paper.md §4, official code, bio), in one place: --preset paper. Where our
 # miniature default differs, a `# deviation:` marker says why (docs/deviations.md).

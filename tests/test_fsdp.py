@@ -295,13 +295,19 @@ def test_presets_and_flag_precedence():
     # the mini preset decays the outer lr by cosine to 0 at step N; Schedule-Free and refusal keep a constant lr
     assert config.configure(outer_optimizer="schedulefree").outer_schedule == "constant"
     assert config.configure(domain="refusal").outer_schedule == "constant" and paper.outer_schedule == "constant"
-    opt, schedule = tar.outer_optimizer(torch.nn.Linear(2, 2), config.configure(outer_steps=10, outer_params="all"))
-    lrs = []
-    for _ in range(10):
-        opt.step()
-        schedule.step()
-        lrs.append(opt.param_groups[0]["lr"])
-    assert mini.outer_schedule == "cosine" and lrs[4] == pytest.approx(mini.outer_lr / 2) and lrs[-1] == 0.0
+
+    def lrs(**given):
+        opt, schedule = tar.outer_optimizer(torch.nn.Linear(2, 2), config.configure(outer_params="all", **given))
+        for _ in range(given["outer_steps"]):
+            opt.step()
+            schedule.step()
+            yield opt.param_groups[0]["lr"]
+    full = list(lrs(outer_steps=10))
+    assert mini.outer_schedule == "cosine" and full[4] == pytest.approx(mini.outer_lr / 2) and full[-1] == 0.0
+    assert list(lrs(outer_steps=5, outer_horizon=10)) == full[:5]  # the first N steps of the longer cosine
+    for bad in (dict(outer_steps=10, outer_horizon=5), dict(outer_horizon=200, outer_schedule="constant")):
+        with pytest.raises(cli.UsageError, match="--outer-horizon"):
+            config.configure(**bad).validate()
 
 
 def test_memory_estimate_from_the_config_alone():
