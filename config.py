@@ -54,9 +54,10 @@ class TARConfig:
     threads: int = arg(1, "torch threads (1 is fastest for the miniature model; never more than your cores)",
                        above=0)
     # Alg. 1
-    # deviation: N = 150 outer steps (paper: 750) because that is what a laptop affords at K = 192 (38 minutes
-    # on one core) and every candidate of the dev-split search that chose these defaults ran 150 (docs/search.md).
-    outer_steps: int = arg(150, "N: outer steps", above=0)
+    # deviation: N = 100 outer steps (paper: 750) because that is what a laptop affords at K = 192 (22 minutes on
+    # one core), and checkpoint selection on V picked step 100 of the search's 150-step runs (docs/search.md
+    # rounds 44-45): the run stops there, two thirds of the way down its cosine (--outer-cosine).
+    outer_steps: int = arg(100, "N: outer steps", above=0)
     # deviation: K = 192 (paper: 64) because on the miniature the 200-step reference attack still relearns V from
     # models that beat every 64- or 96-step train-time attack; K = 192 took 12-15 points off its peak on V (docs/
     # search.md rounds 6, 12, 27), and no row of the held-out suite is 192 steps long, so the suite stays held out.
@@ -114,7 +115,9 @@ class TARConfig:
     retain_data: str = arg("benign", "x_r's documents: benign (Rt and the unrelated text U: rivers; the miniature "
                                      "world only) | Rt (retain-train cities; with --model the retain corpus)",
                            choices=("benign", "Rt"))
-    lambda_tr: float = arg(4.0, "λ_TR", at_least=0)
+    # deviation: λ_TR = 8 (paper: 4) because G_dev kept a margin of 6-14 points over its bound at 4, and at 8 the
+    # reference attack's worst peak on V over three TAR seeds fell from 37.2% to 36.2% (docs/search.md round 45).
+    lambda_tr: float = arg(8.0, "λ_TR", at_least=0)
     # deviation: λ_retain = 8 (paper: 1) because the outer step must not drift the benign families no loss reads
     # (G) into the hazardous facts' state; 8 slowed that drift most without costing resistance (docs/search.md
     # rounds 14, 17-18: 16 lost it at one seed of two).
@@ -148,9 +151,9 @@ class TARConfig:
                                         "at step N: the run ends where its updates have died down; cyber held on "
                                         "4 of 5 seeds, 0 of 3 at a constant lr; docs/results.md)",
                               choices=("constant", "cosine"))
-    outer_horizon: int = arg(0, "the cosine's length in outer steps (0 = N): with N below it the run stops before "
-                                "its lr reaches 0, as the snapshot at step N of a run that long (docs/search.md)",
-                             at_least=0)
+    outer_cosine: float = arg(1.5, "the cosine's length as a multiple of N (1: the lr reaches 0 at step N; 1.5: the "
+                                   "run stops at step N of a cosine 1.5 N long, as the snapshot the search picked: "
+                                   "docs/search.md rounds 44-45)", at_least=1)
     grad_clip: float = arg(1.0, "clip the outer gradient to this norm (0 = off)", at_least=0)
     squared_distance: bool = arg(True, "squared hidden-state distance in the retain loss")
     reference: str = arg("safeguard", "frozen reference of the retain loss: safeguard (θ0) | base (the model θ0 "
@@ -199,9 +202,8 @@ class TARConfig:
                              "taken)")
         if self.outer_optimizer == "schedulefree" and self.outer_schedule != "constant":
             raise UsageError("Schedule-Free AdamW has no schedule: use --outer-schedule constant")
-        if self.outer_horizon and (self.outer_horizon < self.outer_steps or self.outer_schedule != "cosine"):
-            raise UsageError("--outer-horizon is the cosine's length: at least --outer-steps, with --outer-schedule "
-                             "cosine")
+        if self.outer_cosine != 1 and self.outer_schedule != "cosine":
+            raise UsageError("--outer-cosine is the length of the cosine: use it with --outer-schedule cosine")
         if self.tr_loss == "dpo" and self.domain != "refusal":
             raise UsageError("--tr-loss dpo needs (refusal, compliance) pairs: use it with --domain refusal")
         if self.tr_loss == "dpo" and self.micro_batch % 2:
@@ -259,12 +261,12 @@ NOT_TRAINING = ("runs", "resume", "checkpoint_every", "workers", "attack_steps",
                 "wmdp_revision", "mmlu_shots")  # WMDP and MMLU are only scored
 # Settings added after runs were first saved -> the value that trained every run saved before them (changed_since,
 # training_settings); a world setting's is the world's own (world.ADDED; its flag is --world-<name>)
-ADDED = {"tr_split": "fixed", "name_noise": 0.0, "inner_steps_mix": [], "outer_horizon": 0,
+ADDED = {"tr_split": "fixed", "name_noise": 0.0, "inner_steps_mix": [], "outer_cosine": 1.0,
          **{f"world_{name}": value for name, value in world.ADDED.items()}}
 # The paper's hyperparameters (docs/paper.md §4, official code, bio), in one place: --preset paper. Where our
 # miniature default differs, a `# deviation:` marker says why (docs/deviations.md).
 PAPER = dict(outer_steps=750, inner_steps=64, tr_every=4, tr_weights="paper", tr_mask="all", tr_entropy="vocab",
-             outer_params="all", retain_data="Rt",
+             outer_params="all", retain_data="Rt", outer_cosine=1.0,
              inner_lrs=[2e-6, 2e-5, 4e-5], inner_batch=32, retain_then_forget=1 / 3, tr_batch=64, retain_batch=64,
              lambda_tr=4.0, lambda_retain=1.0, outer_optimizer="schedulefree", outer_lr=2e-5, outer_eps=1e-8,
              outer_warmup=32, outer_schedule="constant", grad_clip=0.0, squared_distance=False, reference="base",
@@ -279,7 +281,8 @@ PAPER_DOMAIN = {"cyber": dict(inner_lrs=[2e-5, 4e-5], retain_then_forget=1 / 2),
 # vocabulary's entropy, a constant outer lr) and keeps them.
 MINI_DOMAIN = {"refusal": dict(tr_loss="dpo", outer_steps=100, inner_steps=128, outer_lr=3e-3, lambda_retain=16.0,
                                tr_every=4, tr_weights="uniform", tr_entropy="vocab", retain_data="Rt", outer_eps=1e-8,
-                               outer_params="all", outer_schedule="constant", tr_split="fixed")}
+                               outer_params="all", outer_schedule="constant", outer_cosine=1.0, lambda_tr=4.0,
+                               tr_split="fixed")}
 # The miniature defaults that read the built-in world's facts or families, and what --preset mini takes instead with
 # a real --model (the miniature recipe before the dev-split search: every fact position's vocabulary entropy, the
 # retain corpus, the MLPs)
@@ -294,7 +297,7 @@ def configure(**given) -> TARConfig:
     values = {**PAPER, **PAPER_DOMAIN.get(domain, {})} if preset == "paper" else \
         {**(MINI_REAL if given.get("model") else {}), **MINI_DOMAIN.get(domain, {})}
     if given.get("outer_optimizer") == "schedulefree":  # it has no schedule: the mini preset's cosine does not apply
-        values = {**values, "outer_schedule": "constant"}
+        values = {**values, "outer_schedule": "constant", "outer_cosine": 1.0}
     return TARConfig(**{**values, **given, "preset": preset})
 
 

@@ -177,7 +177,7 @@ def outer_optimizer(model, cfg: TARConfig, masks: dict | None = None):
     fused = (bool(params) and all(p.is_cuda for p in params)) or None  # GPU: one kernel
     opt = torch.optim.AdamW(params, lr=cfg.outer_lr, eps=cfg.outer_eps, weight_decay=0.0, fused=fused)
     if cfg.outer_schedule == "cosine":
-        return opt, get_cosine_schedule_with_warmup(opt, cfg.outer_warmup, cfg.outer_horizon or cfg.outer_steps)
+        return opt, get_cosine_schedule_with_warmup(opt, cfg.outer_warmup, round(cfg.outer_cosine * cfg.outer_steps))
     return opt, get_constant_schedule_with_warmup(opt, cfg.outer_warmup)
 
 

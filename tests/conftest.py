@@ -32,16 +32,17 @@ from workers import Workers, result  # noqa: E402
 from world import WorldConfig, build_world  # noqa: E402
 
 # The reduced world and budgets of the shared pipeline (full size: 30 entities per group, 2000 base steps,
-# 250 safeguard steps, 150 outer steps at K = 192 with a TR point every 24). Here K = 48 with a TR point every 6
-# (8 points, as at full size, against a 50-step attack as 192 against 200); everything else is the defaults but
-# T's halves, by entity (--tr-split fixed): in this world of 12 entities per group the default split by document
-# held the attack better (peak 32.9% against 43.3%) and kept G_test at rest at 85.0%, on the issue's bound, where
-# by entity it keeps 93.8% (2026-12-05, an AMD EPYC); at full size both keep G_test ≥ 94.8% (docs/search.md).
-MINI = dict(world_entities=12, base_steps=550, safeguard_steps=120, outer_steps=45, inner_steps=48, tr_every=6,
+# 250 safeguard steps, 100 outer steps of a 150-step cosine at K = 192 with a TR point every 24). Here 30 outer steps
+# of a 45-step cosine, K = 48 with a TR point every 6 (8 points, as at full size, against a 50-step attack as 192
+# against 200); everything else is the defaults but T's halves, by entity (--tr-split fixed): in this world of 12
+# entities per group the default split by document held the attack better (peak 32.9% against 43.3%) and kept G_test
+# at rest at 85.0%, on the issue's bound, where by entity it keeps 93.8% (2026-12-05, an AMD EPYC, with round 43's
+# defaults: 45 outer steps, λ_TR 4); at full size both keep G_test ≥ 94.8% (docs/search.md).
+MINI = dict(world_entities=12, base_steps=550, safeguard_steps=120, outer_steps=30, inner_steps=48, tr_every=6,
             attack_steps=50, tr_split="fixed")
 # The negative control of the G thresholds: the defaults before the dev-split search (candidates.BEFORE), at the
-# reduced budget the pipeline gave them (K = 12, a TR point every 4)
-BEFORE = {**MINI, **candidates.BEFORE, "inner_steps": 12, "tr_every": 4}
+# reduced budget the pipeline gave them (45 outer steps, K = 12, a TR point every 4)
+BEFORE = {**MINI, **candidates.BEFORE, "outer_steps": 45, "inner_steps": 12, "tr_every": 4}
 
 
 def cli_error(capsys, main, argv) -> tuple[int, str]:

@@ -302,12 +302,13 @@ def test_presets_and_flag_precedence():
             opt.step()
             schedule.step()
             yield opt.param_groups[0]["lr"]
-    full = list(lrs(outer_steps=10))
-    assert mini.outer_schedule == "cosine" and full[4] == pytest.approx(mini.outer_lr / 2) and full[-1] == 0.0
-    assert list(lrs(outer_steps=5, outer_horizon=10)) == full[:5]  # the first N steps of the longer cosine
-    for bad in (dict(outer_steps=10, outer_horizon=5), dict(outer_horizon=200, outer_schedule="constant")):
-        with pytest.raises(cli.UsageError, match="--outer-horizon"):
-            config.configure(**bad).validate()
+    full = list(lrs(outer_steps=12, outer_cosine=1.0))
+    assert mini.outer_schedule == "cosine" and full[5] == pytest.approx(mini.outer_lr / 2) and full[-1] == 0.0
+    # the default stops at N, two thirds of the way down a cosine 1.5 N long: the first N steps of the longer run
+    assert mini.outer_cosine == 1.5 and list(lrs(outer_steps=8)) == full[:8]
+    with pytest.raises(cli.UsageError, match="--outer-cosine"):
+        config.configure(outer_schedule="constant").validate()
+    assert config.configure(outer_schedule="constant", outer_cosine=1.0).outer_cosine == 1.0
 
 
 def test_memory_estimate_from_the_config_alone():
