@@ -174,11 +174,15 @@ def test_search_table_picks_by_the_rule_and_the_cli_refuses_what_it_cannot_run(t
 
 
 def test_todays_defaults_are_the_search_pick_as_recorded():
-    """tar.py with no flags trains what the search's pick over seeds (r27_document_halves, docs/search.md round 43)
-    trained: its stage 1 and its TAR settings, so that the pick's rows on V describe the defaults measured on E."""
-    stage1, overrides = search.CANDIDATES["r27_document_halves"][:2]
+    """tar.py with no flags trains what the search's pick over seeds (r27dh_lambda_tr_8 at outer step 100,
+    docs/search.md round 45) trained: its stage 1 and its TAR settings, stopped at the snapshot the rule picked, so
+    that the pick's rows on V describe the defaults measured on E."""
+    stage1, overrides = search.CANDIDATES["r27dh_lambda_tr_8"][:2]
     assert safeguard.for_method("random_mapping") == safeguard.SafeguardConfig(**search.STAGE1[stage1][0])
-    assert search.tar_config(search.SearchArgs(), overrides) == search.tar_config(search.SearchArgs(), {})
+    # its snapshot at step 100 of a 150-step run: 100 steps of a cosine 1.5 x 100 long
+    snapshot = {**overrides, "outer_steps": 100, "outer_cosine": overrides["outer_steps"] / 100}
+    assert search.tar_config(search.SearchArgs(), snapshot) == search.tar_config(search.SearchArgs(), {})
+    assert search.tar_config(search.SearchArgs(), overrides) != search.tar_config(search.SearchArgs(), {})
 
 
 def test_search_judges_a_recipe_by_its_worst_seed(tmp_path):
