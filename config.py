@@ -266,7 +266,7 @@ ADDED = {"tr_split": "fixed", "name_noise": 0.0, "inner_steps_mix": [], "outer_c
 # The paper's hyperparameters (docs/paper.md §4, official code, bio), in one place: --preset paper. Where our
 # miniature default differs, a `# deviation:` marker says why (docs/deviations.md).
 PAPER = dict(outer_steps=750, inner_steps=64, tr_every=4, tr_weights="paper", tr_mask="all", tr_entropy="vocab",
-             outer_params="all", retain_data="Rt", outer_cosine=1.0,
+             outer_params="all", retain_data="Rt",
              inner_lrs=[2e-6, 2e-5, 4e-5], inner_batch=32, retain_then_forget=1 / 3, tr_batch=64, retain_batch=64,
              lambda_tr=4.0, lambda_retain=1.0, outer_optimizer="schedulefree", outer_lr=2e-5, outer_eps=1e-8,
              outer_warmup=32, outer_schedule="constant", grad_clip=0.0, squared_distance=False, reference="base",
@@ -281,8 +281,7 @@ PAPER_DOMAIN = {"cyber": dict(inner_lrs=[2e-5, 4e-5], retain_then_forget=1 / 2),
 # vocabulary's entropy, a constant outer lr) and keeps them.
 MINI_DOMAIN = {"refusal": dict(tr_loss="dpo", outer_steps=100, inner_steps=128, outer_lr=3e-3, lambda_retain=16.0,
                                tr_every=4, tr_weights="uniform", tr_entropy="vocab", retain_data="Rt", outer_eps=1e-8,
-                               outer_params="all", outer_schedule="constant", outer_cosine=1.0, lambda_tr=4.0,
-                               tr_split="fixed")}
+                               outer_params="all", outer_schedule="constant", lambda_tr=4.0, tr_split="fixed")}
 # The miniature defaults that read the built-in world's facts or families, and what --preset mini takes instead with
 # a real --model (the miniature recipe before the dev-split search: every fact position's vocabulary entropy, the
 # retain corpus, the MLPs)
@@ -297,7 +296,9 @@ def configure(**given) -> TARConfig:
     values = {**PAPER, **PAPER_DOMAIN.get(domain, {})} if preset == "paper" else \
         {**(MINI_REAL if given.get("model") else {}), **MINI_DOMAIN.get(domain, {})}
     if given.get("outer_optimizer") == "schedulefree":  # it has no schedule: the mini preset's cosine does not apply
-        values = {**values, "outer_schedule": "constant", "outer_cosine": 1.0}
+        values = {**values, "outer_schedule": "constant"}
+    if {**values, **given}.get("outer_schedule") == "constant":  # no cosine, so no cosine's length to set apart
+        values = {**values, "outer_cosine": 1.0}
     return TARConfig(**{**values, **given, "preset": preset})
 
 

@@ -307,8 +307,11 @@ def test_presets_and_flag_precedence():
     # the default stops at N, two thirds of the way down a cosine 1.5 N long: the first N steps of the longer run
     assert mini.outer_cosine == 1.5 and list(lrs(outer_steps=8)) == full[:8]
     with pytest.raises(cli.UsageError, match="--outer-cosine"):
-        config.configure(outer_schedule="constant").validate()
-    assert config.configure(outer_schedule="constant", outer_cosine=1.0).outer_cosine == 1.0
+        config.configure(outer_schedule="constant", outer_cosine=1.5).validate()
+    # a constant lr (given, the paper's, refusal's, Schedule-Free's) has no cosine: the default's 1.5 does not apply
+    for given in (dict(outer_schedule="constant"), dict(model="m"), dict(domain="refusal"),
+                  dict(outer_optimizer="schedulefree")):
+        assert config.configure(**given).outer_cosine == 1.0, given
 
 
 def test_memory_estimate_from_the_config_alone():
