@@ -82,11 +82,16 @@ def job_key(job, weights: str) -> str:
                   identity(world_cfg), weights)
 
 
+def grid_file(run_dir: Path) -> Path:
+    """Where the grid keeps each method's pick and the weights it chose on (its points beside it)."""
+    return run_dir / "baselines" / "grid.json"
+
+
 def pick_for(method: str, run_dir: Path) -> tuple[dict, str]:
     """The settings `method` is trained with, and where they come from: the grid's pick where grid.json chose it
     from the very weights the method starts from (this machine's base, or UNDO's teacher as trained now), else the
     pick in baselines.py (made on the base named there; each CPU model pretrains its own, docs/baselines.md)."""
-    path = run_dir / "baselines" / "grid.json"
+    path = grid_file(run_dir)
     entry = (read_json(path) if path.exists() else {}).get(method, {})
     here = entry.get("start") == file_digest(start_dir(METHODS[method].teacher, run_dir))
     if here and entry.get("pick"):
@@ -97,7 +102,7 @@ def pick_for(method: str, run_dir: Path) -> tuple[dict, str]:
 
 
 def run_grid(methods: list[str], world, run_dir: Path, workers: int, log=print) -> dict:
-    path = run_dir / "baselines" / "grid.json"
+    path = grid_file(run_dir)
     points = path.with_name("grid_points.jsonl")  # a line per finished setting: a crash or Ctrl-C loses none
     saved = read_json(path) if path.exists() else {}
     jobs, weights = {}, {}  # weights: the digest of each method's start, which its grid chooses on
