@@ -38,6 +38,7 @@ import copy
 import datetime
 import functools
 import json
+import os
 import statistics
 import time
 from dataclasses import asdict, dataclass
@@ -151,14 +152,18 @@ def run_job(job: Job, d: Dist = Dist()) -> dict:
 def find_models(run_dir: Path) -> dict[str, Path]:
     """Every directory under `run_dir` holding a config.json is a model, named by its relative path
     (base, safeguard, tar, baselines/rmu, ...); resume state (checkpoint/), outputs, search.py's candidates
-    (chosen on V: scoring them all on E would invite a choice on E) and seeds.py's TAR replicates are skipped."""
-    found = {}
-    for cfg in sorted(Path(run_dir).rglob("config.json")):
-        rel = cfg.parent.relative_to(run_dir)
-        skipped = ("checkpoint", "redteam", "search", "seeds")
-        if not any(part in skipped or part.endswith((".tmp", ".old")) for part in rel.parts):
-            found[str(rel) if str(rel) != "." else cfg.parent.name] = cfg.parent
-    return found
+    (chosen on V: scoring them all on E would invite a choice on E) and seeds.py's TAR replicates are skipped.
+    Symbolic links are followed (a run assembled from other runs' models), never back up the tree."""
+    found, skipped = {}, ("checkpoint", "redteam", "search", "seeds")
+    for top, dirs, files in os.walk(run_dir, followlinks=True):
+        rel = Path(top).relative_to(run_dir)
+        if any(os.path.samefile(Path(run_dir, *rel.parts[:i]), top) for i in range(len(rel.parts))):
+            dirs.clear()  # a link to a directory above it: walking on would never end
+            continue
+        dirs[:] = [x for x in dirs if x not in skipped and not x.endswith((".tmp", ".old"))]
+        if "config.json" in files:
+            found[str(rel) if str(rel) != "." else Path(top).name] = Path(top)
+    return dict(sorted(found.items()))
 
 
 def run_key(digest: str, attack: str, seed: int) -> str:

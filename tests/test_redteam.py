@@ -135,8 +135,13 @@ def test_results_round_trip_and_resume(small_world, tmp_path, monkeypatch):
         model = tiny_model(vocab_size=len(small_world.tokenizer), seed=seed)
         model.save_pretrained(run / name)
         small_world.tokenizer.save_pretrained(run / name)
+    (run / "seeds").mkdir()
+    (run / "linked").symlink_to(run / "tar", target_is_directory=True)  # a model of another run, linked
+    (run / "seeds" / "loop").symlink_to(run, target_is_directory=True)  # skipped (seeds/), and a loop anyway
+    (run / "safeguard" / "up").symlink_to(run, target_is_directory=True)  # a link back up: not walked
     models = redteam.find_models(run)
-    assert list(models) == ["safeguard", "tar", "tar_copy"]  # search.py's candidates are not the red team's
+    assert list(models) == ["linked", "safeguard", "tar", "tar_copy"]  # search.py's candidates are not the red team's
+    models.pop("linked")
     models.pop("tar_copy")
     shared = redteam.redteam({"tar": models["tar"], "tar_copy": run / "tar_copy"}, [Attack("c", steps=1, batch_size=2)],
                               small_world.config, 1, 1, tmp_path / "shared", log=lambda *a: None)
