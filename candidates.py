@@ -176,6 +176,13 @@ CANDIDATES.update({f"r27dh_{tag}{f'_seed_{seed}' if seed else ''}": ("stage1_ben
      "inner loop, 90% of an outer step, at half the cost"),
     ("lambda_tr_8", {"lambda_tr": 8.0}, "today's defaults with λ_TR 8 (the paper's 4; never varied in the search): "
      "G_dev stays at 91-99% where its bound is 85%, a margin to trade for resistance"))})
+# round 46 (base C): today's defaults take 30 min from scratch against the 25-minute budget, and TAR is 73% of it;
+# round 44's attacker batch of 8 took 0.58-0.60x of TAR's time at λ_TR 4. Both changes at once, run as tar.py runs
+# them (N = 100 of a 150-step cosine), at the three TAR seeds of round 45's pick
+CANDIDATES.update({f"r27dh_lambda_tr_8_inner_batch_8{f'_seed_{seed}' if seed else ''}": ("stage1_benign_lr_1e-3", {
+    **R27_DOCS, "lambda_tr": 8.0, "inner_batch": 8, "outer_steps": 100, "outer_cosine": 1.5, "seed": seed},
+    "round 45's pick (λ_TR 8, step 100 of a 150-step cosine) with the train-time attacker's batch halved: TAR in "
+    "about 0.6x the time, towards the 25-minute budget") for seed in (0, 1, 2)})
 # recipes with the paper's 32 warmup steps of the outer lr
 CANDIDATES.update({f"{recipe}_warmup_32": (CANDIDATES[recipe][0], {**CANDIDATES[recipe][1], "outer_warmup": 32},
                                            f"{recipe} warmed up: on base C G_dev falls from 97% to 60-68% in the "
