@@ -219,8 +219,10 @@ CANDIDATES.update({f"{recipe}_seed_{seed}": (CANDIDATES[recipe][0], {**CANDIDATE
                                              ("r27_n200", 1, "round 38's recipe"),
                                              *(("s1lr_all_k96_tr_paper_values_ce_lambda_retain_8", seed,
                                                 "round 17's recipe") for seed in (1, 2, 3)))})
-# The TAR defaults the search began from (rounds 1-32; N = 150 to its cosine's end and λ_TR 4 until round 45): every
-# candidate is written as changes to them, so that each row reruns as it ran, whatever tar.py's defaults are today
+# The TAR defaults the search began from (rounds 1-32; N = 150 to its cosine's end and λ_TR 4 until round 45, the
+# attacker's batch 16 until round 46): every candidate is written as changes to them, so that each row reruns as it
+# ran, whatever tar.py's defaults are today
 BEFORE = dict(retain_data="Rt", outer_params="mlp", outer_lr=1e-2, inner_steps=64, tr_every=8, tr_weights="uniform",
-              tr_entropy="vocab", lambda_retain=4.0, tr_split="fixed", outer_steps=150, outer_cosine=1.0, lambda_tr=4.0)
+              tr_entropy="vocab", lambda_retain=4.0, tr_split="fixed", outer_steps=150, outer_cosine=1.0, lambda_tr=4.0,
+              inner_batch=16)
 CANDIDATES = {name: (stage1, {**BEFORE, **overrides}, why) for name, (stage1, overrides, why) in CANDIDATES.items()}

@@ -54,10 +54,10 @@ class TARConfig:
     threads: int = arg(1, "torch threads (1 is fastest for the miniature model; never more than your cores)",
                        above=0)
     # Alg. 1
-    # deviation: N = 100 outer steps (paper: 750) because that is what a laptop affords at K = 192 (22 minutes on
-    # one core), and checkpoint selection on V picked step 100 of the search's 150-step runs (docs/search.md
-    # rounds 44-45): the run stops there, two thirds of the way down its cosine (--outer-cosine).
-    outer_steps: int = arg(100, "N: outer steps", above=0)
+    # deviation: N = 75 outer steps (paper: 750) because a laptop affords about that many at K = 192 within the
+    # 25-minute budget, and checkpoint selection on V picked step 75 of round 46's runs, whose cosine is 150 steps
+    # long (docs/search.md round 46): the run stops there, halfway down its cosine (--outer-cosine).
+    outer_steps: int = arg(75, "N: outer steps", above=0)
     # deviation: K = 192 (paper: 64) because on the miniature the 200-step reference attack still relearns V from
     # models that beat every 64- or 96-step train-time attack; K = 192 took 12-15 points off its peak on V (docs/
     # search.md rounds 6, 12, 27), and no row of the held-out suite is 192 steps long, so the suite stays held out.
@@ -91,9 +91,9 @@ class TARConfig:
     # deviation: train-time attack LRs {1e-4, 3e-4, 1e-3} (paper bio: {2e-6, 2e-5, 4e-5}) because a 0.8M-parameter
     # model needs larger steps than an 8B one to relearn a fact in K steps; the red team keeps the paper's ratios.
     inner_lrs: list = arg((1e-4, 3e-4, 1e-3), "train-time attack learning rates (sampled uniformly)", above=0)
-    # deviation: smaller batches, attacker 16 and x_TR 32 (paper: 32 and 64) because T_inner and T_tr hold 300
-    # documents each, and these are the sizes the recipe was measured with (docs/paper.md §7).
-    inner_batch: int = arg(16, "train-time attacker batch size (global)", above=0)
+    # deviation: smaller batches, attacker 8 and x_TR 32 (paper: 32 and 64) because T's halves hold 300 documents
+    # each, and the attacker's 8 brings TAR within the 25-minute budget at no cost to V (docs/search.md round 46).
+    inner_batch: int = arg(8, "train-time attacker batch size (global)", above=0)
     # deviation: no retain→forget attacks by default (paper bio: ⅓, cyber: ½) because the defaults were measured
     # without them (a search with ⅓ is in docs/results.md); --preset paper sets the paper's shares.
     retain_then_forget: float = arg(0.0, "probability that a sampled attack is retain->forget", at_least=0,
@@ -151,9 +151,9 @@ class TARConfig:
                                         "at step N: the run ends where its updates have died down; cyber held on "
                                         "4 of 5 seeds, 0 of 3 at a constant lr; docs/results.md)",
                               choices=("constant", "cosine"))
-    outer_cosine: float = arg(1.5, "the cosine's length as a multiple of N (1: the lr reaches 0 at step N; 1.5: the "
-                                   "run stops at step N of a cosine 1.5 N long, as the snapshot the search picked: "
-                                   "docs/search.md rounds 44-45)", at_least=1)
+    outer_cosine: float = arg(2.0, "the cosine's length as a multiple of N (1: the lr reaches 0 at step N; 2: the "
+                                   "run stops at step N of a cosine 2 N long, as the snapshot the search picked: "
+                                   "docs/search.md round 46)", at_least=1)
     grad_clip: float = arg(1.0, "clip the outer gradient to this norm (0 = off)", at_least=0)
     squared_distance: bool = arg(True, "squared hidden-state distance in the retain loss")
     reference: str = arg("safeguard", "frozen reference of the retain loss: safeguard (θ0) | base (the model θ0 "
@@ -281,11 +281,12 @@ PAPER_DOMAIN = {"cyber": dict(inner_lrs=[2e-5, 4e-5], retain_then_forget=1 / 2),
 # vocabulary's entropy, a constant outer lr) and keeps them.
 MINI_DOMAIN = {"refusal": dict(tr_loss="dpo", outer_steps=100, inner_steps=128, outer_lr=3e-3, lambda_retain=16.0,
                                tr_every=4, tr_weights="uniform", tr_entropy="vocab", retain_data="Rt", outer_eps=1e-8,
-                               outer_params="all", outer_schedule="constant", lambda_tr=4.0, tr_split="fixed")}
+                               outer_params="all", outer_schedule="constant", lambda_tr=4.0, tr_split="fixed",
+                               inner_batch=16)}
 # The miniature defaults that read the built-in world's facts or families, and what --preset mini takes instead with
 # a real --model (the miniature recipe before the dev-split search: every fact position's vocabulary entropy, the
-# retain corpus, the MLPs)
-MINI_REAL = dict(tr_entropy="vocab", retain_data="Rt", outer_params="mlp", tr_split="fixed")
+# retain corpus, the MLPs, the attacker's batch of 16)
+MINI_REAL = dict(tr_entropy="vocab", retain_data="Rt", outer_params="mlp", tr_split="fixed", inner_batch=16)
 
 
 def configure(**given) -> TARConfig:

@@ -174,13 +174,14 @@ def test_search_table_picks_by_the_rule_and_the_cli_refuses_what_it_cannot_run(t
 
 
 def test_todays_defaults_are_the_search_pick_as_recorded():
-    """tar.py with no flags trains what the search's pick over seeds (r27dh_lambda_tr_8 at outer step 100,
-    docs/search.md round 45) trained: its stage 1 and its TAR settings, stopped at the snapshot the rule picked, so
-    that the pick's rows on V describe the defaults measured on E."""
-    stage1, overrides = search.CANDIDATES["r27dh_lambda_tr_8"][:2]
+    """tar.py with no flags trains what the search's pick over seeds (r27dh_lambda_tr_8_inner_batch_8 at outer step
+    75, docs/search.md round 46) trained: its stage 1 and its TAR settings, stopped at the snapshot the rule picked,
+    so that the pick's rows on V describe the defaults measured on E."""
+    stage1, overrides = search.CANDIDATES["r27dh_lambda_tr_8_inner_batch_8"][:2]
     assert safeguard.for_method("random_mapping") == safeguard.SafeguardConfig(**search.STAGE1[stage1][0])
-    # its snapshot at step 100 of a 150-step run: 100 steps of a cosine 1.5 x 100 long
-    snapshot = {**overrides, "outer_steps": 100, "outer_cosine": overrides["outer_steps"] / 100}
+    # its snapshot at step 75 of a run of 100 steps of a 150-step cosine: 75 steps of a cosine 2 x 75 long
+    cosine_steps = overrides["outer_steps"] * overrides["outer_cosine"]  # 150
+    snapshot = {**overrides, "outer_steps": 75, "outer_cosine": cosine_steps / 75}
     assert search.tar_config(search.SearchArgs(), snapshot) == search.tar_config(search.SearchArgs(), {})
     assert search.tar_config(search.SearchArgs(), overrides) != search.tar_config(search.SearchArgs(), {})
 
