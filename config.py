@@ -92,7 +92,7 @@ class TARConfig:
     # model needs larger steps than an 8B one to relearn a fact in K steps; the red team keeps the paper's ratios.
     inner_lrs: list = arg((1e-4, 3e-4, 1e-3), "train-time attack learning rates (sampled uniformly)", above=0)
     # deviation: smaller batches, attacker 8 and x_TR 32 (paper: 32 and 64) because T's halves hold 300 documents
-    # each, and the attacker's 8 brings TAR within the 25-minute budget at no cost to V (docs/search.md round 46).
+    # each, and the attacker's 8 brings TAR within the 25-minute budget, its pick on V no worse (search.md round 46).
     inner_batch: int = arg(8, "train-time attacker batch size (global)", above=0)
     # deviation: no retain→forget attacks by default (paper bio: ⅓, cyber: ½) because the defaults were measured
     # without them (a search with ⅓ is in docs/results.md); --preset paper sets the paper's shares.
