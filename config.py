@@ -285,8 +285,8 @@ MINI_DOMAIN = {"refusal": dict(tr_loss="dpo", outer_steps=100, inner_steps=128, 
                                inner_batch=16)}
 # The miniature defaults that read the built-in world's facts or families, and what --preset mini takes instead with
 # a real --model (the miniature recipe before the dev-split search: every fact position's vocabulary entropy, the
-# retain corpus, the MLPs, the attacker's batch of 16)
-MINI_REAL = dict(tr_entropy="vocab", retain_data="Rt", outer_params="mlp", tr_split="fixed", inner_batch=16)
+# retain corpus, the MLPs)
+MINI_REAL = dict(tr_entropy="vocab", retain_data="Rt", outer_params="mlp", tr_split="fixed")
 
 
 def configure(**given) -> TARConfig:

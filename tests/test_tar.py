@@ -59,7 +59,7 @@ def test_restore_is_exact(small_world):
 def test_outer_params_mlp_moves_only_the_mlps(small_world):
     """--outer-params mlp (the mini preset's with --model): the outer optimizer holds exactly the MLP weights, and a
     real outer step moves those and leaves every other weight bit-for-bit as it was (the attack moved all of them)."""
-    cfg = tar.TARConfig(**{**config.MINI_REAL, "inner_batch": 4}, inner_steps=4, tr_every=2)
+    cfg = tar.TARConfig(**config.MINI_REAL, inner_steps=4, tr_every=2, inner_batch=4)
     assert config.configure(model="m", preset="mini").outer_params == "mlp"
     assert config.configure(model="m").outer_params == "all"  # the paper trains all
     model = tiny_model(vocab_size=len(small_world.tokenizer))
