@@ -133,6 +133,25 @@ def test_entity_transfer_halves_A_by_entity_and_grafts_one_part():
     assert all(torch.equal(p, dict(trained.named_parameters())[n]) for n, p in graft.named_parameters() if n in moved)
 
 
+def test_iterates_parses_windows_and_averages_what_each_iterate_moved():
+    """docs/iterates.py (search round 47's diagnostic): 'b' is the snapshot, 'a-b' the uniform average of steps
+    a..b; a tensor an iterate did not move off θ0 enters the average as θ0's; the spread over entities is a
+    bootstrap's SD."""
+    import torch
+    import iterates as it
+    from cli import UserError
+    assert it.window("75") == (75, 75) and it.window("51-100") == (51, 100)
+    for bad in ("x", "0", "9-3", "1-"):
+        with pytest.raises(UserError, match="--windows"):
+            it.window(bad)
+    theta0 = {"a": torch.zeros(2), "b": torch.ones(2)}
+    states = [{"a": torch.tensor([2.0, 4.0])}, {"a": torch.tensor([4.0, 0.0]), "b": torch.tensor([3.0, 3.0])}]
+    avg = it.averaged(states, theta0)
+    assert torch.equal(avg["a"], torch.tensor([3.0, 2.0])) and torch.equal(avg["b"], torch.tensor([2.0, 2.0]))
+    assert it.bootstrap_sd([(5, 20)] * 30) == 0.0  # every entity alike: no spread
+    assert abs(it.bootstrap_sd([(0, 20), (20, 20)]) - 0.5 / 2 ** 0.5) < 0.02  # the mean of two fair coins
+
+
 def test_diagnostics_read_the_world_their_models_were_made_in(tmp_path):
     """The docs/ diagnostics take the world from the models' provenance.json (a model of a --world-t-extra world
     gets that world); models of two worlds (θ0 included), or with no provenance, are one error line;
