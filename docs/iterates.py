@@ -9,8 +9,9 @@ reference attack's peak on V moves by 3-5 points, and the rule picks one snapsho
     orders      does a snapshot that holds V at the reference attack's data order 0 (the order selection.py
                 scores) hold it at orders 1 and 2 too, as the 3 x 3 grid's orders on E ask?
     spread      (--spread) how precisely does a group of 30 entities measure forget under the attack? The
-                bootstrap SD, over V's entities (all of an entity's questions together), of V's accuracy at the
-                attack's last point: V and E are two draws of entities, so a pick on V predicts E only to within it
+                standard error of V's accuracy at the attack's last point clustered by entity (protocol.interval's
+                estimator, all of an entity's questions one cluster): V and E are two draws of entities, so a pick
+                on V predicts E only to within it
 
 It reruns one candidate of search.py from the search's cached stage 1 (the same weights as the search's run: TAR
 is deterministic given its seed), saves the tensors the outer step trains after every step under
@@ -25,8 +26,6 @@ from __future__ import annotations
 
 import copy
 import json
-import random
-import statistics
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,13 +34,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import cli  # noqa: E402
+import protocol  # noqa: E402
 import redteam  # noqa: E402
 import scoring  # noqa: E402
 import search  # noqa: E402
 import selection  # noqa: E402
 import tar  # noqa: E402
 from cli import arg  # noqa: E402
-from protocol import REFERENCE  # noqa: E402
 from world import sealed  # noqa: E402
 
 
@@ -53,7 +52,7 @@ class IteratesArgs:
     windows: list = arg(("75", "51-75"), "outer steps to score: b (the snapshot) or a-b (the average of a..b)",
                         of=str)
     orders: list = arg((0,), "the reference attack's data orders", of=int, at_least=0)
-    spread: bool = arg(False, "also the bootstrap SD over V's entities at the attack's last point (the attack again)")
+    spread: bool = arg(False, "also the standard error over V's entities at the attack's last point (the attack again)")
 
 
 def window(spec: str) -> tuple[int, int]:
@@ -73,25 +72,19 @@ def averaged(states: list[dict], theta0: dict) -> dict:
     return {k: torch.stack([s.get(k, theta0[k]) for s in states]).mean(0) for k in names}
 
 
-def entity_spread(model, world, order: int, draws: int = 2000) -> float:
-    """The bootstrap SD of V's accuracy over its entities, after the reference attack on a copy of `model`."""
+def entity_spread(model, world, order: int) -> float:
+    """The standard error of V's accuracy clustered by entity, after the reference attack on a copy of `model`."""
     attacked = copy.deepcopy(model)
-    redteam.attack_curve(attacked, REFERENCE, sealed(world), order, REFERENCE.steps, groups=scoring.DEV, fresh=True)
-    correct = scoring.mc_correct(attacked, scoring.world_mc(world, "V", "cloze"))
-    by_entity = {}  # entity -> [right, asked]: a fact_id is "<entity>/<relation>"
-    for item, ok in zip(world.items["V"], correct):
-        tally = by_entity.setdefault(item["fact_id"].split("/")[0], [0, 0])
-        tally[0], tally[1] = tally[0] + ok, tally[1] + 1
-    return bootstrap_sd(list(by_entity.values()), draws)
+    spec = protocol.REFERENCE
+    redteam.attack_curve(attacked, spec, sealed(world), order, spec.steps, groups=scoring.DEV, fresh=True)
+    return entity_se(scoring.mc_correct(attacked, scoring.world_mc(world, "V", "cloze")), world.items["V"])
 
 
-def bootstrap_sd(tallies: list, draws: int = 2000) -> float:
-    """The SD of the accuracy of as many (right, asked) tallies as given, drawn with replacement."""
-    rng, accs = random.Random(0), []
-    for _ in range(draws):
-        drawn = rng.choices(tallies, k=len(tallies))
-        accs.append(sum(r for r, _ in drawn) / sum(n for _, n in drawn))
-    return statistics.pstdev(accs)
+def entity_se(correct: list[bool], items: list[dict]) -> float:
+    """protocol.interval's clustered standard error with an entity, not a fact, as the cluster (a fact_id is
+    "<entity>/<relation>"): how far another draw of as many entities would move the accuracy."""
+    p, low, high = protocol.interval(correct, [it["fact_id"].split("/")[0] for it in items], z=1.0)
+    return (high - low) / 2
 
 
 def save_iterates(args: IteratesArgs, out: Path, last: int):
@@ -124,7 +117,7 @@ def iterates(args: IteratesArgs) -> None:
     print("| window | order | V at rest | reference attack: max V | min G_dev |\n|---|---|---|---|---|")
     for spec, (a, b) in spans.items():
         model = copy.deepcopy(theta0)
-        states = [torch.load(out / f"step_{t}.pt") for t in range(a, b + 1)]
+        states = [torch.load(out / f"step_{t}.pt", weights_only=True) for t in range(a, b + 1)]
         model.load_state_dict(averaged(states, theta0.state_dict()), strict=False)
         for order in args.orders:
             e = selection.dev_evidence(model, world, seed=order)

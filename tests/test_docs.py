@@ -135,8 +135,8 @@ def test_entity_transfer_halves_A_by_entity_and_grafts_one_part():
 
 def test_iterates_parses_windows_and_averages_what_each_iterate_moved():
     """docs/iterates.py (search round 47's diagnostic): 'b' is the snapshot, 'a-b' the uniform average of steps
-    a..b; a tensor an iterate did not move off θ0 enters the average as θ0's; the spread over entities is a
-    bootstrap's SD."""
+    a..b; a tensor an iterate did not move off θ0 enters the average as θ0's; the spread over entities is the
+    standard error clustered by entity."""
     import torch
     import iterates as it
     from cli import UserError
@@ -148,8 +148,10 @@ def test_iterates_parses_windows_and_averages_what_each_iterate_moved():
     states = [{"a": torch.tensor([2.0, 4.0])}, {"a": torch.tensor([4.0, 0.0]), "b": torch.tensor([3.0, 3.0])}]
     avg = it.averaged(states, theta0)
     assert torch.equal(avg["a"], torch.tensor([3.0, 2.0])) and torch.equal(avg["b"], torch.tensor([2.0, 2.0]))
-    assert it.bootstrap_sd([(5, 20)] * 30) == 0.0  # every entity alike: no spread
-    assert abs(it.bootstrap_sd([(0, 20), (20, 20)]) - 0.5 / 2 ** 0.5) < 0.02  # the mean of two fair coins
+    items = [{"fact_id": f"{e}/{r}"} for e in ("a", "b", "c") for r in ("x", "y")]
+    assert it.entity_se([True, False] * 3, items) == 0.0  # every entity alike: no spread
+    # entities a and b all right, c all wrong: p = 2/3, SE² = 3/2 · ((2 − 4/3)² · 2 + (4/3)²) / 6² = 1/9
+    assert abs(it.entity_se([True] * 4 + [False] * 2, items) - 1 / 3) < 1e-9
 
 
 def test_diagnostics_read_the_world_their_models_were_made_in(tmp_path):
