@@ -115,9 +115,10 @@ class TARConfig:
     retain_data: str = arg("benign", "x_r's documents: benign (Rt and the unrelated text U: rivers; the miniature "
                                      "world only) | Rt (retain-train cities; with --model the retain corpus)",
                            choices=("benign", "Rt"))
-    # deviation: λ_TR = 8 (paper: 4) because G_dev kept a margin of 6-14 points over its bound at 4, and at 8 the
-    # reference attack's worst peak on V over three TAR seeds fell from 37.2% to 36.2% (docs/search.md round 45).
-    lambda_tr: float = arg(8.0, "λ_TR", at_least=0)
+    # deviation: λ_TR = 16 (paper: 4) because G_dev kept a margin of 6-14 points over its bound at 4, and each
+    # doubling lowered the reference attack's worst peak on V over three TAR seeds: 37.2% at 4, 36.2% at 8, 33.8%
+    # at 16 with G_dev still ≥ 95% at rest (docs/search.md rounds 45 and 48).
+    lambda_tr: float = arg(16.0, "λ_TR", at_least=0)
     # deviation: λ_retain = 8 (paper: 1) because the outer step must not drift the benign families no loss reads
     # (G) into the hazardous facts' state; 8 slowed that drift most without costing resistance (docs/search.md
     # rounds 14, 17-18: 16 lost it at one seed of two).

@@ -135,8 +135,12 @@ def resumed_jsonl(path: Path, fields: tuple[str, ...] = ()) -> list[dict]:
     if not Path(path).exists():
         return []
     rows = read_jsonl(path, fields, torn_tail=True)
-    if not Path(path).read_text().endswith("\n"):  # a whole line always ends in one: the last was cut (or the
-        write_jsonl(path, rows)  # file is empty); otherwise left as it is, in case another process appends to it
+    with open(path, "rb") as fh:  # its last byte only: a whole line always ends in a newline
+        size = fh.seek(0, 2)
+        fh.seek(max(size - 1, 0))
+        whole = fh.read(1) == b"\n"
+    if not whole:  # the last line was cut (or the file is empty); otherwise the file is left as it is, in case
+        write_jsonl(path, rows)  # another process appends to it
     return rows
 
 
