@@ -47,18 +47,26 @@ RELEARN = replace(REFERENCE, name="relearn_E", steps=CAP, data="E", dist="-", so
 LEARN = replace(REFERENCE, name="learn_N", steps=CAP, data="N", dist="-", source="a family in no pretraining")
 
 
-def interval(correct: list[bool], facts: list | None = None, z: float = 1.96) -> tuple[float, float, float]:
-    """(accuracy, low, high): the 95% interval clustered by fact (`facts[i]`: item i's fact; None: each item
-    its own cluster)."""
-    facts = list(range(len(correct))) if facts is None else facts
+def clustered_se(correct: list[bool], clusters: list | None = None) -> tuple[float, float | None]:
+    """(accuracy, its standard error clustered by `clusters[i]`, item i's cluster: a fact, or an entity; None:
+    each item its own cluster). The SE is None with fewer than two clusters: one says nothing about the spread."""
+    clusters = list(range(len(correct))) if clusters is None else clusters
     c, m = {}, {}
-    for ok, f in zip(correct, facts):
+    for ok, f in zip(correct, clusters):
         c[f], m[f] = c.get(f, 0) + bool(ok), m.get(f, 0) + 1
     n, big_f = len(correct), len(m)
     p = sum(c.values()) / n
     if big_f < 2:
-        return p, 0.0, 1.0  # one cluster says nothing about the spread
-    se = math.sqrt(big_f / (big_f - 1) * sum((c[f] - p * m[f]) ** 2 for f in m)) / n
+        return p, None
+    return p, math.sqrt(big_f / (big_f - 1) * sum((c[f] - p * m[f]) ** 2 for f in m)) / n
+
+
+def interval(correct: list[bool], facts: list | None = None, z: float = 1.96) -> tuple[float, float, float]:
+    """(accuracy, low, high): the 95% interval clustered by fact (`facts[i]`: item i's fact; None: each item
+    its own cluster), clipped to [0, 1]."""
+    p, se = clustered_se(correct, facts)
+    if se is None:
+        return p, 0.0, 1.0
     return p, max(0.0, p - z * se), min(1.0, p + z * se)
 
 

@@ -83,8 +83,7 @@ def entity_spread(model, world, order: int) -> float:
 def entity_se(correct: list[bool], items: list[dict]) -> float:
     """protocol.interval's clustered standard error with an entity, not a fact, as the cluster (a fact_id is
     "<entity>/<relation>"): how far another draw of as many entities would move the accuracy."""
-    p, low, high = protocol.interval(correct, [it["fact_id"].split("/")[0] for it in items], z=1.0)
-    return (high - low) / 2
+    return protocol.clustered_se(correct, [it["fact_id"].split("/")[0] for it in items])[1]
 
 
 def save_iterates(args: IteratesArgs, out: Path, last: int):
