@@ -26,7 +26,8 @@ K192 = {"inner_steps": 192, "tr_every": 24}  # twice as long, 8 TR points (held 
 R27 = {"outer_params": "hazard_words+neuron_outputs", "outer_lr": 3e-2, **K192}  # round 27's changes to round 23's
 # TAR: name -> (its stage 1, TARConfig overrides, why), the overrides of the defaults the search began from (BEFORE,
 # below); "defaults" is that recipe. Round 27's pick (s1lr_k96_values_ce_hazard_words_neuron_outputs_k192_lr_3e-2 from
-# stage1_benign_lr_1e-3) with T's halves by document (r27_document_halves, round 43's pick) is today's default.
+# stage1_benign_lr_1e-3) with T's halves by document (r27_document_halves, round 43's pick), then rounds 45-48's
+# changes to it (R46, r46_lambda_tr_16 at outer step 75), is today's default.
 CANDIDATES = {
     "defaults": ("stage1", {}, "the defaults before the search: where G is lost"),
     "s1b": ("stage1_benign", {"retain_data": "benign"}, "stage 1 and TAR keep Rt and U: TAR must do more of the "
@@ -167,7 +168,7 @@ CANDIDATES.update({f"r27_n{n}": ("stage1_benign_lr_1e-3", {**R27_FULL, "outer_st
 # reference attack, and the held-out attacks it misses run 256 or 512 steps; a K drawn from {96, 288} trains against
 # attacks half again as long as K = 192 at the same mean cost (no suite row is 96 or 288 steps long); an attacker's
 # batch of 8 halves the inner loop's cost, towards the 25-minute budget; λ_TR 8 spends some of G_dev's margin
-R27_DOCS = {**R27_FULL, "tr_split": "documents"}  # today's defaults
+R27_DOCS = {**R27_FULL, "tr_split": "documents"}  # round 43's pick
 CANDIDATES.update({f"r27dh_{tag}{f'_seed_{seed}' if seed else ''}": ("stage1_benign_lr_1e-3", {
     **R27_DOCS, **overrides, "seed": seed}, why) for seed in (0, 1) for tag, overrides, why in (
     ("k_96_288", {"inner_steps": 96, "inner_steps_mix": [288]}, "today's defaults with K drawn from {96, 288} at "
@@ -179,7 +180,7 @@ CANDIDATES.update({f"r27dh_{tag}{f'_seed_{seed}' if seed else ''}": ("stage1_ben
 # round 46 (base C): today's defaults take 30 min from scratch against the 25-minute budget, and TAR is 73% of it;
 # round 44's attacker batch of 8 took 0.58-0.60x of TAR's time at λ_TR 4. Both changes at once, run as tar.py runs
 # them (N = 100 of a 150-step cosine), at the three TAR seeds of round 45's pick
-R46 = {**R27_DOCS, "lambda_tr": 8.0, "inner_batch": 8, "outer_steps": 100, "outer_cosine": 1.5}  # today's defaults
+R46 = {**R27_DOCS, "lambda_tr": 8.0, "inner_batch": 8, "outer_steps": 100, "outer_cosine": 1.5}  # round 46's pick
 CANDIDATES.update({f"r27dh_lambda_tr_8_inner_batch_8{f'_seed_{seed}' if seed else ''}": ("stage1_benign_lr_1e-3", {
     **R46, "seed": seed}, "round 45's pick (λ_TR 8, step 100 of a 150-step cosine) with the train-time attacker's "
     "batch halved: TAR in about 0.6x the time, towards the 25-minute budget") for seed in (0, 1, 2)})
@@ -187,7 +188,7 @@ CANDIDATES.update({f"r27dh_lambda_tr_8_inner_batch_8{f'_seed_{seed}' if seed els
 # so a margin on E needs a gain of several points on V. λ_TR doubled again, and again, spends more of G_dev's margin
 # (95.8% at rest, its bound 85%) for resistance, at no cost in time
 CANDIDATES.update({f"r46_lambda_tr_{lam}{f'_seed_{seed}' if seed else ''}": ("stage1_benign_lr_1e-3", {
-    **R46, "lambda_tr": float(lam), "seed": seed}, f"today's defaults with λ_TR {lam}: G_dev's margin traded for "
+    **R46, "lambda_tr": float(lam), "seed": seed}, f"round 46's pick with λ_TR {lam}: G_dev's margin traded for "
     "resistance") for seed in (0, 1, 2) for lam in (16, 32)})
 # recipes with the paper's 32 warmup steps of the outer lr
 CANDIDATES.update({f"{recipe}_warmup_32": (CANDIDATES[recipe][0], {**CANDIDATES[recipe][1], "outer_warmup": 32},
