@@ -26,8 +26,8 @@ K192 = {"inner_steps": 192, "tr_every": 24}  # twice as long, 8 TR points (held 
 R27 = {"outer_params": "hazard_words+neuron_outputs", "outer_lr": 3e-2, **K192}  # round 27's changes to round 23's
 # TAR: name -> (its stage 1, TARConfig overrides, why), the overrides of the defaults the search began from (BEFORE,
 # below); "defaults" is that recipe. Round 27's pick (s1lr_k96_values_ce_hazard_words_neuron_outputs_k192_lr_3e-2 from
-# stage1_benign_lr_1e-3) with T's halves by document (r27_document_halves, round 43's pick), then rounds 45-48's
-# changes to it (R46, r46_lambda_tr_16 at outer step 75), is today's default.
+# stage1_benign_lr_1e-3) with T's halves by document (r27_document_halves, round 43's pick), then rounds 45-49's
+# changes to it (R46, r46_lambda_tr_32 at outer step 100), is today's default.
 CANDIDATES = {
     "defaults": ("stage1", {}, "the defaults before the search: where G is lost"),
     "s1b": ("stage1_benign", {"retain_data": "benign"}, "stage 1 and TAR keep Rt and U: TAR must do more of the "

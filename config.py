@@ -54,10 +54,10 @@ class TARConfig:
     threads: int = arg(1, "torch threads (1 is fastest for the miniature model; never more than your cores)",
                        above=0)
     # Alg. 1
-    # deviation: N = 75 outer steps (paper: 750) because a laptop affords about that many at K = 192 within the
-    # 25-minute budget, and checkpoint selection on V picked step 75 of round 46's runs, whose cosine is 150 steps
-    # long (docs/search.md round 46): the run stops there, halfway down its cosine (--outer-cosine).
-    outer_steps: int = arg(75, "N: outer steps", above=0)
+    # deviation: N = 100 outer steps (paper: 750) because a laptop affords about that many at K = 192 within the
+    # 25-minute budget, and checkpoint selection on V picked step 100 of round 49's runs, whose cosine is 150 steps
+    # long (docs/search.md round 49): the run stops there, two thirds of the way down its cosine (--outer-cosine).
+    outer_steps: int = arg(100, "N: outer steps", above=0)
     # deviation: K = 192 (paper: 64) because on the miniature the 200-step reference attack still relearns V from
     # models that beat every 64- or 96-step train-time attack; K = 192 took 12-15 points off its peak on V (docs/
     # search.md rounds 6, 12, 27), and no row of the held-out suite is 192 steps long, so the suite stays held out.
@@ -115,10 +115,10 @@ class TARConfig:
     retain_data: str = arg("benign", "x_r's documents: benign (Rt and the unrelated text U: rivers; the miniature "
                                      "world only) | Rt (retain-train cities; with --model the retain corpus)",
                            choices=("benign", "Rt"))
-    # deviation: λ_TR = 16 (paper: 4) because G_dev kept a margin of 6-14 points over its bound at 4, and each
+    # deviation: λ_TR = 32 (paper: 4) because G_dev kept a margin of 6-14 points over its bound at 4, and each
     # doubling lowered the reference attack's worst peak on V over three TAR seeds: 37.2% at 4, 36.2% at 8, 33.8%
-    # at 16 with G_dev still ≥ 95% at rest (docs/search.md rounds 45 and 48).
-    lambda_tr: float = arg(16.0, "λ_TR", at_least=0)
+    # at 16, 33.2% at 32 with G_dev still ≥ 96% at rest (docs/search.md rounds 45, 48 and 49).
+    lambda_tr: float = arg(32.0, "λ_TR", at_least=0)
     # deviation: λ_retain = 8 (paper: 1) because the outer step must not drift the benign families no loss reads
     # (G) into the hazardous facts' state; 8 slowed that drift most without costing resistance (docs/search.md
     # rounds 14, 17-18: 16 lost it at one seed of two).
@@ -152,9 +152,9 @@ class TARConfig:
                                         "at step N: the run ends where its updates have died down; cyber held on "
                                         "4 of 5 seeds, 0 of 3 at a constant lr; docs/results.md)",
                               choices=("constant", "cosine"))
-    outer_cosine: float = arg(2.0, "the cosine's length as a multiple of N (1: the lr reaches 0 at step N; 2: the "
-                                   "run stops at step N of a cosine 2 N long, as the snapshot the search picked: "
-                                   "docs/search.md round 46)", at_least=1)
+    outer_cosine: float = arg(1.5, "the cosine's length as a multiple of N (1: the lr reaches 0 at step N; 1.5: "
+                                   "the run stops at step N of a cosine 1.5 N long, as the snapshot the search "
+                                   "picked: docs/search.md round 49)", at_least=1)
     grad_clip: float = arg(1.0, "clip the outer gradient to this norm (0 = off)", at_least=0)
     squared_distance: bool = arg(True, "squared hidden-state distance in the retain loss")
     reference: str = arg("safeguard", "frozen reference of the retain loss: safeguard (θ0) | base (the model θ0 "

@@ -32,8 +32,8 @@ from workers import Workers, result  # noqa: E402
 from world import WorldConfig, build_world  # noqa: E402
 
 # The reduced world and budgets of the shared pipeline (full size: 30 entities per group, 2000 base steps,
-# 250 safeguard steps, 75 outer steps of a 150-step cosine at K = 192 with a TR point every 24). Here 30 outer steps
-# of a 60-step cosine, K = 48 with a TR point every 6 (8 points, as at full size, against a 50-step attack as 192
+# 250 safeguard steps, 100 outer steps of a 150-step cosine at K = 192 with a TR point every 24). Here 30 outer
+# steps of a 45-step cosine, K = 48 with a TR point every 6 (8 points, as at full size, against a 50-step attack as 192
 # against 200); everything else is the defaults but T's halves, by entity (--tr-split fixed): in this world of 12
 # entities per group the default split by document held the attack better (peak 32.9% against 43.3%) and kept G_test
 # at rest at 85.0%, on the issue's bound, where by entity it keeps 93.8% (2026-12-05, an AMD EPYC, with round 43's

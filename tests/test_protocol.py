@@ -174,16 +174,17 @@ def test_search_table_picks_by_the_rule_and_the_cli_refuses_what_it_cannot_run(t
 
 
 def test_todays_defaults_are_the_search_pick_as_recorded():
-    """tar.py with no flags trains what the search's pick over seeds (r46_lambda_tr_16 at outer step 75,
-    docs/search.md round 48) trained: its stage 1 and its TAR settings, stopped at the snapshot the rule picked,
+    """tar.py with no flags trains what the search's pick over seeds (r46_lambda_tr_32 at outer step 100,
+    docs/search.md round 49) trained: its stage 1 and its TAR settings, stopped at the snapshot the rule picked,
     so that the pick's rows on V describe the defaults measured on E."""
-    stage1, overrides = search.CANDIDATES["r46_lambda_tr_16"][:2]
+    stage1, overrides = search.CANDIDATES["r46_lambda_tr_32"][:2]
     assert safeguard.for_method("random_mapping") == safeguard.SafeguardConfig(**search.STAGE1[stage1][0])
-    # its snapshot at step 75 of a run of 100 steps of a 150-step cosine: 75 steps of a cosine 2 x 75 long
-    cosine_steps = overrides["outer_steps"] * overrides["outer_cosine"]  # 150
-    snapshot = {**overrides, "outer_steps": 75, "outer_cosine": cosine_steps / 75}
-    assert search.tar_config(search.SearchArgs(), snapshot) == search.tar_config(search.SearchArgs(), {})
-    assert search.tar_config(search.SearchArgs(), overrides) != search.tar_config(search.SearchArgs(), {})
+    # the pick's run is 100 steps of a 150-step cosine, and the rule picked its last snapshot: the run itself
+    assert (overrides["outer_steps"], overrides["outer_steps"] * overrides["outer_cosine"]) == (100, 150)
+    assert search.tar_config(search.SearchArgs(), overrides) == search.tar_config(search.SearchArgs(), {})
+    # round 48's pick, the defaults before it, is not: the test reads the pick, not any candidate
+    overrides_48 = search.CANDIDATES["r46_lambda_tr_16"][1]
+    assert search.tar_config(search.SearchArgs(), overrides_48) != search.tar_config(search.SearchArgs(), {})
 
 
 def test_search_judges_a_recipe_by_its_worst_seed(tmp_path):
