@@ -304,11 +304,11 @@ def test_presets_and_flag_precedence():
             yield opt.param_groups[0]["lr"]
     full = list(lrs(outer_steps=16, outer_cosine=1.0))
     assert mini.outer_schedule == "cosine" and full[7] == pytest.approx(mini.outer_lr / 2) and full[-1] == 0.0
-    # the default stops at N, halfway down a cosine 2 N long: the first N steps of the longer run
-    assert mini.outer_cosine == 2.0 and list(lrs(outer_steps=8)) == full[:8]
+    # the default stops at N, two thirds of the way down a cosine 1.5 N long: the first N steps of the longer run
+    assert mini.outer_cosine == 1.5 and list(lrs(outer_steps=8)) == list(lrs(outer_steps=12, outer_cosine=1.0))[:8]
     with pytest.raises(cli.UsageError, match="--outer-cosine"):
         config.configure(outer_schedule="constant", outer_cosine=1.5).validate()
-    # a constant lr (given, the paper's, refusal's, Schedule-Free's) has no cosine: the default's 2 does not apply
+    # a constant lr (given, the paper's, refusal's, Schedule-Free's) has no cosine: the default's 1.5 does not apply
     for given in (dict(outer_schedule="constant"), dict(model="m"), dict(domain="refusal"),
                   dict(outer_optimizer="schedulefree")):
         assert config.configure(**given).outer_cosine == 1.0, given
