@@ -17,7 +17,7 @@ its world and stage 1 fixed (--world-seed: the base, the oracle and θ0):
                      its 3 seeds), learning N within 1.5x the base's steps at order k (where that limit lies
                      past --relearn-cap, TAR's learning runs that hit the cap run again up to it: `longer_learning`)
 
-Run:  python seeds.py runs/bio                                # TAR seeds 0 1 2 x orders 0 1 2: ~35 min on 2 cores
+Run:  python seeds.py runs/bio                                # TAR seeds 0 1 2 x orders 0 1 2: ~22 min on 2 cores
       python seeds.py runs/bio --tar-seeds 0 --attack-seeds 1 2   # the run's own TAR at two more data orders
 Writes RUN_DIR/seeds/: seed_<s>/ (tar/, metrics.jsonl), runs.jsonl (a line per finished run, keyed by the run
 and the model's weights), results.json (every cell: at rest, the curves, the steps, the misses; every run's curve)

@@ -10,7 +10,7 @@ taken at the attacked weights and applied to θ. `outer_step` below is Alg. 1 l.
 numbered listing in docs/paper.md §2; `train_tar` is its loop (l.2).
 
 Run manual
-    laptop, no GPU, no network (the built-in miniature world; about 33 min on 2 CPU cores with base pretraining):
+    laptop, no GPU, no network (the built-in miniature world; 17-21 min on 2 CPU cores with base pretraining):
         python tar.py --domain bio          # or chem, cyber; or refusal (Sec. 5 refusal: DPO TR loss, ASR)
     It pretrains the base model (cached in runs/bio/base), applies the random-mapping safeguard (runs/bio/
     safeguard), runs N outer steps of Alg. 1 (runs/bio/tar), then measures base, safeguard and TAR at rest and

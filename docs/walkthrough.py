@@ -543,7 +543,7 @@ SUMMARY["outer_step_bit_equal"] = same
 # cosine schedule stepped after each. It writes one line per step to `run_dir/metrics.partial.jsonl` (TR loss,
 # retain loss, the sampled inner lr, the gradient norm; forget and retain accuracy every `eval_every` steps),
 # which `tar.run` renames metrics.jsonl once the model is saved and attacked. The
-# repository's default run is N = 150 at K = 64 (about 11 minutes on 2 cores); this one is N = 40 at K = 16.
+# repository's default run is N = 100 at K = 192 (10-13 minutes of TAR on 2 cores); this one is N = 40 at K = 16.
 
 # %%
 model_tar = copy.deepcopy(theta0)
