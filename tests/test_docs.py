@@ -186,3 +186,21 @@ def test_diagnostics_read_the_world_their_models_were_made_in(tmp_path):
         rt.models_world(str(tmp_path / "bare"))
     et.plot({m: {d: [0.2, 0.3, 0.4] for d in et.DATA} for m in ("a", "b")}, tmp_path / "t.png")
     assert (tmp_path / "t.png").stat().st_size > 10_000
+
+def test_breadth_draws_one_grid_per_breadth_of_T(tmp_path):
+    """docs/breadth.py (search rounds 50-51's figure): seeds.py grids of worlds with another T, sorted by T's
+    breadth (a grid saved before --world-t-extra counts as T of n_group); two grids of one breadth are one error."""
+    import json
+    import breadth
+    from cli import UserError
+    curve = [{"step": s, "forget": f} for s, f in ((0, 0.23), (100, 0.3), (200, 0.36))]
+    for name, cfg in {"t90": {"world_entities": 30, "world_t_extra": 60}, "t30": {"world_entities": 30},
+                      "again": {"world_entities": 30, "world_t_extra": 0}}.items():
+        (tmp_path / name / "seeds").mkdir(parents=True)
+        (tmp_path / name / "seeds" / "results.json").write_text(json.dumps(
+            {"config": cfg, "targets": {"forget": 0.35}, "cells": [{"curve": curve}] * 3}))
+    assert breadth.grid(tmp_path / "t30")[:2] == (30, 0.35) and breadth.grid(tmp_path / "t90")[0] == 90
+    out = breadth.draw([tmp_path / "t90", tmp_path / "t30"], tmp_path / "b.png")
+    assert out.stat().st_size > 10_000
+    with pytest.raises(UserError, match="one grid per breadth"):
+        breadth.draw([tmp_path / "t30", tmp_path / "again"], tmp_path / "c.png")
