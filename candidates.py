@@ -190,6 +190,12 @@ CANDIDATES.update({f"r27dh_lambda_tr_8_inner_batch_8{f'_seed_{seed}' if seed els
 CANDIDATES.update({f"r46_lambda_tr_{lam}{f'_seed_{seed}' if seed else ''}": ("stage1_benign_lr_1e-3", {
     **R46, "lambda_tr": float(lam), "seed": seed}, f"round 46's pick with λ_TR {lam}: G_dev's margin traded for "
     "resistance") for seed in (0, 1, 2) for lam in (16, 32)})
+# round 51 (base C): with T's halves by document the train-time attacker relearns the very facts x_TR asks for, while
+# the reference attack teaches A's facts and E's are asked; each side here reads every entity of T, the attacker 3 of
+# the 5 attributes and x_TR the other 2, drawn anew at each outer step (round 49's recipe otherwise)
+CANDIDATES.update({f"r49_attribute_halves{f'_seed_{seed}' if seed else ''}": ("stage1_benign_lr_1e-3", {
+    **R46, "lambda_tr": 32.0, "tr_split": "attributes", "seed": seed}, "round 49's pick with the attacker and x_TR "
+    "on different facts of the same entities: x_TR asks for facts no attack step taught") for seed in (0, 1, 2)})
 # recipes with the paper's 32 warmup steps of the outer lr
 CANDIDATES.update({f"{recipe}_warmup_32": (CANDIDATES[recipe][0], {**CANDIDATES[recipe][1], "outer_warmup": 32},
                                            f"{recipe} warmed up: on base C G_dev falls from 97% to 60-68% in the "

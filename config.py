@@ -106,9 +106,11 @@ class TARConfig:
                                      "of every entity's documents for the attacker, the other half for x_TR) | fixed "
                                      "(T_inner and T_tr, T's two halves by entity: the recipe before round 42) | "
                                      "entities (a random half of T's entities for the attacker and the other half for "
-                                     "x_TR, drawn anew at each outer step); the miniature's knowledge worlds only "
+                                     "x_TR, drawn anew at each outer step) | attributes (every document of T, the "
+                                     "attacker reading the sentences of 3 of the 5 attributes and x_TR the other 2, "
+                                     "drawn anew at each outer step); the miniature's knowledge worlds only "
                                      "(elsewhere: fixed)",
-                        choices=("fixed", "entities", "documents"))
+                        choices=("fixed", "entities", "documents", "attributes"))
     # deviation: x_r is Rt and U, every benign text of the miniature a defence may read (paper: the retain corpus)
     # because with Rt alone TAR kept the cities and lost the rivers and the composers (docs/search.md rounds 1-2);
     # on real data the retain corpus is one source: --model takes Rt.

@@ -56,7 +56,7 @@ from batching import Stream, shard_batch
 from config import TARConfig, parse_args
 from fsdp import Dist
 from realworld import load_real_world
-from world import build_world, document_halves, entity_halves
+from world import attribute_halves, build_world, document_halves, entity_halves
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -238,9 +238,9 @@ def train_tar(model, ref, world, cfg: TARConfig, run_dir: Path, d: Dist = Dist()
         with open(partial, "a" if cfg.resume else "w") if d.is_main else open(os.devnull, "w") as f, \
                 cli.progress(cfg.outer_steps, "TAR", start - 1, leave=True, enabled=d.is_main) as bar:
             for step in range(start, cfg.outer_steps + 1):
-                try:  # l.3-4's data: the world's halves of T, or (--tr-split entities) a fresh pair of entity halves
-                    w, x_tr = (world, next(x_trs)) if cfg.tr_split != "entities" else entity_halves(world, rng,
-                                                                                                     cfg.tr_batch)
+                try:  # l.3-4's data: the world's halves of T, or (--tr-split entities, attributes) a fresh pair
+                    fresh = {"entities": entity_halves, "attributes": attribute_halves}.get(cfg.tr_split)
+                    w, x_tr = fresh(world, rng, cfg.tr_batch) if fresh else (world, next(x_trs))
                     with disguise.names(model, world, cfg.name_noise, rng):  # --name-noise: T's names made new
                         m = outer_step(model, ref, opt, w, x_tr, next(x_rs), rng, cfg, d, masks)
                 except adversary.Diverged as e:

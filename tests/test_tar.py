@@ -190,11 +190,12 @@ def test_retain_data_chooses_the_retain_documents(small_world, retain_data, tmp_
 
 
 @pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler")  # the stand-in never steps the optimizer
-@pytest.mark.parametrize("split", ["fixed", "entities", "documents"])
+@pytest.mark.parametrize("split", ["fixed", "entities", "documents", "attributes"])
 def test_tr_split_draws_the_attacker_and_x_tr_from_disjoint_halves(small_world, split, tmp_path, monkeypatch):
     """--tr-split: the train-time attacker's documents (T_inner) and x_TR come from disjoint halves of T's entities,
-    T's own two halves (fixed) or a random pair drawn anew at each outer step (entities), or from disjoint halves
-    of every entity's documents (documents); E stays sealed."""
+    T's own two halves (fixed) or a random pair drawn anew at each outer step (entities), from disjoint halves
+    of every entity's documents (documents), or from every document with disjoint attributes' sentences, 3 of 5
+    for the attacker, drawn anew at each outer step (attributes); E stays sealed."""
     seen = []  # (entities of T_inner, entities of x_TR, the step's world) at each outer step
     names = dict(zip(world.name_ids(small_world).tolist(), (e["name"] for e in small_world.entities["T"])))
     who = lambda ids: {names[i] for i in ids.flatten().tolist() if i in names}
@@ -209,6 +210,16 @@ def test_tr_split_draws_the_attacker_and_x_tr_from_disjoint_halves(small_world, 
     for inner, tr, w in seen:
         with pytest.raises(cli.UserError, match="sealed"):
             w.tokens["E"]
+        if split == "attributes":  # every entity and document on both sides, each fact on one side only
+            facts = {g: {i for r, f in zip(w.tokens[g].ids, w.tokens[g].fact) for i in r[1:][f[:-1]].tolist()}
+                     for g in ("T_inner", "T_tr")}
+            attribute = {v: a for a, (vs, _) in domains.DOMAINS[small_world.config.domain].attributes.items()
+                         for v in vs}
+            of = lambda ids: {attribute[small_world.tokenizer.convert_ids_to_tokens(i).lstrip("▁")] for i in ids}
+            assert len(of(facts["T_inner"])) == 3 and len(of(facts["T_tr"])) == 2
+            assert not of(facts["T_inner"]) & of(facts["T_tr"]) and tr <= set(names.values())
+            assert inner == set(names.values()) and len(w.tokens["T_inner"].ids) == len(w.tokens["T_tr"].ids) == 6 * per
+            continue
         assert len(w.tokens["T_inner"].ids) == len(w.tokens["T_tr"].ids) == 3 * per  # half of T's 6 x per documents
         if split == "documents":  # every entity on both sides, no document on both, every document of T on one
             assert inner == set(names.values()) and tr <= inner
@@ -221,7 +232,9 @@ def test_tr_split_draws_the_attacker_and_x_tr_from_disjoint_halves(small_world, 
     tar.train_tar(model, copy.deepcopy(model), world.sealed(small_world), replace(cfg, resume=True), tmp_path,
                   log=lambda *_: None)
     assert [(a, b) for a, b, _ in seen] == [(a, b) for a, b, _ in first[4:]]
-    if split == "documents":
+    if split == "attributes":
+        assert len({frozenset(w.tokens["T_tr"].ids.flatten().tolist()) for *_, w in first}) > 1  # drawn anew
+    if split in ("documents", "attributes"):
         assert {a for a, _ in halves} == {frozenset(names.values())}
     elif split == "fixed":
         assert {a for a, _ in halves} == {frozenset(e["name"] for e in small_world.entities["T_inner"])}
