@@ -18,7 +18,8 @@ their entity); who may read what is protocol v2 (docs/protocol.md):
       T  TR-train    used by the defences (safeguard, TAR); TAR attacks itself on T_inner = T[:n/2] and
                      measures its tamper-resistance loss on x_TR from T_tr = T[n/2:] (tar.py --tr-split
                      entities: a random pair of halves of T's entities at each outer step, entity_halves;
-                     documents: half of every entity's documents each, document_halves)
+                     documents: half of every entity's documents each, document_halves; attributes: every
+                     document, 3 of the 5 attributes' sentences for the attacker, attribute_halves)
       V  dev         selection (settings, checkpoints, baseline picks) and every accuracy logged in training
       A  adversary   what red-team attackers fine-tune on (never seen by any defence)
       E  evaluation  reports only: nothing that chooses reads E (selection.py seals it away)
@@ -319,7 +320,7 @@ def sealed(world: World, hidden: tuple[str, ...] = HOLDS_E) -> World:
 
 
 # --------------------------------------------------------------------------------------------------------
-# TAR's two halves of T other than T's own (tar.py --tr-split entities or documents)
+# TAR's two halves of T other than T's own (tar.py --tr-split entities, documents or attributes)
 # --------------------------------------------------------------------------------------------------------
 def entity_halves(world: World, rng: random.Random, tr_batch: int) -> tuple[World, Batch]:
     """(`world` whose T_inner and T_tr are a random pair of halves of T's entities, a batch of x_TR from its T_tr):
