@@ -333,20 +333,24 @@ def entity_halves(world: World, rng: random.Random, tr_batch: int) -> tuple[Worl
     return world, next(Stream(world.tokens["T_tr"], tr_batch, rng.randrange(2**31)))
 
 
+def attribute_sentences(world: World, group: str, attributes: set) -> Tokens:
+    """`group`'s documents with only the sentences of `attributes` (a sentence's attribute: its value), tokenized."""
+    domain = DOMAINS[world.config.domain]
+    of = {v: a for a, (values, _) in domain.attributes.items() for v in values}
+    docs = [" ".join(s for s in (s.rstrip(".") + "." for s in doc.split(". ")) if of[s[:-1].rsplit(" ", 1)[1]]
+                     in attributes) for doc in world.docs[group]]
+    return tokenize(docs, world.tokenizer, value_ids(world.tokenizer, domain))
+
+
 def attribute_halves(world: World, rng: random.Random, tr_batch: int) -> tuple[World, Batch]:
     """(`world` whose T_inner holds every document of T with only the sentences of a random 3 of the domain's 5
     attributes, and T_tr the same documents with only the other 2; a batch of x_TR from that T_tr), drawn anew at
     each outer step: the attacker relearns some facts of every entity of T and x_TR asks for facts no attack step
     taught, as the reference attack teaches A's facts and E's are asked (docs/search.md round 51)."""
-    attributes = DOMAINS[world.config.domain].attributes
-    of = {v: a for a, (values, _) in attributes.items() for v in values}  # a sentence's attribute, by its value
-    shown = set(rng.sample(list(attributes), len(attributes) - len(attributes) // 2))
-    sentences = [[s.rstrip(".") + "." for s in doc.split(". ")] for doc in world.docs["T"]]
-    keep = lambda doc, side: " ".join(s for s in doc if (of[s[:-1].rsplit(" ", 1)[1]] in shown) == side)
-    fact_ids = value_ids(world.tokenizer, DOMAINS[world.config.domain])
-    halves = {g: tokenize([keep(doc, side) for doc in sentences], world.tokenizer, fact_ids)
-              for g, side in (("T_inner", True), ("T_tr", False))}
-    tokens = {**world.tokens, **halves}
+    attributes = list(DOMAINS[world.config.domain].attributes)
+    shown = set(rng.sample(attributes, len(attributes) - len(attributes) // 2))
+    tokens = {**world.tokens, "T_inner": attribute_sentences(world, "T", shown),
+              "T_tr": attribute_sentences(world, "T", set(attributes) - shown)}
     world = replace(world, tokens=Sealed(tokens, world.tokens.hidden) if isinstance(world.tokens, Sealed) else tokens)
     return world, next(Stream(world.tokens["T_tr"], tr_batch, rng.randrange(2**31)))
 

@@ -39,15 +39,16 @@ GROUPS = {  # what the attack may move -> which parameter names are in it
 }
 
 
-def attack_only(model, world, moves, spec=REFERENCE, seed: int = 0) -> list[dict]:
-    """`spec` on `model` in place, with only the weights whose names `moves` accepts trainable: V and G_dev at
-    step 0 and every EVERY steps."""
+def attack_only(model, world, moves, spec=REFERENCE, seed: int = 0, measure=None) -> list[dict]:
+    """`spec` on `model` in place, with only the weights whose names `moves` accepts trainable: V and G_dev (or
+    `measure(model)`) at step 0 and every EVERY steps."""
     for name, p in model.named_parameters():
         p.requires_grad_(moves(name))
     torch.manual_seed(seed)
-    points = [accuracies(model, world, DEV)]
+    measure = measure or (lambda m: accuracies(m, world, DEV))
+    points = [measure(model)]
     adversary.attack(model, spec, adversary.attack_stream(spec, world.tokens, seed), every=EVERY,
-                     callback=lambda k: points.append(accuracies(model, world, DEV)))
+                     callback=lambda k: points.append(measure(model)))
     return points
 
 

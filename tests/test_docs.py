@@ -204,3 +204,20 @@ def test_breadth_draws_one_grid_per_breadth_of_T(tmp_path):
     assert out.stat().st_size > 10_000
     with pytest.raises(UserError, match="one grid per breadth"):
         breadth.draw([tmp_path / "t30", tmp_path / "again"], tmp_path / "c.png")
+
+
+def test_attribute_transfer_splits_v_by_the_attributes_an_attack_states(small_world):
+    """docs/attribute_transfer.py (search round 51's diagnostic): A's documents keep only the sentences of the
+    attributes asked for, every entity's; V's accuracy is split by its items' attributes."""
+    import attribute_transfer as at
+    from domains import DOMAINS
+    from world import attribute_sentences
+    attributes = list(DOMAINS[small_world.config.domain].attributes)
+    shown = set(attributes[:at.SHOWN])
+    t = attribute_sentences(small_world, "A", shown)
+    of = {v: a for a, (vs, _) in DOMAINS[small_world.config.domain].attributes.items() for v in vs}
+    facts = {of[small_world.tokenizer.convert_ids_to_tokens(i).lstrip("▁")]
+             for r, f in zip(t.ids, t.fact) for i in r[1:][f[:-1]].tolist()}
+    assert facts == shown and len(t.ids) == len(small_world.docs["A"]) and int(t.fact.sum(1).max()) == at.SHOWN
+    items = [{"fact_id": f"x/{a}"} for a in attributes]  # one item per attribute: the first 3 right, the rest wrong
+    assert at.split_accuracy([True] * at.SHOWN + [False] * (len(attributes) - at.SHOWN), items, shown) == (1.0, 0.0)
