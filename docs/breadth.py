@@ -67,8 +67,8 @@ def draw(run_dirs: list[Path], out: Path) -> Path:
     curves.legend(fontsize=8, loc="upper left")
     peaks.set(xlabel="hazardous entities in T (V, A and E: 30 each)", ylabel="peak forget on E",
               title="each cell's peak, and the mean", xticks=[t for t, *_ in worlds])
-    fig.suptitle("TAR (tar.py's defaults) in worlds whose forget set T is broader: reported on E, chosen by nothing",
-                 fontsize=10)
+    fig.suptitle("TAR (tar.py's defaults) in worlds whose forget set T is broader, each with its own base: reported "
+                 "on E, chosen by nothing", fontsize=10)
     return plots._save(fig, out)
 
 
