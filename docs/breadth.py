@@ -1,6 +1,6 @@
 """Does a broader forget set hold the reference attack better on E? seeds.py's 3 x 3 grids side by side.
 
-A figure for docs/search.md (limit 4, rounds 50-51), not part of the method. TAR reads T (the hazardous entities a
+A figure for docs/search.md (limit 4, rounds 50 and 52), not part of the method. TAR reads T (the hazardous entities a
 defence may train on) and is judged on E, entities it never saw; the red team's reference attack fine-tunes on A,
 other entities again. `--world-t-extra n` gives T n entities beyond V, A and E's 30 (the same V, A and E, their
 documents and items unchanged; a world of its own, with its own base). Each run directory given here holds
@@ -8,7 +8,8 @@ documents and items unchanged; a world of its own, with its own base). Each run 
 cell's forget on E along the reference attack (thin) and their mean (thick), with the issue's 35% bound, and each
 cell's peak against the breadth of T. Nothing here trains, attacks or chooses: it reads seeds/results.json.
 
-Run:  python docs/breadth.py /tmp/fresh/bio /tmp/t60/bio /tmp/t90/bio --out docs/breadth_bio.png
+Run:  python docs/breadth.py runs/bio runs/t60/bio runs/t90/bio --out docs/breadth_bio.png
+      (each made by `python tar.py --domain bio --runs runs/t60 --world-t-extra 30`, then seeds.py on it)
 """
 
 from __future__ import annotations
