@@ -69,6 +69,26 @@ def test_relative_links_resolve(doc):
     assert not missing, missing
 
 
+def headings(doc: Path) -> set[str]:
+    """The anchors GitHub gives a Markdown file's headings: lower case, every character but letters, digits, _,
+    - and spaces dropped, spaces to hyphens (nothing collapsed); a repeated heading gets -1, -2, ..."""
+    seen, out = {}, set()
+    for title in re.findall(r"^#+\s+(.*)$", doc.read_text(), flags=re.M):
+        slug = re.sub(r"[^\w\- ]", "", title.strip().lower()).replace(" ", "-")
+        out.add(f"{slug}-{seen[slug]}" if slug in seen else slug)
+        seen[slug] = seen.get(slug, 0) + 1
+    return out
+
+
+@pytest.mark.parametrize("doc", [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))], ids=lambda p: p.name)
+def test_anchors_name_a_heading(doc):
+    """Every link to a section (file.md#anchor, or #anchor in the same file) names one of its headings."""
+    links = re.findall(r"\]\(([^)#\s]*\.md|)#([^)\s]+)\)", doc.read_text())
+    broken = [f"{target}#{anchor}" for target, anchor in links
+              if anchor not in headings(doc.parent / target if target else doc)]
+    assert not broken, broken
+
+
 def test_fact_entropy_reads_the_three_states():
     """docs/fact_entropy.py (search round 15's diagnostic): a model that knows (one-hot on the value), the paper's
     TR state (uniform over the vocabulary) and the oracle's (uniform over the values), read at two fact positions."""
