@@ -328,8 +328,9 @@ def entity_halves(world: World, rng: random.Random, tr_batch: int) -> tuple[Worl
     T's rows are its entities' documents in order, `docs_per_entity` each (build_world)."""
     n, per = len(world.entities["T"]), world.config.docs_per_entity
     order = rng.sample(range(n), n)
-    world = _with_halves(world, [[e * per + i for e in sorted(half) for i in range(per)]
-                                 for half in (order[:n // 2], order[n // 2:])])
+    t = world.tokens["T"]
+    world = _with_halves(world, *(t.take(torch.tensor([e * per + i for e in sorted(half) for i in range(per)]))
+                                  for half in (order[:n // 2], order[n // 2:])))
     return world, next(Stream(world.tokens["T_tr"], tr_batch, rng.randrange(2**31)))
 
 
@@ -349,22 +350,20 @@ def attribute_halves(world: World, rng: random.Random, tr_batch: int) -> tuple[W
     taught, as the reference attack teaches A's facts and E's are asked (docs/search.md round 51)."""
     attributes = list(DOMAINS[world.config.domain].attributes)
     shown = set(rng.sample(attributes, len(attributes) - len(attributes) // 2))
-    tokens = {**world.tokens, "T_inner": attribute_sentences(world, "T", shown),
-              "T_tr": attribute_sentences(world, "T", set(attributes) - shown)}
-    world = replace(world, tokens=Sealed(tokens, world.tokens.hidden) if isinstance(world.tokens, Sealed) else tokens)
+    world = _with_halves(world, attribute_sentences(world, "T", shown),
+                         attribute_sentences(world, "T", set(attributes) - shown))
     return world, next(Stream(world.tokens["T_tr"], tr_batch, rng.randrange(2**31)))
 
 
 def document_halves(world: World) -> World:
     """`world` whose T_inner holds the first half of each of T's entities' documents and T_tr the other half: the
     attacker and x_TR read every entity of T (twice the entities each of T's own halves has), never one document."""
-    n, per = len(world.entities["T"]), world.config.docs_per_entity
-    return _with_halves(world, [[e * per + i for e in range(n) for i in part]
-                                for part in (range(per // 2), range(per // 2, per))])
+    n, per, t = len(world.entities["T"]), world.config.docs_per_entity, world.tokens["T"]
+    return _with_halves(world, *(t.take(torch.tensor([e * per + i for e in range(n) for i in part]))
+                                 for part in (range(per // 2), range(per // 2, per))))
 
 
-def _with_halves(world: World, rows: list[list[int]]) -> World:
-    """`world` with T_inner and T_tr the rows `rows[0]` and `rows[1]` of T's tokens (sealed if `world` is)."""
-    t = world.tokens["T"]
-    tokens = {**world.tokens, "T_inner": t.take(torch.tensor(rows[0])), "T_tr": t.take(torch.tensor(rows[1]))}
+def _with_halves(world: World, inner: Tokens, tr: Tokens) -> World:
+    """`world` with T_inner and T_tr these two splits (sealed if `world` is)."""
+    tokens = {**world.tokens, "T_inner": inner, "T_tr": tr}
     return replace(world, tokens=Sealed(tokens, world.tokens.hidden) if isinstance(world.tokens, Sealed) else tokens)
