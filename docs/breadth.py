@@ -53,10 +53,9 @@ def draw(run_dirs: list[Path], out: Path) -> Path:
         for c in cells:
             curves.plot(steps, [p["forget"] for p in c["curve"]], color=color, lw=0.6, alpha=0.5)
         mean = [sum(c["curve"][j]["forget"] for c in cells) / len(cells) for j in range(len(steps))]
-        held = sum(max(p["forget"] for p in c["curve"]) <= bound for c in cells)
-        curves.plot(steps, mean, color=color, lw=2.2, label=f"T of {t}: mean of {len(cells)} cells ({held} within "
-                                                            f"{bound:.0%})")
-        top = [max(p["forget"] for p in c["curve"]) for c in cells]
+        top = [max(p["forget"] for p in c["curve"]) for c in cells]  # each cell's peak
+        curves.plot(steps, mean, color=color, lw=2.2, label=f"T of {t}: mean of {len(cells)} cells "
+                                                            f"({sum(x <= bound for x in top)} within {bound:.0%})")
         peaks.scatter([t] * len(top), top, color=color, s=18, alpha=0.7)
         peaks.plot([t - 6, t + 6], [sum(top) / len(top)] * 2, color=color, lw=2.2)
     for ax in (curves, peaks):

@@ -69,6 +69,14 @@ def tiny_model(vocab_size=40, width=16, layers=2, seed=0):
     return LlamaForCausalLM(cfg)
 
 
+def fact_attributes(world, tokens) -> set[str]:
+    """The attributes whose values `tokens` (a split) states: the next tokens of its fact positions, by value."""
+    from domains import DOMAINS
+    of = {v: a for a, (values, _) in DOMAINS[world.config.domain].attributes.items() for v in values}
+    ids = {i for r, f in zip(tokens.ids, tokens.fact) for i in r[1:][f[:-1]].tolist()}
+    return {of[world.tokenizer.convert_ids_to_tokens(i).lstrip("▁")] for i in ids}
+
+
 # `python tar.py` on a tiny world with tiny budgets (seconds): the smoke test's run, and seeds.py's
 SMOKE = ["--domain", "chem", "--world-entities", "4", "--base-steps", "30", "--safeguard-steps", "5",
          "--outer-steps", "3", "--inner-steps", "4", "--tr-every", "2", "--attack-steps", "10",

@@ -84,8 +84,8 @@ def headings(doc: Path) -> set[str]:
 def test_anchors_name_a_heading(doc):
     """Every link to a section (file.md#anchor, or #anchor in the same file) names one of its headings."""
     links = re.findall(r"\]\(([^)#\s]*\.md|)#([^)\s]+)\)", doc.read_text())
-    broken = [f"{target}#{anchor}" for target, anchor in links
-              if anchor not in headings(doc.parent / target if target else doc)]
+    anchors = {target: headings(doc.parent / target if target else doc) for target, _ in links}  # each file once
+    broken = [f"{target}#{anchor}" for target, anchor in links if anchor not in anchors[target]]
     assert not broken, broken
 
 
@@ -207,8 +207,9 @@ def test_diagnostics_read_the_world_their_models_were_made_in(tmp_path):
     et.plot({m: {d: [0.2, 0.3, 0.4] for d in et.DATA} for m in ("a", "b")}, tmp_path / "t.png")
     assert (tmp_path / "t.png").stat().st_size > 10_000
 
+
 def test_breadth_draws_one_grid_per_breadth_of_T(tmp_path):
-    """docs/breadth.py (search rounds 50-51's figure): seeds.py grids of worlds with another T, sorted by T's
+    """docs/breadth.py (search rounds 50 and 52's figure): seeds.py grids of worlds with another T, sorted by T's
     breadth (a grid saved before --world-t-extra counts as T of n_group); two grids of one breadth are one error."""
     import json
     import breadth
@@ -230,14 +231,13 @@ def test_attribute_transfer_splits_v_by_the_attributes_an_attack_states(small_wo
     """docs/attribute_transfer.py (search round 51's diagnostic): A's documents keep only the sentences of the
     attributes asked for, every entity's; V's accuracy is split by its items' attributes."""
     import attribute_transfer as at
+    from conftest import fact_attributes
     from domains import DOMAINS
     from world import attribute_sentences
     attributes = list(DOMAINS[small_world.config.domain].attributes)
     shown = set(attributes[:at.SHOWN])
     t = attribute_sentences(small_world, "A", shown)
-    of = {v: a for a, (vs, _) in DOMAINS[small_world.config.domain].attributes.items() for v in vs}
-    facts = {of[small_world.tokenizer.convert_ids_to_tokens(i).lstrip("▁")]
-             for r, f in zip(t.ids, t.fact) for i in r[1:][f[:-1]].tolist()}
-    assert facts == shown and len(t.ids) == len(small_world.docs["A"]) and int(t.fact.sum(1).max()) == at.SHOWN
+    assert fact_attributes(small_world, t) == shown  # every fact stated is of one of the attributes asked for
+    assert len(t.ids) == len(small_world.docs["A"]) and int(t.fact.sum(1).max()) == at.SHOWN
     items = [{"fact_id": f"x/{a}"} for a in attributes]  # one item per attribute: the first 3 right, the rest wrong
     assert at.split_accuracy([True] * at.SHOWN + [False] * (len(attributes) - at.SHOWN), items, shown) == (1.0, 0.0)

@@ -19,7 +19,7 @@ import neurons
 import safeguard
 import tar
 import world
-from conftest import cli_error, tiny_model
+from conftest import cli_error, fact_attributes, tiny_model
 
 
 class Probe(torch.optim.Optimizer):
@@ -211,13 +211,9 @@ def test_tr_split_draws_the_attacker_and_x_tr_from_disjoint_halves(small_world, 
         with pytest.raises(cli.UserError, match="sealed"):
             w.tokens["E"]
         if split == "attributes":  # every entity and document on both sides, each fact on one side only
-            facts = {g: {i for r, f in zip(w.tokens[g].ids, w.tokens[g].fact) for i in r[1:][f[:-1]].tolist()}
-                     for g in ("T_inner", "T_tr")}
-            attribute = {v: a for a, (vs, _) in domains.DOMAINS[small_world.config.domain].attributes.items()
-                         for v in vs}
-            of = lambda ids: {attribute[small_world.tokenizer.convert_ids_to_tokens(i).lstrip("▁")] for i in ids}
-            assert len(of(facts["T_inner"])) == 3 and len(of(facts["T_tr"])) == 2
-            assert not of(facts["T_inner"]) & of(facts["T_tr"]) and tr <= set(names.values())
+            attacked, asked = (fact_attributes(small_world, w.tokens[g]) for g in ("T_inner", "T_tr"))
+            assert len(attacked) == 3 and len(asked) == 2
+            assert not attacked & asked and tr <= set(names.values())
             assert inner == set(names.values()) and len(w.tokens["T_inner"].ids) == len(w.tokens["T_tr"].ids) == 6 * per
             continue
         assert len(w.tokens["T_inner"].ids) == len(w.tokens["T_tr"].ids) == 3 * per  # half of T's 6 x per documents
