@@ -324,14 +324,11 @@ def sealed(world: World, hidden: tuple[str, ...] = HOLDS_E) -> World:
 # --------------------------------------------------------------------------------------------------------
 def entity_halves(world: World, rng: random.Random, tr_batch: int) -> tuple[World, Batch]:
     """(`world` whose T_inner and T_tr are a random pair of halves of T's entities, a batch of x_TR from its T_tr):
-    the train-time attacker and the TR loss on a fresh pair of disjoint entity sets, not always the same two.
-    T's rows are its entities' documents in order, `docs_per_entity` each (build_world)."""
-    n, per = len(world.entities["T"]), world.config.docs_per_entity
-    order = rng.sample(range(n), n)
-    t = world.tokens["T"]
-    world = _with_halves(world, *(t.take(torch.tensor([e * per + i for e in sorted(half) for i in range(per)]))
-                                  for half in (order[:n // 2], order[n // 2:])))
-    return world, next(Stream(world.tokens["T_tr"], tr_batch, rng.randrange(2**31)))
+    the train-time attacker and the TR loss on a fresh pair of disjoint entity sets, not always the same two."""
+    n = len(world.entities["T"])
+    order, every_doc = rng.sample(range(n), n), range(world.config.docs_per_entity)
+    return _fresh_halves(world, rng, tr_batch, *(_t_rows(world, sorted(half), every_doc)
+                                                   for half in (order[:n // 2], order[n // 2:])))
 
 
 def attribute_sentences(world: World, group: str, attributes: set) -> Tokens:
@@ -350,17 +347,29 @@ def attribute_halves(world: World, rng: random.Random, tr_batch: int) -> tuple[W
     taught, as the reference attack teaches A's facts and E's are asked (docs/search.md round 51)."""
     attributes = list(DOMAINS[world.config.domain].attributes)
     shown = set(rng.sample(attributes, len(attributes) - len(attributes) // 2))
-    world = _with_halves(world, attribute_sentences(world, "T", shown),
+    return _fresh_halves(world, rng, tr_batch, attribute_sentences(world, "T", shown),
                          attribute_sentences(world, "T", set(attributes) - shown))
-    return world, next(Stream(world.tokens["T_tr"], tr_batch, rng.randrange(2**31)))
 
 
 def document_halves(world: World) -> World:
     """`world` whose T_inner holds the first half of each of T's entities' documents and T_tr the other half: the
     attacker and x_TR read every entity of T (twice the entities each of T's own halves has), never one document."""
-    n, per, t = len(world.entities["T"]), world.config.docs_per_entity, world.tokens["T"]
-    return _with_halves(world, *(t.take(torch.tensor([e * per + i for e in range(n) for i in part]))
+    every_entity, per = range(len(world.entities["T"])), world.config.docs_per_entity
+    return _with_halves(world, *(_t_rows(world, every_entity, part)
                                  for part in (range(per // 2), range(per // 2, per))))
+
+
+def _t_rows(world: World, entities, docs) -> Tokens:
+    """T's rows for the documents `docs` (indices within an entity's own) of each of `entities`, in that order.
+    T's rows are its entities' documents in order, `docs_per_entity` each (build_world)."""
+    per = world.config.docs_per_entity
+    return world.tokens["T"].take(torch.tensor([e * per + i for e in entities for i in docs]))
+
+
+def _fresh_halves(world: World, rng: random.Random, tr_batch: int, inner: Tokens, tr: Tokens) -> tuple[World, Batch]:
+    """(`world` with these two halves, a batch of x_TR drawn from the new T_tr): one outer step's fresh pair."""
+    world = _with_halves(world, inner, tr)
+    return world, next(Stream(world.tokens["T_tr"], tr_batch, rng.randrange(2**31)))
 
 
 def _with_halves(world: World, inner: Tokens, tr: Tokens) -> World:
