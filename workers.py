@@ -2,17 +2,11 @@
 
 Not in the paper; what keeps parallel runs safe on a laptop and on a cluster node:
 
-    forked from a server  forking a process that has run torch can deadlock its thread pools; a worker is forked
-                          from multiprocessing's fork server instead, which only imported torch, transformers and
-                          this repository's modules (never ran an op), so each worker starts without paying the
-                          ~10 s of imports a spawned one does on a laptop core (spawn where there is no fork server)
+    spawned, not forked   forking a process that has run torch can deadlock its thread pools
     one torch thread      two busy threads per core run 10-25x slower
-    Ctrl-C                is the parent's: workers and the fork server start with SIGINT ignored (an ignored
-                          signal stays ignored through exec, and the server hands its own on), so a terminal's
-                          Ctrl-C prints no traceback per worker
-    a killed parent       takes its workers with it, even on SIGKILL (no handler runs): each worker watches its
-                          parent (a pidfd on Linux, elsewhere once a second) and exits with it, and the fork server
-                          exits once they are gone
+    Ctrl-C                is the parent's: workers start with SIGINT ignored (an ignored signal stays ignored
+                          through exec), so a terminal's Ctrl-C prints no traceback per worker
+    a killed parent       takes its workers with it, even on SIGKILL (Linux PR_SET_PDEATHSIG)
     a dead worker         (the out-of-memory killer) is one error line in the parent, never a wait forever
     any error exit        terminates the workers at once: discarded work is never waited for
 
@@ -25,12 +19,11 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import contextlib
+import ctypes
 import multiprocessing
 import os
-import select
 import signal
 import threading
-import time
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
@@ -42,35 +35,14 @@ from cli import UserError
 from storage import append_jsonl, resumed_jsonl
 
 
-_START = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
-_CONTEXT = multiprocessing.get_context(_START)
-if _START == "forkserver":  # what every worker runs needs these: imported once, in the server (before it starts)
-    _CONTEXT.set_forkserver_preload(["adversary", "safeguard", "redteam"])
-
-
 def _init(parent: int) -> None:
     torch.set_num_threads(1)
-    threading.Thread(target=_exit_with, args=(parent,), daemon=True).start()
-
-
-def _exit_with(parent: int) -> None:
-    """Ends this worker once `parent` (the process that made the pool, not the fork server) has exited."""
     try:
-        select.select([os.pidfd_open(parent)], [], [])  # Linux: the descriptor turns readable when `parent` exits
-    except ProcessLookupError:  # already gone
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG: SIGKILL this worker when its parent dies
+    except (OSError, AttributeError):  # not Linux: a worker ends when its parent closes the pool
         pass
-    except (AttributeError, OSError):  # no pidfd (macOS, an old kernel): ask every second (a zombie still exists)
-        while _exists(parent):
-            time.sleep(1.0)
-    os._exit(1)
-
-
-def _exists(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)  # signal 0: only asks
-        return True
-    except OSError:
-        return False
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(1)
 
 
 @contextlib.contextmanager
@@ -87,13 +59,13 @@ def _ctrl_c_ignored():
 
 
 class Workers:
-    """A pool of `n` worker processes (see the module docstring), used as a `with` block."""
+    """A pool of `n` spawned worker processes (see the module docstring), used as a `with` block."""
 
     def __init__(self, n: int):
         self.n = n
 
     def __enter__(self) -> "Workers":
-        self.executor = cf.ProcessPoolExecutor(self.n, mp_context=_CONTEXT,
+        self.executor = cf.ProcessPoolExecutor(self.n, mp_context=multiprocessing.get_context("spawn"),
                                                initializer=_init, initargs=(os.getpid(),))
         return self
 

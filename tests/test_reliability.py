@@ -190,20 +190,6 @@ def children(pid: int) -> set[int]:
     return out
 
 
-def descendants(pid: int) -> set[int]:
-    """Every process below `pid`: the fork server, the workers it forked (its children) and the resource tracker."""
-    out, todo = set(), children(pid)
-    while todo:
-        out |= todo
-        todo = set().union(*map(children, todo)) - out
-    return out
-
-
-def forked_workers(pid: int) -> set[int]:
-    """The workers of `pid`'s pools: the fork server's children (workers.py)."""
-    return set().union(*map(children, children(pid)))
-
-
 def alive(pid: int) -> bool:
     try:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
@@ -227,10 +213,10 @@ def start_tar(runs: Path, *extra) -> tuple[subprocess.Popen, set[int]]:
                             start_new_session=True)
     partial, deadline = runs / "chem" / "metrics.partial.jsonl", time.time() + 120
     while proc.poll() is None and time.time() < deadline and not (
-            partial.exists() and len(partial.read_text().splitlines()) >= 2 and forked_workers(proc.pid)):
+            partial.exists() and len(partial.read_text().splitlines()) >= 2 and children(proc.pid)):
         time.sleep(0.1)
     assert proc.poll() is None, proc.communicate()[1][-2000:]
-    return proc, descendants(proc.pid)
+    return proc, children(proc.pid)
 
 
 def test_ctrl_c_and_sigkill_leave_no_worker_behind(tmp_path):
@@ -244,8 +230,8 @@ def test_ctrl_c_and_sigkill_leave_no_worker_behind(tmp_path):
     proc, workers = start_tar(tmp_path, "--resume")
     proc.kill()  # SIGKILL: no handler runs in the parent
     proc.wait()
-    # each worker sees its parent exit and exits, then the fork server; a fork server still importing exits when
-    # the import is done: seconds on a loaded machine, so the wait is longer than for Ctrl-C
+    # a worker killed while it still imports torch (before its PR_SET_PDEATHSIG) exits when the import is done and
+    # it sees its parent gone: seconds on a loaded machine, so the wait is longer than for Ctrl-C
     assert all_gone(workers, within=60), "a worker outlived its killed parent"
 
 
@@ -262,13 +248,13 @@ def test_ctrl_c_is_one_line(finished, tmp_path, script):
                             stderr=subprocess.PIPE, text=True, start_new_session=True,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     started = (lambda: (tmp_path / "chem").is_dir()) if script == "safeguard.py" else \
-        (lambda: bool(forked_workers(proc.pid)))  # pretraining / the workers are running
+        (lambda: len(children(proc.pid)) >= 2)  # pretraining / the workers (and their tracker) are running
     deadline = time.time() + 120
     while proc.poll() is None and not started() and time.time() < deadline:
         time.sleep(0.1)
     time.sleep(1)
     assert proc.poll() is None, proc.communicate()[1][-2000:]
-    workers = descendants(proc.pid)
+    workers = children(proc.pid)
     os.killpg(proc.pid, signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130 and "Traceback" not in err, err
