@@ -227,6 +227,38 @@ def test_breadth_draws_one_grid_per_breadth_of_T(tmp_path):
         breadth.draw([tmp_path / "t30", tmp_path / "again"], tmp_path / "c.png")
 
 
+def test_front_reads_every_grid_search_md_records(tmp_path):
+    """docs/front.py (the front on E): each 3 x 3 grid table under its heading, its cells' peaks, G_test and targets
+    read by column name (one grid says "targets met"); the table in search.md is the script's output."""
+    import front
+    from cli import UserError
+    head = ("| TAR seed | data order | E at rest | G_test at rest | max E | min G_test | {} |\n"
+            "|---|---|---|---|---|---|---|\n")
+    row = "| 0 | {} | 23.0% | {}% | {}% | {}% | {} |\n"
+    text = ("## Round 52 (2026-12-06, base C60): round 49's defaults with T of 60 entities, on E\n\n" +
+            head.format("targets") + row.format(0, 95.0, 30.0, 91.0, "**met**") +
+            row.format(1, 93.0, 34.0, 90.0, "missed: learning N") + "\ntext\n### A grid of its own\n" +
+            head.format("targets met") + row.format(0, 97.0, 40.0, 96.0, "missed: E under attack"))
+    first, second = front.grids(text)
+    assert (first.recipe, first.base, first.entities) == ("round 49, T of 60", "C60", 60)
+    assert (second.recipe, second.base, second.entities) == ("A grid of its own", "", 30)
+    s = first.summary()
+    assert (s["met"], s["cells"], s["peak_mean"], s["peak_max"], s["g_rest_min"], s["g_min"]) == \
+        (1, 2, pytest.approx(0.32), 0.34, 0.93, 0.90)
+    assert "| 2 | A grid of its own |  | 0 of 1 | 40.0% (40.0%-40.0%) | 0 | 97.0% (97.0%) | 96.0% |" in \
+        front.table([first, second], 0.35)
+    assert [p["recipe"] for p in front.front([first.summary(), second.summary(), front.BEFORE])] == \
+        [front.BEFORE["recipe"], "round 49, T of 60", "A grid of its own"]
+    assert front.draw([first, second], tmp_path / "f.png", 0.35, 0.85).stat().st_size > 10_000
+    with pytest.raises(UserError, match="no 3 x 3 grid"):
+        front.grids("## nothing here\n")
+    with pytest.raises(UserError, match="percentage"):
+        front.grids(head.format("targets") + row.format(0, "n/a", 30.0, 91.0, "met"))
+    recorded = (ROOT / "docs" / "search.md").read_text()
+    assert front.table(front.grids(recorded), 0.35) in recorded, "search.md's front table is stale: run python " \
+                                                                  "docs/front.py and paste its table"
+
+
 def test_attribute_transfer_splits_v_by_the_attributes_an_attack_states(small_world):
     """docs/attribute_transfer.py (search round 51's diagnostic): A's documents keep only the sentences of the
     attributes asked for, every entity's; V's accuracy is split by its items' attributes."""
