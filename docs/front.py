@@ -31,6 +31,8 @@ from plots import CHANCE, plt  # noqa: E402
 GRIDS = {
     "Today's defaults: the 3 x 3 grid on base B": ("round 43", "B", 30),
     "Today's defaults: the 3 x 3 grid on base D": ("round 43", "D", 30),
+    "Round 27's recipe against the issue's targets, on the test split (reported, never chosen by)":
+        ("round 27", "C", 30),
     "Round 27's recipe: the 3 x 3 grid on base B": ("round 27", "B", 30),
     "Round 27's recipe over 3 TAR seeds x 3 attack orders (base D)": ("round 27", "D", 30),
     "The new defaults over 3 TAR seeds x 3 attack orders (base D)": ("round 45", "D", 30),
@@ -44,11 +46,18 @@ GRIDS = {
     "Round 52 (2026-12-06, base C60): round 49's defaults with T of 60 entities, on E":
         ("round 49, T of 60", "C60", 60),
 }
-# The other end of the front, from protocol v1's defaults (chosen on E, before the search): one cell, TAR seed 0 and
-# data order 0 on base A, as docs/protocol.md §6 records it (G_test at rest, the reference attack's peak on E)
-BEFORE = {"recipe": "the defaults before the search (protocol.md §6; one cell)", "base": "A", "g_rest": 0.422,
-          "peak_mean": 0.270}
-COLUMNS = ("G_test at rest", "max E", "min G_test", "targets")  # the grid columns read (targets: "targets ...")
+# The other end of the front: protocol v1's defaults (chosen on E, before the search) on base C, one cell (TAR seed
+# 0, data order 0), as search.md's "Round 27's recipe against the issue's targets" records it (docs/defaults.md's
+# "the defaults before the search"; protocol.md §6 has another cell of theirs: G_test 42.2%, peak 27.0%)
+BEFORE = {"recipe": "the defaults before the search (base C; one cell)", "base": "C", "g_rest": 0.505,
+          "peak_mean": 0.262}
+# the items a percentage counts: E's 600 (30 entities x 5 attributes x 4 templates), G_test's 400; a grid's cells are
+# recorded to 0.1 point, and a mean of the rounded figures can miss the mean of the counts by 0.1
+ITEMS = {"peak": 600, "g_rest": 400, "g_min": 400}
+COLUMNS = ("G_test at rest", "max E", "min G_test", "targets")  # a grid's columns read (targets: "targets ...")
+# round 27's recipe on base C, the one grid recorded a row per TAR seed: its three orders' peaks in one column, and no
+# targets column (its text: every target but forget under the attack held at all 9 cells)
+PER_SEED = ("G_test at rest", "reference attack, orders 0 / 1 / 2: max E", "min G_test")
 
 
 @dataclass
@@ -75,33 +84,45 @@ class Grid:
                 "g_rest_min": min(g_rest), "g_min": min(c["g_min"] for c in self.cells)}
 
 
-def percent(cell: str) -> float:
-    m = re.fullmatch(r"\s*\**([0-9.]+)%\**\s*", cell)
+def percent(cell: str, items: int) -> float:
+    """A recorded percentage ("37.2%", "**37.2%**") as the fraction of `items` it rounds."""
+    m = re.fullmatch(r"\s*\**([0-9.]+)%?\**\s*", cell)
     if not m:
         raise UserError(f"expected a percentage in a grid cell, found {cell.strip()!r}")
-    return float(m.group(1)) / 100
+    return round(float(m.group(1)) / 100 * items) / items
 
 
-def grids(text: str) -> list[Grid]:
+def rows(lines: list[str], at: int) -> list[list[str]]:
+    """The cells of each row of the table whose header is lines[at], until the table ends."""
+    out = []
+    for row in lines[at + 2:]:  # after the |---| line
+        if not row.startswith("|"):
+            break
+        out.append([x.strip() for x in row.strip("|").split("|")])
+    return out
+
+
+def grids(text: str, forget: float = 0.35) -> list[Grid]:
     """Every 3 x 3 grid table in search.md's text, in the order it records them."""
     found, heading, lines = [], "", text.splitlines()
     for i, line in enumerate(lines):
         if line.startswith("#"):
             heading = line.lstrip("#").strip()
-        if not line.startswith("| TAR seed | data order |"):
-            continue
         header = [h.strip() for h in line.strip("|").split("|")]
         header = ["targets" if h.startswith("targets") else h for h in header]  # one grid says "targets met"
-        if any(c not in header for c in COLUMNS):
-            raise UserError(f"the grid under {heading!r} lacks a column of {COLUMNS}")
-        at = {c: header.index(c) for c in COLUMNS}
-        cells = []
-        for row in lines[i + 2:]:  # after the |---| line, until the table ends
-            if not row.startswith("|"):
-                break
-            r = [x.strip() for x in row.strip("|").split("|")]
-            cells.append({"g_rest": percent(r[at["G_test at rest"]]), "peak": percent(r[at["max E"]]),
-                          "g_min": percent(r[at["min G_test"]]), "met": "missed" not in r[at["targets"]]})
+        if line.startswith("| TAR seed | data order |"):
+            if any(c not in header for c in COLUMNS):
+                raise UserError(f"the grid under {heading!r} lacks a column of {COLUMNS}")
+            g, peak, low, met = (header.index(c) for c in COLUMNS)
+            cells = [{"g_rest": percent(r[g], ITEMS["g_rest"]), "peak": percent(r[peak], ITEMS["peak"]),
+                      "g_min": percent(r[low], ITEMS["g_min"]), "met": "missed" not in r[met]} for r in rows(lines, i)]
+        elif line.startswith("| TAR seed |") and all(c in header for c in PER_SEED):
+            g, peaks, low = (header.index(c) for c in PER_SEED)
+            cells = [{"g_rest": percent(r[g], ITEMS["g_rest"]), "peak": percent(p, ITEMS["peak"]),
+                      "g_min": percent(r[low], ITEMS["g_min"]), "met": percent(p, ITEMS["peak"]) <= forget}
+                     for r in rows(lines, i) if r[0].isdigit() for p in r[peaks].split("/")]
+        else:
+            continue
         found.append(Grid(*GRIDS.get(heading, (heading, "", 30)), cells))
     if not found:
         raise UserError("no 3 x 3 grid table (a header starting '| TAR seed | data order |') found")
@@ -110,7 +131,7 @@ def grids(text: str) -> list[Grid]:
 
 def table(found: list[Grid], forget: float) -> str:
     """The markdown table search.md shows beside the figure (#: the figure's numbers)."""
-    out = ["| # | recipe | base | cells meeting every target | reference attack: peak E, mean (range) | "
+    out = ["| # | recipe | base | cells meeting every target but time | reference attack: peak E, mean (range) | "
            f"cells within {forget:.0%} | G_test at rest, mean (lowest) | lowest G_test under the attack |",
            "|---|---|---|---|---|---|---|---|"]
     for i, g in enumerate(found, 1):
@@ -172,7 +193,7 @@ def main(a: FrontArgs) -> None:
     path = Path(a.search)
     if not path.is_file():
         raise UserError(f"{path}: no such file (give the search's record, docs/search.md)")
-    found = grids(path.read_text())
+    found = grids(path.read_text(), a.forget)
     print(table(found, a.forget))
     print(draw(found, Path(a.out), a.forget, a.g_test))
 

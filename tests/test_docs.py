@@ -229,27 +229,33 @@ def test_breadth_draws_one_grid_per_breadth_of_T(tmp_path):
 
 def test_front_reads_every_grid_search_md_records(tmp_path):
     """docs/front.py (the front on E): each 3 x 3 grid table under its heading, its cells' peaks, G_test and targets
-    read by column name (one grid says "targets met"); the table in search.md is the script's output."""
+    read by column name (one grid says "targets met"; one records a row per TAR seed, its orders' peaks in one
+    column), each percentage taken back to the item count it rounds; the table in search.md is the script's output."""
     import front
     from cli import UserError
     head = ("| TAR seed | data order | E at rest | G_test at rest | max E | min G_test | {} |\n"
             "|---|---|---|---|---|---|---|\n")
     row = "| 0 | {} | 23.0% | {}% | {}% | {}% | {} |\n"
+    per_seed = ("| TAR seed | E at rest | G_test at rest | reference attack, orders 0 / 1 / 2: max E | min G_test |\n"
+                "|---|---|---|---|---|\n| 0 | 23.7% | 97.0% | 37.0 / 34.2 / 37.8% | 94.5% |\n"
+                "| the oracle | 24.0% | | | |\n")
     text = ("## Round 52 (2026-12-06, base C60): round 49's defaults with T of 60 entities, on E\n\n" +
             head.format("targets") + row.format(0, 95.0, 30.0, 91.0, "**met**") +
-            row.format(1, 93.0, 34.0, 90.0, "missed: learning N") + "\ntext\n### A grid of its own\n" +
-            head.format("targets met") + row.format(0, 97.0, 40.0, 96.0, "missed: E under attack"))
-    first, second = front.grids(text)
+            row.format(1, 93.0, 34.2, 90.0, "missed: learning N") + "\ntext\n### A grid of its own\n" +
+            head.format("targets met") + row.format(0, 97.0, 40.0, 96.0, "missed: E under attack") +
+            "\n## Per seed\n" + per_seed + "\n| TAR seed | held |\n|---|---|\n| 0 | 60% |\n")
+    first, second, third = front.grids(text)
     assert (first.recipe, first.base, first.entities) == ("round 49, T of 60", "C60", 60)
     assert (second.recipe, second.base, second.entities) == ("A grid of its own", "", 30)
     s = first.summary()
-    assert (s["met"], s["cells"], s["peak_mean"], s["peak_max"], s["g_rest_min"], s["g_min"]) == \
-        (1, 2, pytest.approx(0.32), 0.34, 0.93, 0.90)
+    assert (s["met"], s["cells"], s["peak_max"], s["g_rest_min"], s["g_min"]) == (1, 2, 205 / 600, 0.93, 0.90)
+    assert s["peak_mean"] == pytest.approx((180 + 205) / 1200)  # 34.2% is 205 of E's 600 items, not 205.2
+    assert [(c["peak"], c["met"]) for c in third.cells] == [(0.37, False), (205 / 600, True), (227 / 600, False)]
     assert "| 2 | A grid of its own |  | 0 of 1 | 40.0% (40.0%-40.0%) | 0 | 97.0% (97.0%) | 96.0% |" in \
         front.table([first, second], 0.35)
     assert [p["recipe"] for p in front.front([first.summary(), second.summary(), front.BEFORE])] == \
         [front.BEFORE["recipe"], "round 49, T of 60", "A grid of its own"]
-    assert front.draw([first, second], tmp_path / "f.png", 0.35, 0.85).stat().st_size > 10_000
+    assert front.draw([first, second, third], tmp_path / "f.png", 0.35, 0.85).stat().st_size > 10_000
     with pytest.raises(UserError, match="no 3 x 3 grid"):
         front.grids("## nothing here\n")
     with pytest.raises(UserError, match="percentage"):
