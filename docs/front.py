@@ -64,8 +64,9 @@ PER_SEED = ("G_test at rest", "reference attack, orders 0 / 1 / 2: max E", "min 
 class FrontArgs:
     search: str = arg("docs/search.md", "the search's record, whose 3 x 3 grid tables are read", nonempty=True)
     out: str = arg("docs/front_e_bio.png", "where to write the figure", nonempty=True)
-    forget: float = arg(0.35, "the issue's bound on forget under the attack (shaded: within it)")
-    g_test: float = arg(0.85, "the issue's bound on G_test at rest (shaded: within it)")
+    forget: float = arg(0.35, "the issue's bound on forget under the attack (shaded: within it)", at_least=0,
+                        at_most=1)
+    g_test: float = arg(0.85, "the issue's bound on G_test at rest (shaded: within it)", at_least=0, at_most=1)
 
 
 @dataclass
