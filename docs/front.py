@@ -6,9 +6,10 @@ on the dev split (V, G_dev: search.py's front.png, docs/search_front.png); this 
 the recipes that became tar.py's defaults and were measured on E, each over `seeds.py`'s 3 x 3 grid (TAR seeds x the
 reference attack's data orders), on the base it ran from. The grids' run directories lived on the machines that made
 them, so this reads the grids as search.md records them: every table whose first columns are TAR seed and data
-order, named by the heading above it (GRIDS gives the shorter names shown here). Per grid: how many cells met every
-target, the reference attack's peak on E (each cell's maximum over its 9 points), G_test at rest and its minimum
-under the attack. Nothing here trains, attacks or chooses.
+order, and the one recorded a row per TAR seed (PER_SEED), each named by the heading above it (GRIDS gives the
+shorter names shown here). Per grid: how many cells met every target, the reference attack's peak on E (each cell's
+maximum over its 9 points), G_test at rest and its minimum under the attack. Nothing here trains, attacks or
+chooses.
 
 Run:  python docs/front.py                       # prints the table, writes docs/front_e_bio.png
 """
@@ -120,8 +121,9 @@ def grids(text: str, forget: float = 0.35) -> list[Grid]:
         elif line.startswith("| TAR seed |") and all(c in header for c in PER_SEED):
             g, peaks, low = (header.index(c) for c in PER_SEED)
             cells = [{"g_rest": percent(r[g], ITEMS["g_rest"]), "peak": percent(p, ITEMS["peak"]),
-                      "g_min": percent(r[low], ITEMS["g_min"]), "met": percent(p, ITEMS["peak"]) <= forget}
-                     for r in rows(lines, i) if r[0].isdigit() for p in r[peaks].split("/")]
+                      "g_min": percent(r[low], ITEMS["g_min"])} for r in rows(lines, i) if r[0].isdigit()
+                     for p in r[peaks].split("/")]
+            cells = [{**c, "met": c["peak"] <= forget} for c in cells]
         else:
             continue
         found.append(Grid(*GRIDS.get(heading, (heading, "", 30)), cells))
