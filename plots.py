@@ -315,10 +315,11 @@ def _dev_axes(ax, title: str, of: str = "") -> None:
     ax.set_title(title, fontsize=9)
 
 
-def pareto(points: list[dict]) -> list[dict]:
-    """The points no other beats on both axes (more G_dev at rest, a lower peak on V), by G_dev."""
-    beats = lambda q, p: q["G_dev"] >= p["G_dev"] and q["forget_V_attacked"] <= p["forget_V_attacked"] and q != p
-    return sorted((p for p in points if not any(beats(q, p) for q in points)), key=lambda p: p["G_dev"])
+def pareto(points: list[dict], more: str = "G_dev", less: str = "forget_V_attacked") -> list[dict]:
+    """The points no other beats on both axes (more of `more`: G at rest; less of `less`: the attack's peak), by
+    `more`. Defaults: the search's dev split (G_dev, V); docs/front.py: E's grids (g_rest, peak_mean)."""
+    beats = lambda q, p: q[more] >= p[more] and q[less] <= p[less] and q != p
+    return sorted((p for p in points if not any(beats(q, p) for q in points)), key=lambda p: p[more])
 
 
 def plot_front(recipes: list[dict], path: Path, g_dev_rest: float, v_held: float) -> Path:

@@ -110,6 +110,8 @@ def grids(text: str, forget: float = 0.35) -> list[Grid]:
     for i, line in enumerate(lines):
         if line.startswith("#"):
             heading = line.lstrip("#").strip()
+        if not line.startswith("| TAR seed |"):
+            continue
         header = [h.strip() for h in line.strip("|").split("|")]
         header = ["targets" if h.startswith("targets") else h for h in header]  # one grid says "targets met"
         if line.startswith("| TAR seed | data order |"):
@@ -118,13 +120,13 @@ def grids(text: str, forget: float = 0.35) -> list[Grid]:
             g, peak, low, met = (header.index(c) for c in COLUMNS)
             cells = [{"g_rest": percent(r[g], ITEMS["g_rest"]), "peak": percent(r[peak], ITEMS["peak"]),
                       "g_min": percent(r[low], ITEMS["g_min"]), "met": "missed" not in r[met]} for r in rows(lines, i)]
-        elif line.startswith("| TAR seed |") and all(c in header for c in PER_SEED):
+        elif all(c in header for c in PER_SEED):
             g, peaks, low = (header.index(c) for c in PER_SEED)
             cells = [{"g_rest": percent(r[g], ITEMS["g_rest"]), "peak": percent(p, ITEMS["peak"]),
                       "g_min": percent(r[low], ITEMS["g_min"])} for r in rows(lines, i) if r[0].isdigit()
                      for p in r[peaks].split("/")]
             cells = [{**c, "met": c["peak"] <= forget} for c in cells]
-        else:
+        else:  # another table of a TAR seed per row (the held-out suite's, ...)
             continue
         found.append(Grid(*GRIDS.get(heading, (heading, "", 30)), cells))
     if not found:
@@ -146,19 +148,13 @@ def table(found: list[Grid], forget: float) -> str:
     return "\n".join(out)
 
 
-def front(points: list[dict]) -> list[dict]:
-    """The points no other beats on both axes (more G_test at rest, a lower mean peak), by G_test."""
-    beats = lambda q, p: q["g_rest"] >= p["g_rest"] and q["peak_mean"] <= p["peak_mean"] and q is not p
-    return sorted((p for p in points if not any(beats(q, p) for q in points)), key=lambda p: p["g_rest"])
-
-
 def draw(found: list[Grid], out: Path, forget: float, g_test: float) -> Path:
     """Left: every grid and the defaults before the search, the front of the issue's world (T of 30) joined; right:
     the grids alone, numbered as the table."""
     fig, (whole, near) = plt.subplots(1, 2, figsize=(12, 4.8), gridspec_kw={"width_ratios": [2, 3]})
     summaries = [g.summary() for g in found]
     bases = list(dict.fromkeys(g.base for g in found))
-    f = front([s for g, s in zip(found, summaries) if g.entities == 30] + [BEFORE])
+    f = plots.pareto([s for g, s in zip(found, summaries) if g.entities == 30] + [BEFORE], "g_rest", "peak_mean")
     for ax in (whole, near):
         ax.fill_between([g_test, 1.005], 0, forget, color="0.9", label="the issue's targets")
         for i, (g, s) in enumerate(zip(found, summaries), 1):

@@ -232,6 +232,7 @@ def test_front_reads_every_grid_search_md_records(tmp_path):
     read by column name (one grid says "targets met"; one records a row per TAR seed, its orders' peaks in one
     column), each percentage taken back to the item count it rounds; the table in search.md is the script's output."""
     import front
+    import plots
     from cli import UserError
     head = ("| TAR seed | data order | E at rest | G_test at rest | max E | min G_test | {} |\n"
             "|---|---|---|---|---|---|---|\n")
@@ -253,8 +254,9 @@ def test_front_reads_every_grid_search_md_records(tmp_path):
     assert [(c["peak"], c["met"]) for c in third.cells] == [(0.37, False), (205 / 600, True), (227 / 600, False)]
     assert "| 2 | A grid of its own |  | 0 of 1 | 40.0% (40.0%-40.0%) | 0 | 97.0% (97.0%) | 96.0% |" in \
         front.table([first, second], 0.35)
-    assert [p["recipe"] for p in front.front([first.summary(), second.summary(), front.BEFORE])] == \
-        [front.BEFORE["recipe"], "round 49, T of 60", "A grid of its own"]
+    assert [p["recipe"] for p in plots.pareto([first.summary(), second.summary(), front.BEFORE], "g_rest",
+                                              "peak_mean")] == [front.BEFORE["recipe"], "round 49, T of 60",
+                                                                "A grid of its own"]
     assert front.draw([first, second, third], tmp_path / "f.png", 0.35, 0.85).stat().st_size > 10_000
     with pytest.raises(UserError, match="no 3 x 3 grid"):
         front.grids("## nothing here\n")
